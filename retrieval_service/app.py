@@ -1,10 +1,11 @@
 """HTTP API (FastAPI): search, batch search, document lookup, health and readiness.
 
+No ``from __future__ import annotations`` here: FastAPI must resolve the request models built in
+``create_app``'s closure at definition time.
+
 Run it with ``python -m retrieval_service serve`` (uvicorn, several workers); each worker builds its
 app from the environment through :func:`create_app_from_env`, so all workers serve the same index.
 """
-
-from __future__ import annotations
 
 import hmac
 import logging
@@ -216,6 +217,8 @@ def create_app(backend: SearchBackend | None = None, settings: ServiceSettings |
             message = str(e.get("msg", "invalid value")).removeprefix("Value error, ")
             if e.get("type") == "missing" and field == "body":
                 message = "request body is required (JSON object)"
+            elif field == "body" and e.get("type") in ("model_attributes_type", "dict_type"):
+                message = "request body must be a JSON object sent with Content-Type: application/json"
             detail.append({"field": field, "message": message})
         return _error(422, "validation_error", detail)
 

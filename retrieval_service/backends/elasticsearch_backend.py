@@ -111,6 +111,7 @@ class ElasticsearchSettings:
     number_of_replicas: int = 1
     plain_json: bool = False
     token_pattern: str = ES_TOKEN_PATTERN
+    analyzer: str = ES_ANALYZER
 
     @classmethod
     def from_env(cls, alias: str | None = None, hosts: str | None = None) -> ElasticsearchSettings:
@@ -133,6 +134,7 @@ class ElasticsearchSettings:
             number_of_replicas=_env_number("RETRIEVAL_ES_REPLICAS", 1, int),
             plain_json=_env_bool("RETRIEVAL_ES_PLAIN_JSON", False),
             token_pattern=os.environ.get("RETRIEVAL_ES_TOKEN_PATTERN") or ES_TOKEN_PATTERN,
+            analyzer=os.environ.get("RETRIEVAL_ES_ANALYZER") or ES_ANALYZER,
         )
 
     def client(self) -> Elasticsearch:
@@ -161,7 +163,10 @@ class ElasticsearchSettings:
 
 
 def index_body(settings: ElasticsearchSettings, building: bool = False) -> dict[str, Any]:
-    """Settings and mapping: BM25 k1/b, the tokenization-contract analyzer, ``contents`` not kept in _source.
+    """Settings and mapping: BM25 k1/b and the tokenization-contract analyzer on ``contents``.
+
+    ``contents`` (title + "\\n" + text) is sent and kept in ``_source``: ``copy_to`` or ``_source``
+    excludes would save space but could not be exercised here (osmem-server supports neither).
 
     While ``building`` the index has no refresh and no replicas, which makes bulk loading cheaper.
     """
@@ -175,12 +180,11 @@ def index_body(settings: ElasticsearchSettings, building: bool = False) -> dict[
         },
         "mappings": {
             "dynamic": "strict",
-            "_source": {"excludes": ["contents"]},
             "properties": {
                 "id": {"type": "keyword"},
                 "title": {"type": "text", "index": False},
                 "text": {"type": "text", "index": False},
-                "contents": {"type": "text", "analyzer": ES_ANALYZER},
+                "contents": {"type": "text", "analyzer": settings.analyzer},
             },
         },
     }
