@@ -1,0 +1,118 @@
+"""KNIFE forward passes for any HF T5ForConditionalGeneration.
+
+The KNIFE teacher encodes `task input + free-text rationale` with full self-attention, but its decoder may
+cross-attend only the task-input positions: the rationale reaches the answer solely through the encoder states
+of the input tokens, which are exactly the states the student (input only) is trained to match. HF T5 uses one
+`attention_mask` for both the encoder and the cross-attention, so the teacher runs the encoder itself and then
+calls the model with `encoder_outputs` and the narrower mask. Only standard HF calls are used
+(`get_encoder()`, `forward`, `generate`), so `model` can be the plain module or a DeepSpeed engine's
+`.module`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from torch import Tensor, nn
+from transformers.modeling_outputs import BaseModelOutput
+
+
+@dataclass
+class Seq2SeqStates:
+    """Logits, optional LM loss and per-layer states (embeddings first) of one seq2seq pass.
+
+    Without output_hidden_states the encoder tuple holds only the last state and the decoder tuple is empty.
+    """
+
+    logits: Tensor
+    loss: Tensor | None
+    encoder_hidden_states: tuple[Tensor, ...]
+    decoder_hidden_states: tuple[Tensor, ...]
+    cross_attentions: tuple[Tensor, ...] | None = None
+
+
+def _check_decoder_inputs(labels: Tensor | None, decoder_input_ids: Tensor | None) -> None:
+    if labels is None and decoder_input_ids is None:
+        raise ValueError("pass labels (teacher forcing) or decoder_input_ids so the decoder has inputs")
+
+
+def _encode(model: nn.Module, input_ids: Tensor, attention_mask: Tensor, **kwargs: bool) -> BaseModelOutput:
+    return model.get_encoder()(input_ids=input_ids, attention_mask=attention_mask, return_dict=True, **kwargs)
+
+
+def _states(output, encoder_outputs: BaseModelOutput, output_attentions: bool) -> Seq2SeqStates:
+    encoder_states = encoder_outputs.hidden_states or (encoder_outputs.last_hidden_state,)
+    return Seq2SeqStates(
+        logits=output.logits,
+        loss=output.loss,
+        encoder_hidden_states=tuple(encoder_states),
+        decoder_hidden_states=tuple(output.decoder_hidden_states or ()),
+        cross_attentions=tuple(output.cross_attentions) if output_attentions else None,
+    )
+
+
+def teacher_forward(
+    model: nn.Module,
+    input_ids: Tensor,
+    attention_mask: Tensor,
+    cross_attention_mask: Tensor,
+    labels: Tensor | None = None,
+    output_hidden_states: bool = True,
+    decoder_input_ids: Tensor | None = None,
+    output_attentions: bool = False,
+) -> Seq2SeqStates:
+    """Encode input + FTR under attention_mask; decode cross-attending only cross_attention_mask positions."""
+    _check_decoder_inputs(labels, decoder_input_ids)
+    flags = {"output_hidden_states": output_hidden_states, "output_attentions": output_attentions}
+    encoder_outputs = _encode(model, input_ids, attention_mask, **flags)
+    output = model(
+        encoder_outputs=encoder_outputs,
+        attention_mask=cross_attention_mask,
+        labels=labels,
+        decoder_input_ids=decoder_input_ids,
+        return_dict=True,
+        **flags,
+    )
+    return _states(output, encoder_outputs, output_attentions)
+
+
+def student_forward(
+    model: nn.Module,
+    input_ids: Tensor,
+    attention_mask: Tensor,
+    labels: Tensor | None = None,
+    output_hidden_states: bool = True,
+    decoder_input_ids: Tensor | None = None,
+    output_attentions: bool = False,
+) -> Seq2SeqStates:
+    """Plain seq2seq pass on the task input, returning the states KNIFE aligns to the teacher's."""
+    _check_decoder_inputs(labels, decoder_input_ids)
+    output = model(
+        input_ids=input_ids,
+        attention_mask=attention_mask,
+        labels=labels,
+        decoder_input_ids=decoder_input_ids,
+        output_hidden_states=output_hidden_states,
+        output_attentions=output_attentions,
+        return_dict=True,
+    )
+    encoder_outputs = BaseModelOutput(
+        last_hidden_state=output.encoder_last_hidden_state, hidden_states=output.encoder_hidden_states
+    )
+    return _states(output, encoder_outputs, output_attentions)
+
+
+def teacher_generate(
+    model: nn.Module,
+    input_ids: Tensor,
+    attention_mask: Tensor,
+    cross_attention_mask: Tensor,
+    **generate_kwargs,
+) -> Tensor:
+    """Greedy decoding (unless generate_kwargs say otherwise) with the teacher's cross-attention mask."""
+    encoder_outputs = _encode(model, input_ids, attention_mask)
+    generate_kwargs.setdefault("do_sample", False)
+    generate_kwargs.setdefault("num_beams", 1)
+    return model.generate(
+        encoder_outputs=encoder_outputs, attention_mask=cross_attention_mask, **generate_kwargs
+    )
