@@ -1,0 +1,141 @@
+"""Typed experiment configuration: one pydantic model per concern, unknown keys rejected."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+
+class _Section(BaseModel):
+    """Base for every config section: typos in YAML keys must fail loudly, not be ignored."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class ModelConfig(_Section):
+    """Which seq2seq model to train: an HF hub name, a local path, or a tiny offline preset."""
+
+    name: str = "t5-tiny"
+    tokenizer: str | None = Field(
+        default=None, description="HF name/path of the tokenizer; defaults to the model's own. "
+        "Presets build a word-level tokenizer offline from the training data."
+    )
+    tokenizer_vocab_size: int = Field(default=4000, ge=64)
+
+
+class DataConfig(_Section):
+    """Which question set to load and how to cut it."""
+
+    dataset: str = "strategyqa"
+    train_path: str | None = Field(default=None, description="JSONL(.gz) for the generic `jsonl` dataset")
+    dev_path: str | None = None
+    data_dir: str | None = Field(
+        default=None, description="Root of the shared data; default: $REASONDISTILL_DATA_DIR or ../shared/data"
+    )
+    train_fraction: float = Field(default=1.0, gt=0.0, le=1.0, description="low-resource runs: keep this share")
+    dev_fraction: float = Field(
+        default=0.1, gt=0.0, lt=1.0, description="share held out as dev when a dataset has no dev file"
+    )
+    max_train_examples: int | None = Field(default=None, ge=1)
+    max_dev_examples: int | None = Field(default=None, ge=1)
+    max_input_length: int = Field(default=128, ge=8)
+    max_rationale_length: int = Field(default=128, ge=8)
+    max_target_length: int = Field(default=32, ge=2)
+    rationale_source: Literal["facts", "llm_first", "llm_random", "llm_all"] = "facts"
+
+
+class KnifeConfig(_Section):
+    """KNIFE student distillation knobs (Chan et al.)."""
+
+    teacher: str | None = Field(
+        default=None, description="teacher model: an exported model dir, or runs:/<run_id>/... MLflow URI"
+    )
+    lambda_in: float = Field(default=1.0, ge=0.0)
+    lambda_out: float = Field(default=1.0, ge=0.0)
+    lambda_task: float = Field(default=1.0, ge=0.0)
+    encoder_layers: list[int] = Field(default_factory=lambda: [-1])
+    decoder_layers: list[int] = Field(default_factory=lambda: [-1])
+    output_loss: Literal["mse", "kl"] = "mse"
+    kl_temperature: float = Field(default=1.0, gt=0.0)
+    teacher_zero_stage: Literal[0, 3] = 3
+
+
+class MethodConfig(_Section):
+    """Training objective: a plain fine-tuning baseline or a distillation method."""
+
+    name: Literal["ft_io", "ft_ior", "ft_iro", "multitask", "knife_teacher", "knife_student"] = "ft_io"
+    multitask_alpha: float = Field(default=0.5, ge=0.0, le=1.0)
+    knife: KnifeConfig = Field(default_factory=KnifeConfig)
+
+
+class OptimConfig(_Section):
+    """Optimisation schedule; steps count optimizer steps (after gradient accumulation)."""
+
+    lr: float = Field(default=1e-3, gt=0.0)
+    weight_decay: float = Field(default=0.0, ge=0.0)
+    betas: tuple[float, float] = (0.9, 0.999)
+    eps: float = Field(default=1e-8, gt=0.0)
+    warmup_steps: int = Field(default=0, ge=0)
+    max_steps: int = Field(default=100, ge=1)
+    micro_batch_size: int = Field(default=8, ge=1)
+    gradient_accumulation_steps: int = Field(default=1, ge=1)
+    gradient_clipping: float = Field(default=1.0, ge=0.0)
+
+
+class DeepSpeedConfig(_Section):
+    """How DeepSpeed shards the run; the template's "auto" values are filled from the rest of the config."""
+
+    template: str = Field(default="zero2", description="name in ds_configs/ (zero1, zero2, zero3) or a JSON path")
+    zero_stage: Literal[0, 1, 2, 3] | None = Field(default=None, description="override the template's stage")
+    offload_optimizer: bool = False
+    offload_param: bool = False
+    precision: Literal["fp32", "bf16"] = "fp32"
+
+    @model_validator(mode="after")
+    def _offload_needs_zero(self) -> DeepSpeedConfig:
+        if self.offload_param and self.zero_stage not in (None, 3):
+            raise ValueError("ds.offload_param needs ds.zero_stage=3")
+        return self
+
+
+class TrackingConfig(_Section):
+    """MLflow; the URI and experiment fall back to MLFLOW_TRACKING_URI / MLFLOW_EXPERIMENT_NAME."""
+
+    tracking_uri: str | None = None
+    experiment: str | None = None
+    run_name: str | None = None
+    log_model: bool = True
+    log_every: int = Field(default=10, ge=1)
+    tags: dict[str, str] = Field(default_factory=dict)
+
+
+class RunConfig(_Section):
+    """Where and how wide the run goes."""
+
+    name: str = "reasondistill"
+    output_dir: str = "runs"
+    storage_path: str | None = Field(
+        default=None, description="Ray Train storage (shared FS or s3://); default: <output_dir>/ray"
+    )
+    num_workers: int = Field(default=2, ge=1)
+    use_gpu: bool = False
+    cpus_per_worker: float = Field(default=1.0, gt=0.0)
+    seed: int = 42
+    eval_every: int = Field(default=0, ge=0, description="optimizer steps between dev evaluations; 0 = end only")
+    save_every: int = Field(default=0, ge=0, description="optimizer steps between checkpoints; 0 = end only")
+    eval_batch_size: int = Field(default=32, ge=1)
+    eval_num_beams: int = Field(default=1, ge=1)
+    resume: bool = True
+
+
+class ExperimentConfig(_Section):
+    """The whole run, as loaded from YAML plus dotted overrides."""
+
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    data: DataConfig = Field(default_factory=DataConfig)
+    method: MethodConfig = Field(default_factory=MethodConfig)
+    optim: OptimConfig = Field(default_factory=OptimConfig)
+    ds: DeepSpeedConfig = Field(default_factory=DeepSpeedConfig)
+    tracking: TrackingConfig = Field(default_factory=TrackingConfig)
+    run: RunConfig = Field(default_factory=RunConfig)

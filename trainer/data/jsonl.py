@@ -1,0 +1,45 @@
+"""Streaming JSONL(.gz) reading that reports the file and line of a bad row."""
+
+from __future__ import annotations
+
+import gzip
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, TextIO
+
+from trainer.data.example import DataError, QAExample
+
+
+def open_text(path: Path) -> TextIO:
+    return gzip.open(path, "rt", encoding="utf-8") if path.suffix == ".gz" else path.open(encoding="utf-8")
+
+
+def iter_json_rows(path: str | Path) -> Iterator[tuple[int, Any]]:
+    """Yield (line number, decoded row), skipping blank lines; malformed JSON raises DataError."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"data file not found: {path}")
+    with open_text(path) as handle:
+        for line_no, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
+            try:
+                yield line_no, json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise DataError(f"{path}:{line_no}: invalid JSON: {exc.msg} (column {exc.colno})") from None
+
+
+def read_examples(path: str | Path) -> list[QAExample]:
+    """Read a question file in the shared schema; ids must be unique."""
+    examples: list[QAExample] = []
+    seen: dict[str, int] = {}
+    for line_no, row in iter_json_rows(path):
+        example = QAExample.from_row(row, where=f"{path}:{line_no}")
+        if example.id in seen:
+            raise DataError(f"{path}:{line_no}: duplicate id {example.id!r} (first on line {seen[example.id]})")
+        seen[example.id] = line_no
+        examples.append(example)
+    if not examples:
+        raise DataError(f"{path}: no rows")
+    return examples

@@ -1,0 +1,54 @@
+"""Plain fine-tuning baselines: I→O, I→OR (answer then rationale), I→RO (rationale then answer)."""
+
+from __future__ import annotations
+
+import random
+
+from trainer.data.example import QAExample
+from trainer.data.formatting import ANSWER_PREFIX, RATIONALE_PREFIX, format_answer, format_question
+from trainer.methods.base import Features, Method, simple_feature
+
+
+class FinetuneIO(Method):
+    """Input → answer text."""
+
+    name = "ft_io"
+
+    def train_features(self, example: QAExample, rng: random.Random) -> list[Features]:
+        return [simple_feature(self, format_question(example), format_answer(example), self.cfg.data.max_target_length)]
+
+    def eval_features(self, example: QAExample) -> Features:
+        ids = self.encode(format_question(example), self.cfg.data.max_input_length)
+        return {"input_ids": ids, "attention_mask": [1] * len(ids)}
+
+
+class FinetuneIOR(FinetuneIO):
+    """Input → `answer explanation: rationale`; the answer is parsed before the explanation."""
+
+    name = "ft_ior"
+    uses_rationales = True
+
+    def target(self, example: QAExample, rationale: str) -> str:
+        return f"{format_answer(example)} {RATIONALE_PREFIX} {rationale}"
+
+    def train_features(self, example: QAExample, rng: random.Random) -> list[Features]:
+        max_target = self.cfg.data.max_target_length + self.cfg.data.max_rationale_length
+        return [
+            simple_feature(self, format_question(example), self.target(example, rationale), max_target)
+            for rationale in self.rationales(example, rng)
+        ]
+
+    def max_new_tokens(self) -> int:
+        return self.cfg.data.max_target_length + self.cfg.data.max_rationale_length
+
+
+class FinetuneIRO(FinetuneIOR):
+    """Input → `explanation: rationale answer: answer`; the answer is parsed after the rationale."""
+
+    name = "ft_iro"
+
+    def target(self, example: QAExample, rationale: str) -> str:
+        # The rationale is cut before the answer so truncation can never drop the answer.
+        ids = self.encode(rationale, self.cfg.data.max_rationale_length)
+        rationale = self.tokenizer.decode(ids, skip_special_tokens=True)
+        return f"{RATIONALE_PREFIX} {rationale} {ANSWER_PREFIX} {format_answer(example)}"

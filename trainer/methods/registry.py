@@ -1,0 +1,20 @@
+"""Method name (config `method.name`) → implementation."""
+
+from __future__ import annotations
+
+from transformers import PreTrainedTokenizerBase
+
+from trainer.config.schema import ExperimentConfig
+from trainer.methods.base import Method
+from trainer.methods.finetune import FinetuneIO, FinetuneIOR, FinetuneIRO
+from trainer.methods.multitask import StepByStepMultitask
+
+METHODS: dict[str, type[Method]] = {
+    cls.name: cls for cls in (FinetuneIO, FinetuneIOR, FinetuneIRO, StepByStepMultitask)
+}
+
+
+def build_method(cfg: ExperimentConfig, tokenizer: PreTrainedTokenizerBase) -> Method:
+    if cfg.method.name not in METHODS:
+        raise ValueError(f"method.name: {cfg.method.name!r} is not implemented; known: {', '.join(sorted(METHODS))}")
+    return METHODS[cfg.method.name](cfg, tokenizer)

@@ -1,0 +1,168 @@
+"""The one object that talks to DeepSpeed: process group, engines, step, checkpoints, export."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import socket
+from pathlib import Path
+from typing import Any
+
+import deepspeed
+import numpy as np
+import torch
+import torch.distributed as dist
+from deepspeed import DeepSpeedEngine
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from trainer.config.schema import ExperimentConfig
+from trainer.strategy.ds_config import (
+    ResolveContext,
+    load_template,
+    resolve_inference_config,
+    resolve_training_config,
+)
+
+CLIENT_STATE_KEY = "reasondistill"
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class DeepSpeedStrategy:
+    """Owns every DeepSpeed call so the training loop and methods stay framework-agnostic.
+
+    Works under Ray Train (process group already created), the deepspeed/torchrun launchers
+    (env:// rendezvous), or a single plain process (a one-rank gloo group is created).
+    """
+
+    def __init__(self, cfg: ExperimentConfig) -> None:
+        self.cfg = cfg
+        self.on_gpu = torch.cuda.is_available() and cfg.run.use_gpu
+        self.resolved_config: dict[str, Any] | None = None
+
+    # ---- process group -------------------------------------------------------------------------
+    def setup_distributed(self) -> None:
+        if not dist.is_initialized() and "RANK" not in os.environ:
+            os.environ.update(
+                {"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1", "MASTER_ADDR": "127.0.0.1",
+                 "MASTER_PORT": str(_free_port())}
+            )
+        deepspeed.init_distributed(dist_backend="nccl" if self.on_gpu else "gloo")
+        if self.on_gpu:
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
+        self.seed_everything(self.cfg.run.seed)
+
+    @property
+    def rank(self) -> int:
+        return dist.get_rank()
+
+    @property
+    def world_size(self) -> int:
+        return dist.get_world_size()
+
+    @property
+    def is_rank_zero(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def device(self) -> torch.device:
+        return torch.device("cuda", torch.cuda.current_device()) if self.on_gpu else torch.device("cpu")
+
+    def seed_everything(self, seed: int) -> None:
+        random.seed(seed)
+        np.random.seed(seed)
+        torch.manual_seed(seed)
+
+    def barrier(self) -> None:
+        dist.barrier()
+
+    def broadcast_object(self, obj: Any) -> Any:
+        """Rank 0's value everywhere (e.g. an MLflow run id or a tokenizer built once)."""
+        holder = [obj if self.is_rank_zero else None]
+        dist.broadcast_object_list(holder, src=0)
+        return holder[0]
+
+    def all_gather_objects(self, obj: Any) -> list[Any]:
+        gathered: list[Any] = [None] * self.world_size
+        dist.all_gather_object(gathered, obj)
+        return gathered
+
+    def all_reduce_mean(self, value: float) -> float:
+        tensor = torch.tensor([value], dtype=torch.float64, device=self.device)
+        dist.all_reduce(tensor)
+        return tensor.item() / self.world_size
+
+    # ---- engines -------------------------------------------------------------------------------
+    def _context(self, model: PreTrainedModel) -> ResolveContext:
+        return ResolveContext(world_size=self.world_size, hidden_size=model.config.d_model, on_gpu=self.on_gpu)
+
+    def prepare(self, model: PreTrainedModel) -> DeepSpeedEngine:
+        """Wrap a model for training with the resolved template (optimizer and schedule included)."""
+        template, _ = load_template(self.cfg.ds.template)
+        self.resolved_config = resolve_training_config(template, self.cfg.ds, self.cfg.optim, self._context(model))
+        engine, *_ = deepspeed.initialize(
+            model=model,
+            model_parameters=[p for p in model.parameters() if p.requires_grad],
+            config=self.resolved_config,
+        )
+        return engine
+
+    def prepare_frozen(self, model: PreTrainedModel, zero_stage: int) -> torch.nn.Module:
+        """A frozen model for KNIFE's teacher: ZeRO-3 partitions it across ranks, stage 0 replicates it."""
+        model.requires_grad_(False)
+        model.eval()
+        if zero_stage == 0:
+            dtype = torch.bfloat16 if self.cfg.ds.precision == "bf16" else torch.float32
+            return model.to(device=self.device, dtype=dtype)
+        template, _ = load_template("zero3_inference")
+        config = resolve_inference_config(template, self.cfg.ds, self.cfg.optim.micro_batch_size, self._context(model))
+        engine, *_ = deepspeed.initialize(model=model, config=config)
+        engine.eval()
+        return engine.module
+
+    def backward_step(self, engine: DeepSpeedEngine, loss: torch.Tensor) -> bool:
+        """Backward and (on an accumulation boundary) optimizer + LR step; True when a step happened."""
+        boundary = engine.is_gradient_accumulation_boundary()
+        engine.backward(loss)
+        engine.step()
+        return boundary
+
+    def current_lr(self, engine: DeepSpeedEngine) -> float:
+        return float(engine.get_lr()[0])
+
+    def generation_kwargs(self, engine: DeepSpeedEngine) -> dict[str, Any]:
+        """ZeRO-3 shards weights: every rank must join every forward, so generation stays in lock-step."""
+        return {"synced_gpus": self.world_size > 1 and engine.zero_optimization_partition_weights()}
+
+    # ---- checkpoints ---------------------------------------------------------------------------
+    def save_checkpoint(self, engine: DeepSpeedEngine, directory: Path, client_state: dict[str, Any]) -> None:
+        """Every rank writes its own shard (model, optimizer, scheduler, our client state) into directory."""
+        engine.save_checkpoint(str(directory), tag="checkpoint", client_state={CLIENT_STATE_KEY: client_state})
+
+    def load_checkpoint(self, engine: DeepSpeedEngine, directory: Path) -> dict[str, Any]:
+        """Restore every rank's shard; returns the client state saved with it."""
+        load_path, client_state = engine.load_checkpoint(str(directory), tag="checkpoint")
+        if load_path is None:
+            raise FileNotFoundError(f"no DeepSpeed checkpoint under {directory}")
+        return client_state[CLIENT_STATE_KEY]
+
+    # ---- export --------------------------------------------------------------------------------
+    def export_model(self, engine: DeepSpeedEngine, tokenizer: PreTrainedTokenizerBase, directory: Path) -> None:
+        """Write a consolidated HF model dir (from_pretrained-loadable) on rank 0; a collective under ZeRO-3."""
+        if engine.zero_optimization_partition_weights():
+            state_dict = engine._zero3_consolidated_16bit_state_dict()
+        elif self.is_rank_zero:
+            state_dict = {k: v.detach().cpu().clone() for k, v in engine.module.state_dict().items()}
+        else:
+            state_dict = None
+        if self.is_rank_zero:
+            directory.mkdir(parents=True, exist_ok=True)
+            engine.module.save_pretrained(directory, state_dict=state_dict)
+            tokenizer.save_pretrained(directory)
+            (directory / "ds_config.json").write_text(json.dumps(self.resolved_config, indent=2))
+        self.barrier()

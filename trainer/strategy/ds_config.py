@@ -1,0 +1,142 @@
+"""DeepSpeed JSON templates with every "auto" resolved by us, so DeepSpeed never sees one."""
+
+from __future__ import annotations
+
+import copy
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from trainer.config.schema import DeepSpeedConfig, OptimConfig
+
+DS_CONFIG_DIR = Path(__file__).resolve().parents[2] / "ds_configs"
+AUTO = "auto"
+
+
+class DeepSpeedConfigError(ValueError):
+    """A template that cannot be resolved into a valid DeepSpeed config."""
+
+
+@dataclass(frozen=True)
+class ResolveContext:
+    """Facts known only at run time that the "auto" values depend on."""
+
+    world_size: int
+    hidden_size: int
+    on_gpu: bool
+
+
+def load_template(name_or_path: str) -> tuple[dict[str, Any], Path]:
+    """A template by name (`zero2` → ds_configs/zero2.json) or by path."""
+    path = Path(name_or_path)
+    if not path.suffix:
+        path = DS_CONFIG_DIR / f"{name_or_path}.json"
+    if not path.is_file():
+        known = ", ".join(sorted(p.stem for p in DS_CONFIG_DIR.glob("*.json")))
+        raise DeepSpeedConfigError(f"ds.template: {name_or_path!r} not found (known templates: {known})")
+    try:
+        return json.loads(path.read_text()), path
+    except json.JSONDecodeError as exc:
+        raise DeepSpeedConfigError(f"{path}:{exc.lineno}: invalid JSON: {exc.msg}") from None
+
+
+def _fill(section: dict[str, Any], key: str, value: Any) -> None:
+    """Replace an "auto" (or absent) value; an explicit template value wins."""
+    if section.get(key, AUTO) == AUTO:
+        section[key] = value
+
+
+def _offload_block(enabled: bool, on_gpu: bool) -> dict[str, Any] | None:
+    return {"device": "cpu", "pin_memory": on_gpu} if enabled else None
+
+
+def resolve_training_config(
+    template: dict[str, Any], ds: DeepSpeedConfig, optim: OptimConfig, ctx: ResolveContext
+) -> dict[str, Any]:
+    """Fill batch sizes, precision, optimizer, schedule and ZeRO buckets from the typed config."""
+    config = copy.deepcopy(template)
+    if config.get("fp16", {}).get("enabled") not in (None, False):
+        raise DeepSpeedConfigError("fp16 is not supported: T5 overflows in fp16; use ds.precision=bf16 or fp32")
+    _fill(config, "train_micro_batch_size_per_gpu", optim.micro_batch_size)
+    _fill(config, "gradient_accumulation_steps", optim.gradient_accumulation_steps)
+    _fill(
+        config,
+        "train_batch_size",
+        optim.micro_batch_size * optim.gradient_accumulation_steps * ctx.world_size,
+    )
+    _fill(config, "gradient_clipping", optim.gradient_clipping)
+    config.setdefault("bf16", {})
+    _fill(config["bf16"], "enabled", ds.precision == "bf16")
+
+    if "optimizer" in config:
+        params = config["optimizer"].setdefault("params", {})
+        _fill(params, "lr", optim.lr)
+        _fill(params, "betas", list(optim.betas))
+        _fill(params, "eps", optim.eps)
+        _fill(params, "weight_decay", optim.weight_decay)
+        if not ctx.on_gpu and not ds.offload_optimizer:
+            params.setdefault("torch_adam", True)  # FusedAdam is a CUDA kernel; torch's AdamW needs no build
+    if "scheduler" in config:
+        params = config["scheduler"].setdefault("params", {})
+        _fill(params, "warmup_max_lr", optim.lr)
+        _fill(params, "warmup_num_steps", max(1, optim.warmup_steps))  # DeepSpeed rejects 0
+        _fill(params, "total_num_steps", optim.max_steps)
+
+    _resolve_zero(config, ds, ctx)
+    assert_no_auto(config)
+    return config
+
+
+def resolve_inference_config(template: dict[str, Any], ds: DeepSpeedConfig, micro_batch_size: int,
+                             ctx: ResolveContext) -> dict[str, Any]:
+    """Config for a frozen model (KNIFE's teacher): ZeRO-3 partitions it, no optimizer state."""
+    config = copy.deepcopy(template)
+    _fill(config, "train_micro_batch_size_per_gpu", micro_batch_size)
+    config.setdefault("bf16", {})
+    _fill(config["bf16"], "enabled", ds.precision == "bf16")
+    _resolve_zero(config, ds.model_copy(update={"zero_stage": None, "offload_optimizer": False}), ctx)
+    assert_no_auto(config)
+    return config
+
+
+def _resolve_zero(config: dict[str, Any], ds: DeepSpeedConfig, ctx: ResolveContext) -> None:
+    zero = config.setdefault("zero_optimization", {})
+    if ds.zero_stage is not None:
+        zero["stage"] = ds.zero_stage
+    stage = zero.get("stage", 0)
+    hidden_sq = ctx.hidden_size * ctx.hidden_size
+    _fill(zero, "overlap_comm", ctx.on_gpu)
+    _fill(zero, "reduce_bucket_size", hidden_sq)
+    if stage in (1, 2):
+        _fill(zero, "allgather_bucket_size", hidden_sq)
+    if stage == 3:
+        _fill(zero, "stage3_prefetch_bucket_size", int(0.9 * hidden_sq))
+        _fill(zero, "stage3_param_persistence_threshold", 10 * ctx.hidden_size)
+    elif ds.offload_param:
+        raise DeepSpeedConfigError(f"ds.offload_param needs ZeRO stage 3, the resolved stage is {stage}")
+    if ds.offload_optimizer and stage == 0:
+        raise DeepSpeedConfigError("ds.offload_optimizer needs ZeRO stage 1, 2 or 3")
+    for key, enabled in (("offload_optimizer", ds.offload_optimizer), ("offload_param", ds.offload_param)):
+        if zero.get(key) == AUTO or enabled:
+            block = _offload_block(enabled, ctx.on_gpu)
+            if block is None:
+                zero.pop(key, None)
+            else:
+                zero[key] = block
+    # Keys that only exist for other stages would make DeepSpeed warn or fail; drop the unused ones.
+    if stage != 3:
+        for key in [k for k in zero if k.startswith("stage3_")]:
+            del zero[key]
+
+
+def assert_no_auto(config: Any, path: str = "") -> None:
+    """Fail with the dotted key of any value still left as "auto"."""
+    if isinstance(config, dict):
+        for key, value in config.items():
+            assert_no_auto(value, f"{path}.{key}" if path else key)
+    elif isinstance(config, list):
+        for index, value in enumerate(config):
+            assert_no_auto(value, f"{path}[{index}]")
+    elif config == AUTO:
+        raise DeepSpeedConfigError(f"DeepSpeed config key {path!r} is still 'auto' after resolution")

@@ -1,0 +1,31 @@
+"""Run one training job without Ray: `torchrun --nproc-per-node 2 -m trainer.train CONFIG [k=v ...]`.
+
+Ray jobs (ray_jobs.submit) are the main entry; this one serves single-node debugging and the tests
+that exercise the strategy directly. Checkpoints go to <output_dir>/<run.name>/checkpoints.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from trainer.checkpoint_io import LocalCheckpointIO
+from trainer.config import load_config
+from trainer.config.loader import split_config_args
+from trainer.loop import Trainer
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("args", nargs="*", help="[CONFIG.yaml] then dotted overrides, e.g. ds.zero_stage=3")
+    cfg = load_config(*split_config_args(parser.parse_args(argv).args))
+    checkpoints = LocalCheckpointIO(Path(cfg.run.output_dir) / cfg.run.name / "checkpoints")
+    result = Trainer(cfg, checkpoints).fit()
+    if result.export_dir is not None:
+        print(json.dumps({"global_step": result.global_step, "metrics": result.metrics,
+                          "mlflow_run_id": result.mlflow_run_id, "model_uri": result.model_uri}), flush=True)
+
+
+if __name__ == "__main__":
+    main()
