@@ -33,7 +33,7 @@ _ADJECTIVES = (
 )  # fmt: skip
 
 _YESNO_QUESTIONS = ("Is {e} {p}?", "Would you call {e} {p}?", "Is it true that {e} is {p}?")
-_CHOICE_QUESTIONS = ("Which of these is {p}?", "Which one of these is {p}?")
+_CHOICE_QUESTIONS = ("Which of these describes {e}?", "Which one of these words fits {e}?")
 # (positive, negative) phrasings of "entity is a category; that category does / does not have the property".
 RATIONALE_TEMPLATES: tuple[tuple[str, str], ...] = (
     ("{e} is a {c}. {c}s are {p}.", "{e} is a {c}. {c}s are not {p}."),
@@ -55,7 +55,7 @@ class SyntheticTaskSpec:
     num_train: int = 2000
     num_dev: int = 300
     seed: int = 0
-    choice_fraction: float = 0.2  # share of 3-4 option "Which of these is P?" questions
+    choice_fraction: float = 0.2  # share of 3-4 option "Which of these describes E?" questions
     dev_properties_per_entity: int = 4  # (entity, property) pairs held out of train, asked only in dev
 
     def __post_init__(self) -> None:
@@ -188,24 +188,31 @@ def _yesno_row(world: _World, entity: int, prop: int, rng: random.Random) -> dic
     }
 
 
-def _choice_row(world: _World, pool: dict[tuple[int, bool], list[int]], rng: random.Random) -> dict | None:
-    """One entity with the property among 2-3 without it; None when the pool cannot supply that."""
-    prop = rng.randrange(len(world.properties))
-    positives, negatives = pool.get((prop, True), []), pool.get((prop, False), [])
+def _choice_row(
+    world: _World, pool: dict[int, tuple[list[int], list[int]]], rng: random.Random
+) -> dict | None:
+    """Which of 3-4 properties an entity has (exactly one); None when the pool cannot supply that.
+
+    Options are properties rather than entities so every answer string is frequent in train and a model
+    that reads the rationale only has to pick the option it calls positive.
+    """
     num_options = rng.choice((3, 4))
-    if not positives or len(negatives) < num_options - 1:
+    candidates = [e for e, (pos, neg) in pool.items() if pos and len(neg) >= num_options - 1]
+    if not candidates:
         return None
+    entity = rng.choice(candidates)
+    positives, negatives = pool[entity]
     options = [rng.choice(positives)] + rng.sample(negatives, num_options - 1)
     rng.shuffle(options)
-    answer_index = next(i for i, e in enumerate(options) if world.truth(e, prop))
-    choices = [world.entities[e] for e in options]
-    facts = [fact for e in options for fact in _facts(world, e, prop)]
+    answer_index = next(i for i, p in enumerate(options) if world.truth(entity, p))
+    choices = [world.properties[p] for p in options]
+    facts = [fact for p in options for fact in _facts(world, entity, p)]
     return {
-        "question": rng.choice(_CHOICE_QUESTIONS).format(p=world.properties[prop]),
+        "question": rng.choice(_CHOICE_QUESTIONS).format(e=world.entities[entity]),
         "choices": choices,
         "answer_index": answer_index,
         "answer": choices[answer_index],
-        "rationales": _rationales(world, [(e, prop) for e in options], rng),
+        "rationales": _rationales(world, [(entity, p) for p in options], rng),
         "facts": list(dict.fromkeys(facts)),
     }
 
@@ -218,13 +225,13 @@ def _make_rows(
     spec: SyntheticTaskSpec,
     rng: random.Random,
 ) -> list[dict]:
-    by_truth: dict[tuple[int, bool], list[int]] = {}
-    for entity, prop in pairs:
-        by_truth.setdefault((prop, world.truth(entity, prop)), []).append(entity)
+    by_entity: dict[int, tuple[list[int], list[int]]] = {}
+    for entity, prop in sorted(pairs):
+        by_entity.setdefault(entity, ([], []))[0 if world.truth(entity, prop) else 1].append(prop)
     cycle = _cycle(pairs, rng)
     rows: list[dict] = []
     while len(rows) < count:
-        row = _choice_row(world, by_truth, rng) if rng.random() < spec.choice_fraction else None
+        row = _choice_row(world, by_entity, rng) if rng.random() < spec.choice_fraction else None
         row = row or _yesno_row(world, *next(cycle), rng)
         index = len(rows)
         qid = hashlib.sha1(f"{spec.seed}/{split}/{index}/{row['question']}".encode()).hexdigest()[:20]
