@@ -31,7 +31,12 @@ class IndexRun:
         }
 
 
-def _stream(paths: Sequence[Path], on_malformed: str, run: IndexRun, bar: tqdm | None) -> Iterator[Document]:
+def _warn(message: str) -> None:
+    """On stderr, above the progress bar, so stdout stays the JSON report."""
+    tqdm.write(message, file=sys.stderr)
+
+
+def _stream(paths: Sequence[Path], on_malformed: str, run: IndexRun) -> Iterator[Document]:
     for path in paths:
         errors: list[MalformedLineError] = []
         source = iter_passages(path, errors=None if on_malformed == "fail" else errors)
@@ -39,12 +44,12 @@ def _stream(paths: Sequence[Path], on_malformed: str, run: IndexRun, bar: tqdm |
             while errors:
                 error = errors.pop(0)
                 run.malformed.append(str(error))
-                (bar.write if bar is not None else print)(f"skipped malformed line: {error}")
+                _warn(f"skipped malformed line: {error}")
             run.read += 1
             yield doc
         for error in errors:
             run.malformed.append(str(error))
-            (bar.write if bar is not None else print)(f"skipped malformed line: {error}")
+            _warn(f"skipped malformed line: {error}")
 
 
 def index_files(
@@ -70,7 +75,7 @@ def index_files(
     run = IndexRun(report=IndexReport())
     try:
         run.report = backend.index_documents(
-            _stream(resolved, on_malformed, run, bar if progress else None),
+            _stream(resolved, on_malformed, run),
             progress=bar.update,
             **backend_options,
         )
