@@ -85,6 +85,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     uvicorn.run(
         "retrieval_service.app:create_app_from_env",
         factory=True,
+        http="retrieval_service.uvicorn_protocol:NoDelayH11Protocol",
         host=args.host,
         port=args.port,
         workers=args.workers,

@@ -168,6 +168,18 @@ def test_client_retries_until_index_appears(tmp_path: Path) -> None:
         proc.stop()
 
 
+def test_keep_alive_latency_has_no_nagle_stall(server: ServerProcess) -> None:
+    """Regression: with 2 workers every keep-alive response used to wait ~40 ms (Nagle + delayed ACK)."""
+    with httpx.Client(base_url=server.url) as http:
+        http.get("/healthz")
+        latencies = []
+        for _ in range(30):
+            start = time.perf_counter()
+            http.post("/search", json={"query": "river", "k": 3}).raise_for_status()
+            latencies.append(time.perf_counter() - start)
+    assert sorted(latencies)[len(latencies) // 2] < 0.025
+
+
 @pytest.mark.timeout(120)
 def test_bounded_concurrency_no_errors_no_lost_responses(server: ServerProcess) -> None:
     """16 clients x 100 requests on loopback; every response is the right one."""
