@@ -126,7 +126,7 @@ class Trainer:
         export_dir = Path(cfg.run.output_dir) / cfg.run.name / "export"
         strategy.export_model(engine, tokenizer, export_dir)
         model_uri = tracker.log_model(export_dir) if cfg.tracking.log_model else None
-        self.checkpoint_io.report(final, staging)
+        self.checkpoint_io.report({**final, "mlflow_run_id": state.mlflow_run_id, "model_uri": model_uri}, staging)
         tracker.finish()
         return TrainingResult(state.global_step, final, state.mlflow_run_id, model_uri,
                               export_dir if strategy.is_rank_zero else None, predictions)

@@ -127,6 +127,7 @@ class RunConfig(_Section):
     eval_batch_size: int = Field(default=32, ge=1)
     eval_num_beams: int = Field(default=1, ge=1)
     resume: bool = True
+    max_failures: int = Field(default=0, ge=-1, description="Ray Train worker-group restarts; -1 = unlimited")
 
 
 class ExperimentConfig(_Section):

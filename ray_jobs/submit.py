@@ -1,0 +1,159 @@
+"""Submit a training run to a Ray cluster as a Ray job, stream its logs, exit non-zero if it fails.
+
+    python -m ray_jobs.submit CONFIG.yaml [section.key=value ...] [--address http://HEAD:8265]
+
+The address comes from --address or RAY_ADDRESS; with neither, a local head is started for the
+duration of the run and stopped after it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from ray.job_submission import JobStatus, JobSubmissionClient
+
+from ray_jobs.local_cluster import LOCAL_RAY_ENV, LocalRayHead
+from ray_jobs.train_job import RESULT_MARKER, encode_config
+from trainer.config import ConfigError, ExperimentConfig, load_config
+from trainer.config.loader import split_config_args
+from trainer.data.registry import data_root
+from trainer.tracking.mlflow_tracker import resolve_experiment, resolve_tracking_uri
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+UPLOAD_EXCLUDES = [".venv", ".git", "runs", "mlruns", "mlartifacts", "mlflow.db", "bench_results", "*.egg-info",
+                   "__pycache__", ".pytest_cache", ".ruff_cache"]
+
+
+def localize(cfg: ExperimentConfig) -> ExperimentConfig:
+    """Relative paths mean the submitter's cwd, not the job's (a temp copy of the working dir)."""
+    output_dir = Path(cfg.run.output_dir).expanduser().resolve()
+    storage = cfg.run.storage_path
+    if storage is None or "://" not in storage:
+        storage = str(Path(storage).expanduser().resolve()) if storage else str(output_dir / "ray")
+    tracking = cfg.tracking.model_copy(update={
+        "tracking_uri": resolve_tracking_uri(cfg.tracking), "experiment": resolve_experiment(cfg.tracking)})
+    data = cfg.data.model_copy(update={"data_dir": str(data_root(cfg.data).resolve())})
+    for key in ("train_path", "dev_path"):
+        if getattr(data, key):
+            data = data.model_copy(update={key: str(Path(getattr(data, key)).expanduser().resolve())})
+    return cfg.model_copy(update={
+        "run": cfg.run.model_copy(update={"output_dir": str(output_dir), "storage_path": storage}),
+        "tracking": tracking, "data": data})
+
+
+def job_env(local: bool) -> dict[str, str]:
+    env = {
+        "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1"),  # 3x faster CPU steps than the default
+        "TOKENIZERS_PARALLELISM": "false",
+        "PYTHONUNBUFFERED": "1",
+        "MLFLOW_DISABLE_TELEMETRY": "true",
+        "DO_NOT_TRACK": "true",
+    }
+    for key in ("MLFLOW_TRACKING_TOKEN", "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "HF_TOKEN"):
+        if key in os.environ:
+            env[key] = os.environ[key]
+    if local:
+        env.update(LOCAL_RAY_ENV)
+    return env
+
+
+@contextlib.contextmanager
+def cluster_address(address: str | None, cfg: ExperimentConfig) -> Iterator[tuple[str, bool]]:
+    """(address, is_local): the given cluster, or a local head that lives for the block."""
+    if address:
+        yield address, False
+        return
+    cpus = max(os.cpu_count() or 1, int(cfg.run.num_workers * cfg.run.cpus_per_worker + 0.999))
+    log_file = Path(cfg.run.output_dir) / "ray-head.log"
+    print(f"[submit] starting a local Ray head ({cpus} CPUs); log: {log_file}", flush=True)
+    with LocalRayHead(num_cpus=cpus, log_file=log_file) as head:
+        yield head.address, True
+    print("[submit] local Ray head stopped", flush=True)
+
+
+async def _stream_logs(client: JobSubmissionClient, job_id: str) -> None:
+    async for chunk in client.tail_job_logs(job_id):
+        sys.stdout.write(chunk)
+        sys.stdout.flush()
+
+
+def parse_result(logs: str) -> dict[str, Any] | None:
+    for line in reversed(logs.splitlines()):
+        if line.startswith(RESULT_MARKER):
+            return json.loads(line.removeprefix(RESULT_MARKER))
+    return None
+
+
+def submit(cfg: ExperimentConfig, address: str | None, entrypoint_module: str = "ray_jobs.train_job",
+           timeout_s: float | None = None) -> tuple[JobStatus, dict[str, Any] | None]:
+    """Submit, stream, wait; returns the final status and the job's result summary."""
+    with cluster_address(address, cfg) as (resolved, local):
+        client = JobSubmissionClient(resolved)
+        python = sys.executable if local else "python"
+        job_id = client.submit_job(
+            entrypoint=f"{python} -m {entrypoint_module} --config-b64 {encode_config(cfg)}",
+            runtime_env={"working_dir": str(REPO_ROOT), "excludes": UPLOAD_EXCLUDES, "env_vars": job_env(local)},
+            metadata={"method": cfg.method.name, "dataset": cfg.data.dataset, "run": cfg.run.name},
+        )
+        print(f"[submit] job {job_id} submitted to {resolved}", flush=True)
+        started = time.monotonic()
+        try:
+            asyncio.run(asyncio.wait_for(_stream_logs(client, job_id), timeout=timeout_s))
+        except TimeoutError:
+            client.stop_job(job_id)
+            print(f"[submit] job {job_id} stopped after {timeout_s:.0f}s", flush=True)
+        status = client.get_job_status(job_id)
+        while not status.is_terminal():
+            time.sleep(1.0)
+            status = client.get_job_status(job_id)
+        result = parse_result(client.get_job_logs(job_id))
+        print(f"[submit] job {job_id} {status.value} after {time.monotonic() - started:.0f}s", flush=True)
+        return status, result
+
+
+def print_summary(result: dict[str, Any], cfg: ExperimentConfig) -> None:
+    tracking_uri = cfg.tracking.tracking_uri or ""
+    print("\n==== ReasonDistill result ====")
+    for key in sorted(k for k in result if k.startswith("dev/") or k.startswith("train/")):
+        print(f"  {key:24s} {result[key]}")
+    print(f"  {'mlflow run id':24s} {result.get('mlflow_run_id')}")
+    print(f"  {'model':24s} {result.get('model_uri')}")
+    if tracking_uri.startswith("sqlite:"):
+        print(f"  open the UI: .venv/bin/mlflow ui --backend-store-uri {tracking_uri} --port 5000  "
+              "(then http://127.0.0.1:5000)")
+    else:
+        print(f"  MLflow: {tracking_uri}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("args", nargs="*", help="[CONFIG.yaml] then dotted overrides, e.g. ds.zero_stage=3")
+    parser.add_argument("--address", default=os.environ.get("RAY_ADDRESS"),
+                        help="Ray dashboard address (default: $RAY_ADDRESS; none: start a local head)")
+    parser.add_argument("--timeout", type=float, default=None, help="stop the job after this many seconds")
+    args = parser.parse_args(argv)
+    try:
+        cfg = localize(load_config(*split_config_args(args.args)))
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    status, result = submit(cfg, args.address, timeout_s=args.timeout)
+    if status != JobStatus.SUCCEEDED:
+        print(f"error: Ray job ended {status.value}", file=sys.stderr)
+        return 1
+    if result is not None:
+        print_summary(result, cfg)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,71 @@
+"""The Ray job's entrypoint: runs a training config on Ray Train's TorchTrainer with N DeepSpeed workers.
+
+Submitted by ray_jobs.submit; runs on the cluster (driver side), never on the submitting machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import json
+from pathlib import Path
+from typing import Any
+
+from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+from ray.train.torch import TorchConfig, TorchTrainer
+
+from ray_jobs.ray_checkpoint_io import RayCheckpointIO
+from trainer.config.schema import ExperimentConfig
+from trainer.loop import Trainer
+
+RESULT_MARKER = "REASONDISTILL_RESULT "
+
+
+def encode_config(cfg: ExperimentConfig) -> str:
+    """Configs travel as base64 JSON on the entrypoint's command line: no quoting, no shared files."""
+    return base64.urlsafe_b64encode(cfg.model_dump_json().encode()).decode()
+
+
+def decode_config(blob: str) -> ExperimentConfig:
+    return ExperimentConfig.model_validate_json(base64.urlsafe_b64decode(blob.encode()))
+
+
+def _train_worker(loop_config: dict[str, Any]) -> None:
+    cfg = ExperimentConfig.model_validate(loop_config["config"])
+    Trainer(cfg, RayCheckpointIO(), parent_run_id=loop_config.get("parent_run_id"),
+            run_tags=loop_config.get("run_tags")).fit()
+
+
+def run_training_job(cfg: ExperimentConfig, parent_run_id: str | None = None,
+                     run_tags: dict[str, str] | None = None) -> dict[str, Any]:
+    """Fit one config across the cluster; a run with the same name and storage resumes from its latest
+    checkpoint. Returns rank 0's final metrics (with the MLflow run id and model URI)."""
+    storage = cfg.run.storage_path or str(Path(cfg.run.output_dir) / "ray")
+    resources = {"CPU": cfg.run.cpus_per_worker, **({"GPU": 1} if cfg.run.use_gpu else {})}
+    trainer = TorchTrainer(
+        _train_worker,
+        train_loop_config={"config": cfg.model_dump(mode="json"), "parent_run_id": parent_run_id,
+                           "run_tags": run_tags or {}},
+        scaling_config=ScalingConfig(num_workers=cfg.run.num_workers, use_gpu=cfg.run.use_gpu,
+                                     resources_per_worker=resources),
+        torch_config=TorchConfig(backend="nccl" if cfg.run.use_gpu else "gloo"),
+        run_config=RunConfig(
+            name=cfg.run.name,
+            storage_path=storage,
+            checkpoint_config=CheckpointConfig(num_to_keep=2),
+            failure_config=FailureConfig(max_failures=cfg.run.max_failures),
+        ),
+    )
+    return dict(trainer.fit().metrics)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--config-b64", required=True)
+    args = parser.parse_args(argv)
+    metrics = run_training_job(decode_config(args.config_b64))
+    print(RESULT_MARKER + json.dumps(metrics, default=str), flush=True)
+
+
+if __name__ == "__main__":
+    main()
