@@ -14,7 +14,11 @@ from types import TracebackType
 
 # Without the first, Ray swaps 127.0.0.1 for the eth0 address; without the second, a token written by an
 # earlier plain ray.init() switches auth on and job submission fails (see README, "Ray on one machine").
-LOCAL_RAY_ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"}
+LOCAL_RAY_ENV = {
+    "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
+    "RAY_AUTH_MODE": "disabled",
+    "RAY_USAGE_STATS_ENABLED": "0",
+}
 
 
 def free_port() -> int:
@@ -40,14 +44,31 @@ class LocalRayHead:
     def __enter__(self) -> LocalRayHead:
         ray_cli = Path(sys.executable).with_name("ray")
         command = [
-            str(ray_cli), "start", "--head", "--block", "--node-ip-address", "127.0.0.1",
-            "--port", str(free_port()), "--dashboard-host", "127.0.0.1", "--dashboard-port", str(self.dashboard_port),
-            "--num-cpus", str(self.num_cpus), "--object-store-memory", "500000000", "--disable-usage-stats",
+            str(ray_cli),
+            "start",
+            "--head",
+            "--block",
+            "--node-ip-address",
+            "127.0.0.1",
+            "--port",
+            str(free_port()),
+            "--dashboard-host",
+            "127.0.0.1",
+            "--dashboard-port",
+            str(self.dashboard_port),
+            "--num-cpus",
+            str(self.num_cpus),
+            "--object-store-memory",
+            "500000000",
+            "--disable-usage-stats",
         ]
         self.log_file.parent.mkdir(parents=True, exist_ok=True)
         with self.log_file.open("ab") as log:
             self.process = subprocess.Popen(
-                command, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **LOCAL_RAY_ENV},
+                command,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env={**os.environ, **LOCAL_RAY_ENV},
                 start_new_session=True,
             )
         self._wait_until_ready()
@@ -65,7 +86,9 @@ class LocalRayHead:
             except OSError:
                 time.sleep(1.0)
         self.stop()
-        raise TimeoutError(f"local Ray head not ready after {self.startup_timeout_s:.0f}s; see {self.log_file}")
+        raise TimeoutError(
+            f"local Ray head not ready after {self.startup_timeout_s:.0f}s; see {self.log_file}"
+        )
 
     def stop(self) -> None:
         if self.process is None or self.process.poll() is not None:
@@ -77,6 +100,7 @@ class LocalRayHead:
             os.killpg(self.process.pid, signal.SIGKILL)
             self.process.wait()
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
         self.stop()

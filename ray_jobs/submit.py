@@ -29,8 +29,19 @@ from trainer.data.registry import data_root
 from trainer.tracking.mlflow_tracker import resolve_experiment, resolve_tracking_uri
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-UPLOAD_EXCLUDES = [".venv", ".git", "runs", "mlruns", "mlartifacts", "mlflow.db", "bench_results", "*.egg-info",
-                   "__pycache__", ".pytest_cache", ".ruff_cache"]
+UPLOAD_EXCLUDES = [
+    ".venv",
+    ".git",
+    "runs",
+    "mlruns",
+    "mlartifacts",
+    "mlflow.db",
+    "bench_results",
+    "*.egg-info",
+    "__pycache__",
+    ".pytest_cache",
+    ".ruff_cache",
+]
 
 
 def localize(cfg: ExperimentConfig) -> ExperimentConfig:
@@ -39,15 +50,23 @@ def localize(cfg: ExperimentConfig) -> ExperimentConfig:
     storage = cfg.run.storage_path
     if storage is None or "://" not in storage:
         storage = str(Path(storage).expanduser().resolve()) if storage else str(output_dir / "ray")
-    tracking = cfg.tracking.model_copy(update={
-        "tracking_uri": resolve_tracking_uri(cfg.tracking), "experiment": resolve_experiment(cfg.tracking)})
+    tracking = cfg.tracking.model_copy(
+        update={
+            "tracking_uri": resolve_tracking_uri(cfg.tracking),
+            "experiment": resolve_experiment(cfg.tracking),
+        }
+    )
     data = cfg.data.model_copy(update={"data_dir": str(data_root(cfg.data).resolve())})
     for key in ("train_path", "dev_path"):
         if getattr(data, key):
             data = data.model_copy(update={key: str(Path(getattr(data, key)).expanduser().resolve())})
-    return cfg.model_copy(update={
-        "run": cfg.run.model_copy(update={"output_dir": str(output_dir), "storage_path": storage}),
-        "tracking": tracking, "data": data})
+    return cfg.model_copy(
+        update={
+            "run": cfg.run.model_copy(update={"output_dir": str(output_dir), "storage_path": storage}),
+            "tracking": tracking,
+            "data": data,
+        }
+    )
 
 
 def job_env(local: bool) -> dict[str, str]:
@@ -93,15 +112,23 @@ def parse_result(logs: str) -> dict[str, Any] | None:
     return None
 
 
-def submit(cfg: ExperimentConfig, address: str | None, entrypoint_module: str = "ray_jobs.train_job",
-           timeout_s: float | None = None) -> tuple[JobStatus, dict[str, Any] | None]:
+def submit(
+    cfg: ExperimentConfig,
+    address: str | None,
+    entrypoint_module: str = "ray_jobs.train_job",
+    timeout_s: float | None = None,
+) -> tuple[JobStatus, dict[str, Any] | None]:
     """Submit, stream, wait; returns the final status and the job's result summary."""
     with cluster_address(address, cfg) as (resolved, local):
         client = JobSubmissionClient(resolved)
         python = sys.executable if local else "python"
         job_id = client.submit_job(
             entrypoint=f"{python} -m {entrypoint_module} --config-b64 {encode_config(cfg)}",
-            runtime_env={"working_dir": str(REPO_ROOT), "excludes": UPLOAD_EXCLUDES, "env_vars": job_env(local)},
+            runtime_env={
+                "working_dir": str(REPO_ROOT),
+                "excludes": UPLOAD_EXCLUDES,
+                "env_vars": job_env(local),
+            },
             metadata={"method": cfg.method.name, "dataset": cfg.data.dataset, "run": cfg.run.name},
         )
         print(f"[submit] job {job_id} submitted to {resolved}", flush=True)
@@ -128,17 +155,24 @@ def print_summary(result: dict[str, Any], cfg: ExperimentConfig) -> None:
     print(f"  {'mlflow run id':24s} {result.get('mlflow_run_id')}")
     print(f"  {'model':24s} {result.get('model_uri')}")
     if tracking_uri.startswith("sqlite:"):
-        print(f"  open the UI: .venv/bin/mlflow ui --backend-store-uri {tracking_uri} --port 5000  "
-              "(then http://127.0.0.1:5000)")
+        print(
+            f"  open the UI: .venv/bin/mlflow ui --backend-store-uri {tracking_uri} --port 5000  "
+            "(then http://127.0.0.1:5000)"
+        )
     else:
         print(f"  MLflow: {tracking_uri}")
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("args", nargs="*", help="[CONFIG.yaml] then dotted overrides, e.g. ds.zero_stage=3")
-    parser.add_argument("--address", default=os.environ.get("RAY_ADDRESS"),
-                        help="Ray dashboard address (default: $RAY_ADDRESS; none: start a local head)")
+    parser.add_argument(
+        "--address",
+        default=os.environ.get("RAY_ADDRESS"),
+        help="Ray dashboard address (default: $RAY_ADDRESS; none: start a local head)",
+    )
     parser.add_argument("--timeout", type=float, default=None, help="stop the job after this many seconds")
     args = parser.parse_args(argv)
     try:

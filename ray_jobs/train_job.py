@@ -32,22 +32,31 @@ def decode_config(blob: str) -> ExperimentConfig:
 
 def _train_worker(loop_config: dict[str, Any]) -> None:
     cfg = ExperimentConfig.model_validate(loop_config["config"])
-    Trainer(cfg, RayCheckpointIO(), parent_run_id=loop_config.get("parent_run_id"),
-            run_tags=loop_config.get("run_tags")).fit()
+    Trainer(
+        cfg,
+        RayCheckpointIO(),
+        parent_run_id=loop_config.get("parent_run_id"),
+        run_tags=loop_config.get("run_tags"),
+    ).fit()
 
 
-def run_training_job(cfg: ExperimentConfig, parent_run_id: str | None = None,
-                     run_tags: dict[str, str] | None = None) -> dict[str, Any]:
+def run_training_job(
+    cfg: ExperimentConfig, parent_run_id: str | None = None, run_tags: dict[str, str] | None = None
+) -> dict[str, Any]:
     """Fit one config across the cluster; a run with the same name and storage resumes from its latest
     checkpoint. Returns rank 0's final metrics (with the MLflow run id and model URI)."""
     storage = cfg.run.storage_path or str(Path(cfg.run.output_dir) / "ray")
     resources = {"CPU": cfg.run.cpus_per_worker, **({"GPU": 1} if cfg.run.use_gpu else {})}
     trainer = TorchTrainer(
         _train_worker,
-        train_loop_config={"config": cfg.model_dump(mode="json"), "parent_run_id": parent_run_id,
-                           "run_tags": run_tags or {}},
-        scaling_config=ScalingConfig(num_workers=cfg.run.num_workers, use_gpu=cfg.run.use_gpu,
-                                     resources_per_worker=resources),
+        train_loop_config={
+            "config": cfg.model_dump(mode="json"),
+            "parent_run_id": parent_run_id,
+            "run_tags": run_tags or {},
+        },
+        scaling_config=ScalingConfig(
+            num_workers=cfg.run.num_workers, use_gpu=cfg.run.use_gpu, resources_per_worker=resources
+        ),
         torch_config=TorchConfig(backend="nccl" if cfg.run.use_gpu else "gloo"),
         run_config=RunConfig(
             name=cfg.run.name,

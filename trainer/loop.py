@@ -61,8 +61,13 @@ def build_features(method: Method, examples: list[QAExample], seed: int) -> list
 class Trainer:
     """One training run on one rank; all ranks construct it and call `fit` together."""
 
-    def __init__(self, cfg: ExperimentConfig, checkpoint_io: CheckpointIO, parent_run_id: str | None = None,
-                 run_tags: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        cfg: ExperimentConfig,
+        checkpoint_io: CheckpointIO,
+        parent_run_id: str | None = None,
+        run_tags: dict[str, str] | None = None,
+    ) -> None:
         self.cfg = cfg
         self.checkpoint_io = checkpoint_io
         self.parent_run_id = parent_run_id
@@ -84,11 +89,17 @@ class Trainer:
         engine = strategy.prepare(model)
 
         sampler = DistributedSampler(
-            features, num_replicas=strategy.world_size, rank=strategy.rank, shuffle=True, seed=cfg.run.seed,
+            features,
+            num_replicas=strategy.world_size,
+            rank=strategy.rank,
+            shuffle=True,
+            seed=cfg.run.seed,
             drop_last=len(features) >= strategy.world_size,
         )
         loader = DataLoader(
-            features, batch_size=cfg.optim.micro_batch_size, sampler=sampler,
+            features,
+            batch_size=cfg.optim.micro_batch_size,
+            sampler=sampler,
             collate_fn=partial(pad_batch, pad_token_id=tokenizer.pad_token_id),
         )
 
@@ -98,9 +109,17 @@ class Trainer:
                 state = TrainState(**strategy.load_checkpoint(engine, checkpoint_dir))
         resumed_from = state.global_step
         tracker = create_tracker(
-            cfg.tracking, strategy.is_rank_zero, run_name=cfg.tracking.run_name or cfg.run.name,
-            resume_run_id=state.mlflow_run_id, parent_run_id=self.parent_run_id,
-            tags={"method": cfg.method.name, "dataset": cfg.data.dataset, "model": cfg.model.name, **self.run_tags},
+            cfg.tracking,
+            strategy.is_rank_zero,
+            run_name=cfg.tracking.run_name or cfg.run.name,
+            resume_run_id=state.mlflow_run_id,
+            parent_run_id=self.parent_run_id,
+            tags={
+                "method": cfg.method.name,
+                "dataset": cfg.data.dataset,
+                "model": cfg.model.name,
+                **self.run_tags,
+            },
         )
         state.mlflow_run_id = strategy.broadcast_object(tracker.run_id)
         if resumed_from == 0:
@@ -126,31 +145,57 @@ class Trainer:
         export_dir = Path(cfg.run.output_dir) / cfg.run.name / "export"
         strategy.export_model(engine, tokenizer, export_dir)
         model_uri = tracker.log_model(export_dir) if cfg.tracking.log_model else None
-        self.checkpoint_io.report({**final, "mlflow_run_id": state.mlflow_run_id, "model_uri": model_uri}, staging)
+        self.checkpoint_io.report(
+            {**final, "mlflow_run_id": state.mlflow_run_id, "model_uri": model_uri}, staging
+        )
         tracker.finish()
-        return TrainingResult(state.global_step, final, state.mlflow_run_id, model_uri,
-                              export_dir if strategy.is_rank_zero else None, predictions)
+        return TrainingResult(
+            state.global_step,
+            final,
+            state.mlflow_run_id,
+            model_uri,
+            export_dir if strategy.is_rank_zero else None,
+            predictions,
+        )
 
-    def _log_run_setup(self, tracker: Tracker, n_examples: int, n_features: int, n_dev: int, n_params: int) -> None:
-        tracker.log_params({
-            **flatten(self.cfg),
-            "data.num_train_examples": n_examples,
-            "data.num_train_features": n_features,
-            "data.num_dev_examples": n_dev,
-            "model.num_parameters": n_params,
-            "run.world_size": self.strategy.world_size,
-        })
-        tracker.log_text(yaml.safe_dump(self.cfg.model_dump(mode="json"), sort_keys=False), "config/config.yaml")
+    def _log_run_setup(
+        self, tracker: Tracker, n_examples: int, n_features: int, n_dev: int, n_params: int
+    ) -> None:
+        tracker.log_params(
+            {
+                **flatten(self.cfg),
+                "data.num_train_examples": n_examples,
+                "data.num_train_features": n_features,
+                "data.num_dev_examples": n_dev,
+                "model.num_parameters": n_params,
+                "run.world_size": self.strategy.world_size,
+            }
+        )
+        tracker.log_text(
+            yaml.safe_dump(self.cfg.model_dump(mode="json"), sort_keys=False), "config/config.yaml"
+        )
         tracker.log_dict(self.strategy.resolved_config, "config/deepspeed.json")
 
     def _evaluate(self, engine: torch.nn.Module, method: Method, dev: list[QAExample]) -> EvalResult:
         return evaluate(
-            method, engine.module, dev, self.strategy, self.cfg.run.eval_batch_size,
+            method,
+            engine.module,
+            dev,
+            self.strategy,
+            self.cfg.run.eval_batch_size,
             {"num_beams": self.cfg.run.eval_num_beams, **self.strategy.generation_kwargs(engine)},
         )
 
-    def _train(self, engine: Any, method: Method, loader: DataLoader, sampler: DistributedSampler,
-               dev: list[QAExample], state: TrainState, tracker: Tracker) -> EvalResult | None:
+    def _train(
+        self,
+        engine: Any,
+        method: Method,
+        loader: DataLoader,
+        sampler: DistributedSampler,
+        dev: list[QAExample],
+        state: TrainState,
+        tracker: Tracker,
+    ) -> EvalResult | None:
         cfg, strategy = self.cfg, self.strategy
         accumulation = cfg.optim.gradient_accumulation_steps
         micro_done = state.global_step * accumulation
@@ -177,15 +222,20 @@ class Trainer:
                 if step % cfg.tracking.log_every == 0 or step == cfg.optim.max_steps:
                     elapsed = time.perf_counter() - window_start
                     state.wall_time_s += elapsed
-                    metrics = {f"train/{k}": strategy.all_reduce_mean(v / window_micro) for k, v in running.items()}
+                    metrics = {
+                        f"train/{k}": strategy.all_reduce_mean(v / window_micro) for k, v in running.items()
+                    }
                     metrics["train/lr"] = strategy.current_lr(engine)
                     metrics["train/samples_per_s"] = (
                         window_micro * cfg.optim.micro_batch_size * strategy.world_size / max(elapsed, 1e-9)
                     )
                     tracker.log_metrics(metrics, step=step)
                     if strategy.is_rank_zero:
-                        print(f"step {step}/{cfg.optim.max_steps} loss {metrics['train/loss']:.4f} "
-                              f"lr {metrics['train/lr']:.2e}", flush=True)
+                        print(
+                            f"step {step}/{cfg.optim.max_steps} loss {metrics['train/loss']:.4f} "
+                            f"lr {metrics['train/lr']:.2e}",
+                            flush=True,
+                        )
                     running, window_start, window_micro = {}, time.perf_counter(), 0
                 if cfg.run.eval_every and step % cfg.run.eval_every == 0:
                     last_eval = self._evaluate(engine, method, dev)

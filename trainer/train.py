@@ -23,8 +23,17 @@ def main(argv: list[str] | None = None) -> None:
     checkpoints = LocalCheckpointIO(Path(cfg.run.output_dir) / cfg.run.name / "checkpoints")
     result = Trainer(cfg, checkpoints).fit()
     if result.export_dir is not None:
-        print(json.dumps({"global_step": result.global_step, "metrics": result.metrics,
-                          "mlflow_run_id": result.mlflow_run_id, "model_uri": result.model_uri}), flush=True)
+        print(
+            json.dumps(
+                {
+                    "global_step": result.global_step,
+                    "metrics": result.metrics,
+                    "mlflow_run_id": result.mlflow_run_id,
+                    "model_uri": result.model_uri,
+                }
+            ),
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

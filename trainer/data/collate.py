@@ -19,7 +19,7 @@ def _pad_value(key: str, pad_token_id: int) -> int:
 
 
 def pad_batch(features: Sequence[dict[str, Any]], pad_token_id: int) -> dict[str, torch.Tensor]:
-    """Lists of ints become right-padded [B, T] tensors (ids: pad id, masks: 0, labels: -100); ints stay 1-D."""
+    """Int lists become right-padded [B, T] tensors (ids: pad id, masks: 0, labels: -100); ints stay 1-D."""
     batch: dict[str, torch.Tensor] = {}
     for key in features[0]:
         values = [f[key] for f in features]

@@ -35,12 +35,16 @@ class QAExample:
             if key not in row:
                 raise DataError(f"{where}: missing field {key!r}")
             if not isinstance(row[key], kind) or (kind is int and isinstance(row[key], bool)):
-                raise DataError(f"{where}: field {key!r} must be {kind.__name__}, got {type(row[key]).__name__}")
+                raise DataError(
+                    f"{where}: field {key!r} must be {kind.__name__}, got {type(row[key]).__name__}"
+                )
         choices = row["choices"]
         if len(choices) < 2 or not all(isinstance(c, str) and c.strip() for c in choices):
             raise DataError(f"{where}: field 'choices' must hold at least two non-empty strings")
         if not 0 <= row["answer_index"] < len(choices):
-            raise DataError(f"{where}: field 'answer_index' {row['answer_index']} is out of range 0..{len(choices) - 1}")
+            raise DataError(
+                f"{where}: field 'answer_index' {row['answer_index']} is out of range 0..{len(choices) - 1}"
+            )
         if "answer" in row and row["answer"] != choices[row["answer_index"]]:
             raise DataError(f"{where}: field 'answer' {row['answer']!r} != choices[answer_index]")
         texts: dict[str, tuple[str, ...]] = {}

@@ -57,7 +57,8 @@ def generate_predictions(
         output = method.generate(model, batch, max_new_tokens=method.max_new_tokens(), **generation_kwargs)
         texts = method.tokenizer.batch_decode(output, skip_special_tokens=True)
         predictions.extend(
-            Prediction(ex.id, text, method.parse(text, ex), ex.answer_index) for ex, text in zip(chunk, texts, strict=True)
+            Prediction(ex.id, text, method.parse(text, ex), ex.answer_index)
+            for ex, text in zip(chunk, texts, strict=True)
         )
     return predictions
 
@@ -78,7 +79,9 @@ def evaluate(
     shard = examples[rank::world]
     per_rank = math.ceil(len(examples) / world)
     padded = shard + [examples[0]] * (per_rank - len(shard))
-    local = generate_predictions(method, model, padded, batch_size, strategy.device, generation_kwargs)[: len(shard)]
+    local = generate_predictions(method, model, padded, batch_size, strategy.device, generation_kwargs)[
+        : len(shard)
+    ]
     model.train(was_training)
     by_id = {p.id: p for part in strategy.all_gather_objects(local) for p in part}
     predictions = [by_id[ex.id] for ex in examples]

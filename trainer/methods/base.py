@@ -49,7 +49,9 @@ class Method(ABC):
 
     def loss(self, model: torch.nn.Module, batch: Batch) -> dict[str, torch.Tensor]:
         """`loss` to optimise plus named parts to log; default: task cross-entropy on `labels`."""
-        out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=batch["labels"])
+        out = model(
+            input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=batch["labels"]
+        )
         task = token_cross_entropy(out.logits, batch["labels"])
         return {"loss": task, "task_loss": task.detach()}
 
@@ -68,4 +70,8 @@ class Method(ABC):
 
 def simple_feature(method: Method, source: str, target: str, max_target: int) -> Features:
     input_ids = method.encode(source, method.cfg.data.max_input_length)
-    return {"input_ids": input_ids, "attention_mask": [1] * len(input_ids), "labels": method.encode(target, max_target)}
+    return {
+        "input_ids": input_ids,
+        "attention_mask": [1] * len(input_ids),
+        "labels": method.encode(target, max_target),
+    }

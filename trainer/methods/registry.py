@@ -16,5 +16,7 @@ METHODS: dict[str, type[Method]] = {
 
 def build_method(cfg: ExperimentConfig, tokenizer: PreTrainedTokenizerBase) -> Method:
     if cfg.method.name not in METHODS:
-        raise ValueError(f"method.name: {cfg.method.name!r} is not implemented; known: {', '.join(sorted(METHODS))}")
+        raise ValueError(
+            f"method.name: {cfg.method.name!r} is not implemented; known: {', '.join(sorted(METHODS))}"
+        )
     return METHODS[cfg.method.name](cfg, tokenizer)

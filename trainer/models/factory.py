@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+
 from transformers import (
     AutoModelForSeq2SeqLM,
     AutoTokenizer,
@@ -16,8 +17,22 @@ from trainer.models.tokenizer import tokenizer_from_json, train_tokenizer_json
 
 # Randomly initialised T5 shapes; they train in minutes on CPU and exercise every code path of real T5.
 TINY_PRESETS: dict[str, dict[str, int]] = {
-    "t5-tiny": {"d_model": 64, "d_ff": 256, "num_layers": 2, "num_decoder_layers": 2, "num_heads": 4, "d_kv": 16},
-    "t5-mini": {"d_model": 128, "d_ff": 512, "num_layers": 4, "num_decoder_layers": 4, "num_heads": 4, "d_kv": 32},
+    "t5-tiny": {
+        "d_model": 64,
+        "d_ff": 256,
+        "num_layers": 2,
+        "num_decoder_layers": 2,
+        "num_heads": 4,
+        "d_kv": 16,
+    },
+    "t5-mini": {
+        "d_model": 128,
+        "d_ff": 512,
+        "num_layers": 4,
+        "num_decoder_layers": 4,
+        "num_heads": 4,
+        "d_kv": 32,
+    },
 }
 
 

@@ -49,8 +49,13 @@ class DeepSpeedStrategy:
     def setup_distributed(self) -> None:
         if not dist.is_initialized() and "RANK" not in os.environ:
             os.environ.update(
-                {"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1", "MASTER_ADDR": "127.0.0.1",
-                 "MASTER_PORT": str(_free_port())}
+                {
+                    "RANK": "0",
+                    "LOCAL_RANK": "0",
+                    "WORLD_SIZE": "1",
+                    "MASTER_ADDR": "127.0.0.1",
+                    "MASTER_PORT": str(_free_port()),
+                }
             )
         deepspeed.init_distributed(dist_backend="nccl" if self.on_gpu else "gloo")
         if self.on_gpu:
@@ -99,12 +104,16 @@ class DeepSpeedStrategy:
 
     # ---- engines -------------------------------------------------------------------------------
     def _context(self, model: PreTrainedModel) -> ResolveContext:
-        return ResolveContext(world_size=self.world_size, hidden_size=model.config.d_model, on_gpu=self.on_gpu)
+        return ResolveContext(
+            world_size=self.world_size, hidden_size=model.config.d_model, on_gpu=self.on_gpu
+        )
 
     def prepare(self, model: PreTrainedModel) -> DeepSpeedEngine:
         """Wrap a model for training with the resolved template (optimizer and schedule included)."""
         template, _ = load_template(self.cfg.ds.template)
-        self.resolved_config = resolve_training_config(template, self.cfg.ds, self.cfg.optim, self._context(model))
+        self.resolved_config = resolve_training_config(
+            template, self.cfg.ds, self.cfg.optim, self._context(model)
+        )
         engine, *_ = deepspeed.initialize(
             model=model,
             model_parameters=[p for p in model.parameters() if p.requires_grad],
@@ -120,7 +129,9 @@ class DeepSpeedStrategy:
             dtype = torch.bfloat16 if self.cfg.ds.precision == "bf16" else torch.float32
             return model.to(device=self.device, dtype=dtype)
         template, _ = load_template("zero3_inference")
-        config = resolve_inference_config(template, self.cfg.ds, self.cfg.optim.micro_batch_size, self._context(model))
+        config = resolve_inference_config(
+            template, self.cfg.ds, self.cfg.optim.micro_batch_size, self._context(model)
+        )
         engine, *_ = deepspeed.initialize(model=model, config=config)
         engine.eval()
         return engine.module
@@ -142,7 +153,9 @@ class DeepSpeedStrategy:
     # ---- checkpoints ---------------------------------------------------------------------------
     def save_checkpoint(self, engine: DeepSpeedEngine, directory: Path, client_state: dict[str, Any]) -> None:
         """Every rank writes its own shard (model, optimizer, scheduler, our client state) into directory."""
-        engine.save_checkpoint(str(directory), tag="checkpoint", client_state={CLIENT_STATE_KEY: client_state})
+        engine.save_checkpoint(
+            str(directory), tag="checkpoint", client_state={CLIENT_STATE_KEY: client_state}
+        )
 
     def load_checkpoint(self, engine: DeepSpeedEngine, directory: Path) -> dict[str, Any]:
         """Restore every rank's shard; returns the client state saved with it."""
@@ -152,8 +165,10 @@ class DeepSpeedStrategy:
         return client_state[CLIENT_STATE_KEY]
 
     # ---- export --------------------------------------------------------------------------------
-    def export_model(self, engine: DeepSpeedEngine, tokenizer: PreTrainedTokenizerBase, directory: Path) -> None:
-        """Write a consolidated HF model dir (from_pretrained-loadable) on rank 0; a collective under ZeRO-3."""
+    def export_model(
+        self, engine: DeepSpeedEngine, tokenizer: PreTrainedTokenizerBase, directory: Path
+    ) -> None:
+        """Write a consolidated HF model dir (from_pretrained loads it) on rank 0; collective under ZeRO-3."""
         if engine.zero_optimization_partition_weights():
             state_dict = engine._zero3_consolidated_16bit_state_dict()
         elif self.is_rank_zero:

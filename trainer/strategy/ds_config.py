@@ -57,7 +57,9 @@ def resolve_training_config(
     """Fill batch sizes, precision, optimizer, schedule and ZeRO buckets from the typed config."""
     config = copy.deepcopy(template)
     if config.get("fp16", {}).get("enabled") not in (None, False):
-        raise DeepSpeedConfigError("fp16 is not supported: T5 overflows in fp16; use ds.precision=bf16 or fp32")
+        raise DeepSpeedConfigError(
+            "fp16 is not supported: T5 overflows in fp16; use ds.precision=bf16 or fp32"
+        )
     _fill(config, "train_micro_batch_size_per_gpu", optim.micro_batch_size)
     _fill(config, "gradient_accumulation_steps", optim.gradient_accumulation_steps)
     _fill(
@@ -88,8 +90,9 @@ def resolve_training_config(
     return config
 
 
-def resolve_inference_config(template: dict[str, Any], ds: DeepSpeedConfig, micro_batch_size: int,
-                             ctx: ResolveContext) -> dict[str, Any]:
+def resolve_inference_config(
+    template: dict[str, Any], ds: DeepSpeedConfig, micro_batch_size: int, ctx: ResolveContext
+) -> dict[str, Any]:
     """Config for a frozen model (KNIFE's teacher): ZeRO-3 partitions it, no optimizer state."""
     config = copy.deepcopy(template)
     _fill(config, "train_micro_batch_size_per_gpu", micro_batch_size)

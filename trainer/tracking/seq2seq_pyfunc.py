@@ -1,4 +1,4 @@
-"""MLflow "model from code": an exported HF seq2seq dir served as a pyfunc that maps input text to output text.
+"""MLflow "model from code": an exported HF seq2seq dir served as a pyfunc mapping input text to output text.
 
 Logged by path (mlflow.pyfunc.log_model(python_model=<this file>)), so loading it needs only mlflow,
 torch and transformers, not this repository. (mlflow.transformers cannot log text2text models under

@@ -1,0 +1,40 @@
+# Two commands for a fresh machine: `make demo` and `make test`. Both create (or reuse) .venv.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+export OMP_NUM_THREADS ?= 1
+export MLFLOW_DISABLE_TELEMETRY := true
+export DO_NOT_TRACK := true
+export TOKENIZERS_PARALLELISM := false
+export DS_ACCELERATOR ?= cpu
+
+.PHONY: venv demo test test-fast lint bench clean
+
+venv: $(STAMP)
+
+# torch first (the CPU wheel), then everything else constrained to it so no CUDA build is pulled in.
+$(STAMP): requirements.txt requirements-dev.txt constraints.txt pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -c constraints.txt "torch==2.13.0"
+	DS_BUILD_OPS=0 $(PY) -m pip install --quiet -c constraints.txt -r requirements.txt -r requirements-dev.txt
+	$(PY) -m pip install --quiet --no-deps --no-build-isolation -e .
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(PY) -m ray_jobs.submit ray_jobs/configs/demo.yaml
+
+test: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(PY) -m pytest -q -p no:cacheprovider --durations=15
+
+test-fast: $(STAMP)
+	$(PY) -m pytest -q -m "not slow"
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+
+clean:
+	rm -rf runs mlruns mlartifacts mlflow.db bench_results .pytest_cache
