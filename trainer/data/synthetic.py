@@ -49,8 +49,8 @@ _PASSAGE_TEMPLATE = "{e} is a {c}. it is one of the {c}s of the world."
 class SyntheticTaskSpec:
     """Size and seed of the synthetic world; the same spec always yields the same bytes."""
 
-    # Defaults tuned so a 64-dim 2+2-layer T5 from scratch reaches ~0.6 / 0.78 dev accuracy input-only after
-    # 1k / 3k steps, while reading the rationale gets ~1.0: more entities or categories make input-only hopeless.
+    # Tuned so a 64-dim 2+2-layer T5 from scratch gets ~0.6 / ~0.78 dev accuracy input-only after 1k / 3k
+    # steps but ~1.0 reading the rationale; more entities or categories make input-only hopeless.
     num_entities: int = 100
     num_categories: int = 6
     num_properties: int = 16

@@ -93,7 +93,7 @@ def test_written_files_round_trip_to_the_in_memory_task(tmp_path: Path) -> None:
 
 
 def test_rows_follow_the_shared_schema(task) -> None:
-    assert len(task.train) == 2000 and len(task.dev) == 300
+    assert len(task.train) == task.spec.num_train and len(task.dev) == task.spec.num_dev
     ids = [row["id"] for row in task.train + task.dev]
     assert len(set(ids)) == len(ids)
     for row in task.train + task.dev:
@@ -142,7 +142,8 @@ def test_world_is_consistent_across_rows(task) -> None:
         for entity, category, prop, holds in parse_rationale(row["rationales"][0]):
             assert category_of.setdefault(entity, category) == category
             assert table.setdefault((category, prop), holds) == holds
-    assert len(category_of) == 300 and len(set(category_of.values())) == 12
+    assert len(category_of) == task.spec.num_entities
+    assert len(set(category_of.values())) == task.spec.num_categories
 
 
 def test_passages_cover_every_entity_and_category(task) -> None:
