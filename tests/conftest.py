@@ -1,0 +1,51 @@
+"""Fixtures shared by the whole suite: environment hygiene, the shared data, small configs."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from trainer.config import ExperimentConfig, load_config
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATA = Path(os.environ.get("REASONDISTILL_DATA_DIR", REPO_ROOT.parent / "shared" / "data"))
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+os.environ.setdefault("DO_NOT_TRACK", "true")
+os.environ.setdefault("DS_ACCELERATOR", "cpu")
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    if not (SHARED_DATA / "strategyqa" / "train.jsonl.gz").is_file():
+        pytest.skip(f"shared data not found at {SHARED_DATA} (set REASONDISTILL_DATA_DIR)")
+    return SHARED_DATA
+
+
+@pytest.fixture
+def tiny_config(tmp_path: Path, shared_data: Path):
+    """A config factory for seconds-long runs on StrategyQA with a local SQLite MLflow store."""
+
+    def make(*overrides: str) -> ExperimentConfig:
+        base = [
+            f"data.data_dir={shared_data}",
+            "data.max_train_examples=64",
+            "data.max_dev_examples=16",
+            "data.max_input_length=64",
+            "data.max_target_length=8",
+            "model.tokenizer_vocab_size=600",
+            "optim.max_steps=4",
+            "optim.micro_batch_size=4",
+            "tracking.log_every=2",
+            f"tracking.tracking_uri=sqlite:///{tmp_path / 'mlflow.db'}",
+            "tracking.experiment=tests",
+            f"run.output_dir={tmp_path / 'runs'}",
+            "run.num_workers=1",
+        ]
+        return load_config(overrides=[*base, *overrides])
+
+    return make

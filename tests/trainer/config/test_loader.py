@@ -1,0 +1,76 @@
+from pathlib import Path
+
+import pytest
+
+from trainer.config import ConfigError, flatten, load_config
+from trainer.config.loader import split_config_args
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "exp.yaml"
+    path.write_text(text)
+    return path
+
+
+def test_yaml_then_dotted_overrides_with_typed_values(tmp_path: Path) -> None:
+    path = write(tmp_path, "method:\n  name: ft_iro\nds:\n  template: zero2\noptim:\n  lr: 0.01\n")
+    cfg = load_config(path, ["ds.zero_stage=3", "optim.max_steps=7"])
+    assert cfg.method.name == "ft_iro"
+    assert cfg.ds.zero_stage == 3 and cfg.ds.template == "zero2"
+    assert cfg.optim.max_steps == 7 and cfg.optim.lr == 0.01
+
+
+def test_nested_override_and_list_values() -> None:
+    cfg = load_config(overrides=["method.knife.encoder_layers=[0, -1]", "method.knife.lambda_in=0.5"])
+    assert cfg.method.knife.encoder_layers == [0, -1]
+    assert cfg.method.knife.lambda_in == 0.5
+
+
+def test_unknown_key_is_named(tmp_path: Path) -> None:
+    path = write(tmp_path, "optim:\n  learning_rate: 0.1\n")
+    with pytest.raises(ConfigError, match=r"optim\.learning_rate: unknown key") as info:
+        load_config(path)
+    assert str(path) in str(info.value)
+
+
+def test_wrong_type_names_field_and_value() -> None:
+    with pytest.raises(ConfigError, match=r"optim\.max_steps: .*'many'"):
+        load_config(overrides=["optim.max_steps=many"])
+
+
+def test_out_of_range_and_bad_choice() -> None:
+    with pytest.raises(ConfigError, match=r"data\.train_fraction"):
+        load_config(overrides=["data.train_fraction=1.5"])
+    with pytest.raises(ConfigError, match=r"ds\.precision"):
+        load_config(overrides=["ds.precision=fp16"])
+
+
+def test_missing_file_and_invalid_yaml(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="config file not found"):
+        load_config(tmp_path / "nope.yaml")
+    with pytest.raises(ConfigError, match="invalid YAML"):
+        load_config(write(tmp_path, "optim: [unclosed\n"))
+
+
+def test_malformed_override() -> None:
+    with pytest.raises(ConfigError, match="section.key=value"):
+        load_config(overrides=["optim.lr"])
+    with pytest.raises(ConfigError, match="is a value, not a section"):
+        load_config(overrides=["optim.lr=1", "optim.lr.x=2"])
+
+
+def test_offload_param_needs_zero3() -> None:
+    with pytest.raises(ConfigError, match="offload_param needs ds.zero_stage=3"):
+        load_config(overrides=["ds.zero_stage=2", "ds.offload_param=true"])
+
+
+def test_flatten_gives_dotted_params() -> None:
+    flat = flatten(load_config(overrides=["optim.lr=0.5"]))
+    assert flat["optim.lr"] == "0.5"
+    assert flat["method.knife.lambda_in"] == "1.0"
+
+
+def test_split_config_args() -> None:
+    assert split_config_args(["a.yaml", "x.y=1"]) == ("a.yaml", ["x.y=1"])
+    assert split_config_args(["x.y=1"]) == (None, ["x.y=1"])
+    assert split_config_args([]) == (None, [])

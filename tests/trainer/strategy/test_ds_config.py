@@ -1,0 +1,103 @@
+import json
+from pathlib import Path
+
+import pytest
+
+from trainer.config import load_config
+from trainer.strategy.ds_config import (
+    DS_CONFIG_DIR,
+    DeepSpeedConfigError,
+    ResolveContext,
+    assert_no_auto,
+    load_template,
+    resolve_inference_config,
+    resolve_training_config,
+)
+
+CTX = ResolveContext(world_size=4, hidden_size=64, on_gpu=False)
+
+
+def resolve(*overrides: str, ctx: ResolveContext = CTX) -> dict:
+    cfg = load_config(overrides=list(overrides))
+    template, _ = load_template(cfg.ds.template)
+    return resolve_training_config(template, cfg.ds, cfg.optim, ctx)
+
+
+@pytest.mark.parametrize("name", ["zero1", "zero2", "zero3"])
+def test_every_template_resolves_without_auto(name: str) -> None:
+    config = resolve(f"ds.template={name}", "optim.micro_batch_size=3", "optim.gradient_accumulation_steps=2")
+    assert_no_auto(config)
+    assert config["train_micro_batch_size_per_gpu"] == 3
+    assert config["gradient_accumulation_steps"] == 2
+    assert config["train_batch_size"] == 3 * 2 * 4
+    assert config["zero_optimization"]["stage"] == int(name[-1])
+    assert config["optimizer"]["params"]["torch_adam"] is True  # no CUDA kernels on CPU
+    assert config["scheduler"]["params"]["total_num_steps"] == 100
+    assert "fp16" not in config
+
+
+def test_all_shipped_templates_are_valid_json() -> None:
+    for path in DS_CONFIG_DIR.glob("*.json"):
+        json.loads(path.read_text())
+
+
+def test_zero_buckets_follow_hidden_size() -> None:
+    zero = resolve("ds.template=zero3")["zero_optimization"]
+    assert zero["reduce_bucket_size"] == 64 * 64
+    assert zero["stage3_prefetch_bucket_size"] == int(0.9 * 64 * 64)
+    assert zero["stage3_param_persistence_threshold"] == 640
+    assert "offload_param" not in zero and "offload_optimizer" not in zero
+
+
+def test_stage_override_drops_stage3_keys() -> None:
+    zero = resolve("ds.template=zero3", "ds.zero_stage=2")["zero_optimization"]
+    assert zero["stage"] == 2
+    assert not [k for k in zero if k.startswith("stage3_")]
+
+
+def test_precision_and_offload() -> None:
+    config = resolve("ds.template=zero3", "ds.precision=bf16", "ds.offload_optimizer=true", "ds.offload_param=true")
+    assert config["bf16"]["enabled"] is True
+    assert config["zero_optimization"]["offload_optimizer"] == {"device": "cpu", "pin_memory": False}
+    assert config["zero_optimization"]["offload_param"]["device"] == "cpu"
+    assert "torch_adam" not in config["optimizer"]["params"]  # offload uses DeepSpeedCPUAdam
+
+
+def test_gpu_context_keeps_fused_adam_and_overlap() -> None:
+    config = resolve("ds.template=zero2", ctx=ResolveContext(world_size=8, hidden_size=512, on_gpu=True))
+    assert "torch_adam" not in config["optimizer"]["params"]
+    assert config["zero_optimization"]["overlap_comm"] is True
+
+
+def test_explicit_template_values_win(tmp_path: Path) -> None:
+    template, _ = load_template("zero2")
+    template["gradient_clipping"] = 0.25
+    path = tmp_path / "mine.json"
+    path.write_text(json.dumps(template))
+    assert resolve(f"ds.template={path}")["gradient_clipping"] == 0.25
+
+
+def test_errors_name_the_problem(tmp_path: Path) -> None:
+    with pytest.raises(DeepSpeedConfigError, match="ds.template: 'zero9' not found.*zero2"):
+        resolve("ds.template=zero9")
+    fp16 = tmp_path / "fp16.json"
+    fp16.write_text(json.dumps({"fp16": {"enabled": True}}))
+    with pytest.raises(DeepSpeedConfigError, match="fp16 is not supported"):
+        resolve(f"ds.template={fp16}")
+    unknown_auto = tmp_path / "auto.json"
+    unknown_auto.write_text(json.dumps({"zero_optimization": {"stage": 2, "sub_group_size": "auto"}}))
+    with pytest.raises(DeepSpeedConfigError, match="'zero_optimization.sub_group_size' is still 'auto'"):
+        resolve(f"ds.template={unknown_auto}")
+    broken = tmp_path / "broken.json"
+    broken.write_text('{\n  "a": 1,\n}')
+    with pytest.raises(DeepSpeedConfigError, match=f"{broken}:3: invalid JSON"):
+        resolve(f"ds.template={broken}")
+
+
+def test_inference_config_is_zero3_without_optimizer() -> None:
+    cfg = load_config(overrides=["ds.precision=bf16"])
+    template, _ = load_template("zero3_inference")
+    config = resolve_inference_config(template, cfg.ds, 8, CTX)
+    assert config["zero_optimization"]["stage"] == 3
+    assert "optimizer" not in config and config["bf16"]["enabled"] is True
+    assert_no_auto(config)
