@@ -168,6 +168,28 @@ def test_client_retries_until_index_appears(tmp_path: Path) -> None:
         proc.stop()
 
 
+def test_running_service_sees_new_commits(tmp_path: Path) -> None:
+    """An indexer run in another process becomes visible to serving workers without a restart."""
+    index = tmp_path / "live"
+    with TantivyBackend(index, create=True) as backend:
+        backend.index_documents([Document("a", "Alpha", "first passage")])
+    proc = ServerProcess(["--index", str(index)], workers=2).wait_live()
+    try:
+        assert httpx.get(f"{proc.url}/documents/b").status_code == 404
+        with TantivyBackend(index) as backend:
+            backend.index_documents([Document("b", "Beta", "second passage about quokkas")])
+        deadline = time.monotonic() + 10
+        seen = 0
+        while time.monotonic() < deadline and seen < 4:  # both workers, several connections
+            r = httpx.post(f"{proc.url}/search", json={"query": "quokkas"})
+            seen = seen + 1 if [h["id"] for h in r.json()["results"]] == ["b"] else 0
+            time.sleep(0.05 if seen else 0.2)
+        assert seen == 4
+        assert httpx.get(f"{proc.url}/readyz").json()["count"] == 2
+    finally:
+        proc.stop()
+
+
 def test_keep_alive_latency_has_no_nagle_stall(server: ServerProcess) -> None:
     """Regression: with 2 workers every keep-alive response used to wait ~40 ms (Nagle + delayed ACK)."""
     with httpx.Client(base_url=server.url) as http:
