@@ -36,6 +36,10 @@ def _cmd_index(args: argparse.Namespace) -> int:
     from retrieval_service.indexer import index_files
 
     inputs = args.input or [str(cfg.wikipedia_passages())]
+    missing = [p for p in inputs if not os.path.isfile(p)]
+    if missing:  # before opening the backend, so no empty index is left behind
+        print(f"error: input file not found: {missing[0]}", file=sys.stderr)
+        return 2
     index = args.index or _default_index(args.backend)
     options = {}
     if args.backend == "elasticsearch":

@@ -87,6 +87,7 @@ def test_missing_input_file_is_named(tmp_path: Path) -> None:
     result = run_cli("index", "--index", str(tmp_path / "i"), "--input", str(tmp_path / "nope.jsonl"))
     assert result.returncode == 2
     assert f"input file not found: {tmp_path / 'nope.jsonl'}" in result.stderr
+    assert not (tmp_path / "i").exists()
 
 
 def test_serve_refuses_missing_index(tmp_path: Path) -> None:
