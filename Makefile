@@ -36,5 +36,8 @@ test-fast: $(STAMP)
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 
+bench: $(STAMP)
+	$(PY) -m retrieval_service.benchmark --out bench_results/retrieval
+
 clean:
 	rm -rf runs mlruns mlartifacts mlflow.db bench_results .pytest_cache

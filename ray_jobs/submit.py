@@ -18,6 +18,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlparse
 
 from ray.job_submission import JobStatus, JobSubmissionClient
 
@@ -112,16 +113,25 @@ def parse_result(logs: str) -> dict[str, Any] | None:
     return None
 
 
+def is_loopback(address: str) -> bool:
+    return urlparse(address if "://" in address else f"http://{address}").hostname in {"127.0.0.1", "localhost", "::1"}
+
+
 def submit(
     cfg: ExperimentConfig,
     address: str | None,
     entrypoint_module: str = "ray_jobs.train_job",
     timeout_s: float | None = None,
+    python: str | None = None,
 ) -> tuple[JobStatus, dict[str, Any] | None]:
-    """Submit, stream, wait; returns the final status and the job's result summary."""
-    with cluster_address(address, cfg) as (resolved, local):
+    """Submit, stream, wait; returns the final status and the job's result summary.
+
+    A cluster on this machine runs the job with this interpreter; a remote one with `python` from its image.
+    """
+    with cluster_address(address, cfg) as (resolved, started_here):
+        local = started_here or is_loopback(resolved)
         client = JobSubmissionClient(resolved)
-        python = sys.executable if local else "python"
+        python = python or (sys.executable if local else "python")
         job_id = client.submit_job(
             entrypoint=f"{python} -m {entrypoint_module} --config-b64 {encode_config(cfg)}",
             runtime_env={
@@ -174,13 +184,18 @@ def main(argv: list[str] | None = None) -> int:
         help="Ray dashboard address (default: $RAY_ADDRESS; none: start a local head)",
     )
     parser.add_argument("--timeout", type=float, default=None, help="stop the job after this many seconds")
+    parser.add_argument(
+        "--python",
+        default=None,
+        help="interpreter on the cluster (default: this one for a local cluster, else `python`)",
+    )
     args = parser.parse_args(argv)
     try:
         cfg = localize(load_config(*split_config_args(args.args)))
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    status, result = submit(cfg, args.address, timeout_s=args.timeout)
+    status, result = submit(cfg, args.address, timeout_s=args.timeout, python=args.python)
     if status != JobStatus.SUCCEEDED:
         print(f"error: Ray job ended {status.value}", file=sys.stderr)
         return 1

@@ -143,6 +143,7 @@ class Trainer:
         staging = self.checkpoint_io.staging_dir(state.global_step)
         strategy.save_checkpoint(engine, staging, asdict(state))
         export_dir = Path(cfg.run.output_dir) / cfg.run.name / "export"
+        engine.module.generation_config.max_new_tokens = method.max_new_tokens()
         strategy.export_model(engine, tokenizer, export_dir)
         model_uri = tracker.log_model(export_dir) if cfg.tracking.log_model else None
         self.checkpoint_io.report(

@@ -11,6 +11,8 @@ from typing import Any
 
 import mlflow
 from mlflow.entities import Metric, Param, RunStatus
+from mlflow.models import ModelSignature
+from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema
 from mlflow.tracking import MlflowClient
 from mlflow.utils.time import get_current_time_millis
 
@@ -21,6 +23,11 @@ DEFAULT_EXPERIMENT = "reasondistill"
 MODEL_ARTIFACT_PATH = "model"
 PYFUNC_FILE = Path(__file__).with_name("seq2seq_pyfunc.py")
 _PARAM_BATCH = 100
+PYFUNC_SIGNATURE = ModelSignature(
+    inputs=Schema([ColSpec("string", "input")]),
+    outputs=Schema([ColSpec("string")]),
+    params=ParamSchema([ParamSpec("max_new_tokens", "long", 0), ParamSpec("batch_size", "long", 32)]),
+)
 
 
 def resolve_tracking_uri(cfg: TrackingConfig) -> str:
@@ -116,6 +123,7 @@ class MLflowTracker:
                 name=MODEL_ARTIFACT_PATH,
                 python_model=str(PYFUNC_FILE),
                 artifacts={HF_MODEL_ARTIFACT: str(export_dir)},
+                signature=PYFUNC_SIGNATURE,
                 pip_requirements=[f"mlflow=={mlflow.__version__}", "torch", "transformers", "pandas"],
             )
         # Leaving the fluent context marks the run finished; training still owns its status.

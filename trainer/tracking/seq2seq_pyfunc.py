@@ -27,11 +27,13 @@ class Seq2SeqGenerator(PythonModel):
         texts = list(model_input["input"]) if isinstance(model_input, pd.DataFrame) else list(model_input)
         params = params or {}
         outputs: list[str] = []
-        batch_size = int(params.get("batch_size", 32))
+        batch_size = int(params.get("batch_size") or 32)
+        # The exported generation_config.json holds the training run's answer length.
+        generation = {"max_new_tokens": int(params["max_new_tokens"])} if params.get("max_new_tokens") else {}
         for start in range(0, len(texts), batch_size):
             batch = self.tokenizer(texts[start : start + batch_size], return_tensors="pt", padding=True)
             with torch.no_grad():
-                generated = self.model.generate(**batch, max_new_tokens=int(params.get("max_new_tokens", 32)))
+                generated = self.model.generate(**batch, **generation)
             outputs.extend(self.tokenizer.batch_decode(generated, skip_special_tokens=True))
         return outputs
 
