@@ -5,7 +5,6 @@ from __future__ import annotations
 import random
 import time
 from dataclasses import asdict, dataclass, field
-from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -16,13 +15,12 @@ from torch.utils.data import DataLoader, DistributedSampler
 from trainer.checkpoint_io import CheckpointIO
 from trainer.config.loader import flatten
 from trainer.config.schema import ExperimentConfig
-from trainer.data.collate import pad_batch
 from trainer.data.example import DataError, QAExample
 from trainer.data.formatting import tokenizer_corpus
 from trainer.data.registry import load_splits
 from trainer.evaluation.generation_eval import EvalResult, evaluate
 from trainer.methods.base import Features, Method
-from trainer.methods.registry import build_method
+from trainer.methods.registry import method_class
 from trainer.models.factory import build_model, build_tokenizer
 from trainer.strategy.deepspeed_strategy import DeepSpeedStrategy
 from trainer.tracking.mlflow_tracker import Tracker, create_tracker
@@ -78,14 +76,18 @@ class Trainer:
         cfg, strategy = self.cfg, self.strategy
         strategy.setup_distributed()
         splits = load_splits(cfg.data, cfg.run.seed)
+        method_cls = method_class(cfg)
         tokenizer = build_tokenizer(
-            cfg.model, corpus=lambda: tokenizer_corpus(splits.train), broadcast=strategy.broadcast_object
+            cfg.model,
+            corpus=lambda: tokenizer_corpus(splits.train),
+            broadcast=strategy.broadcast_object,
+            source=method_cls.tokenizer_source(cfg),
         )
-        method = build_method(cfg, tokenizer)
-        method.setup(strategy)
+        method = method_cls(cfg, tokenizer)
         features = build_features(method, splits.train, cfg.run.seed)
         model = build_model(cfg.model, tokenizer)
         num_parameters = sum(p.numel() for p in model.parameters())
+        method.setup(strategy, model)
         engine = strategy.prepare(model)
 
         sampler = DistributedSampler(
@@ -100,7 +102,7 @@ class Trainer:
             features,
             batch_size=cfg.optim.micro_batch_size,
             sampler=sampler,
-            collate_fn=partial(pad_batch, pad_token_id=tokenizer.pad_token_id),
+            collate_fn=method.collate,
         )
 
         state = TrainState()

@@ -47,6 +47,7 @@ class DataConfig(_Section):
     max_rationale_length: int = Field(default=128, ge=8)
     max_target_length: int = Field(default=32, ge=2)
     rationale_source: Literal["facts", "llm_first", "llm_random", "llm_all"] = "facts"
+    synthetic_seed: int = Field(default=0, description="world seed of the `synthetic` dataset")
 
 
 class KnifeConfig(_Section):

@@ -12,6 +12,7 @@ from pathlib import Path
 from trainer.config.schema import DataConfig
 from trainer.data.example import DataError, QAExample
 from trainer.data.jsonl import read_examples
+from trainer.data.synthetic import SyntheticTaskSpec, generate_synthetic_task
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -99,6 +100,17 @@ def _generic_jsonl(cfg: DataConfig) -> DatasetSplits:
     if cfg.dev_path:
         return DatasetSplits(train=train, dev=read_examples(cfg.dev_path))
     return hash_split(train, cfg.dev_fraction)
+
+
+@register_dataset("synthetic")
+def _synthetic(cfg: DataConfig) -> DatasetSplits:
+    """The seeded synthetic reasoning task (trainer.data.synthetic), generated in memory."""
+    task = generate_synthetic_task(SyntheticTaskSpec(seed=cfg.synthetic_seed))
+    name = f"synthetic(seed={cfg.synthetic_seed})"
+    return DatasetSplits(
+        train=[QAExample.from_row(row, where=f"{name}:train:{i}") for i, row in enumerate(task.train)],
+        dev=[QAExample.from_row(row, where=f"{name}:dev:{i}") for i, row in enumerate(task.dev)],
+    )
 
 
 def load_splits(cfg: DataConfig, seed: int) -> DatasetSplits:

@@ -8,7 +8,6 @@ from typing import Any
 
 import torch
 
-from trainer.data.collate import pad_batch
 from trainer.data.example import QAExample
 from trainer.methods.base import Method
 
@@ -52,7 +51,7 @@ def generate_predictions(
     predictions: list[Prediction] = []
     for start in range(0, len(examples), batch_size):
         chunk = examples[start : start + batch_size]
-        batch = pad_batch([method.eval_features(ex) for ex in chunk], method.tokenizer.pad_token_id)
+        batch = method.collate([method.eval_features(ex) for ex in chunk])
         batch = {k: v.to(device) for k, v in batch.items()}
         output = method.generate(model, batch, max_new_tokens=method.max_new_tokens(), **generation_kwargs)
         texts = method.tokenizer.batch_decode(output, skip_special_tokens=True)

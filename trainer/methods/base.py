@@ -10,6 +10,7 @@ import torch
 from transformers import PreTrainedTokenizerBase
 
 from trainer.config.schema import ExperimentConfig
+from trainer.data.collate import pad_batch
 from trainer.data.example import QAExample
 from trainer.data.formatting import parse_choice
 from trainer.data.rationales import select_rationales
@@ -28,6 +29,14 @@ class Method(ABC):
     def __init__(self, cfg: ExperimentConfig, tokenizer: PreTrainedTokenizerBase) -> None:
         self.cfg = cfg
         self.tokenizer = tokenizer
+
+    @classmethod
+    def tokenizer_source(cls, cfg: ExperimentConfig) -> str | None:
+        """Where the tokenizer comes from when it is not the model's own (KNIFE's student: the teacher's)."""
+        return cfg.model.tokenizer
+
+    def collate(self, features: list[Features]) -> Batch:
+        return pad_batch(features, self.tokenizer.pad_token_id)
 
     def encode(self, text: str, max_length: int) -> list[int]:
         """Token ids ending in EOS, truncated to max_length (EOS kept)."""
@@ -64,7 +73,7 @@ class Method(ABC):
     def parse(self, text: str, example: QAExample) -> int | None:
         return parse_choice(text, example.choices)
 
-    def setup(self, strategy: Any) -> None:  # noqa: B027 - optional hook, most methods need nothing
+    def setup(self, strategy: Any, model: torch.nn.Module) -> None:  # noqa: B027 - most methods need nothing
         """Load anything beyond the trained model (KNIFE's frozen teacher) once the process group exists."""
 
 

@@ -2,21 +2,21 @@
 
 from __future__ import annotations
 
-from transformers import PreTrainedTokenizerBase
-
 from trainer.config.schema import ExperimentConfig
 from trainer.methods.base import Method
 from trainer.methods.finetune import FinetuneIO, FinetuneIOR, FinetuneIRO
+from trainer.methods.knife import KnifeStudent, KnifeTeacher
 from trainer.methods.multitask import StepByStepMultitask
 
 METHODS: dict[str, type[Method]] = {
-    cls.name: cls for cls in (FinetuneIO, FinetuneIOR, FinetuneIRO, StepByStepMultitask)
+    cls.name: cls
+    for cls in (FinetuneIO, FinetuneIOR, FinetuneIRO, StepByStepMultitask, KnifeTeacher, KnifeStudent)
 }
 
 
-def build_method(cfg: ExperimentConfig, tokenizer: PreTrainedTokenizerBase) -> Method:
+def method_class(cfg: ExperimentConfig) -> type[Method]:
     if cfg.method.name not in METHODS:
         raise ValueError(
             f"method.name: {cfg.method.name!r} is not implemented; known: {', '.join(sorted(METHODS))}"
         )
-    return METHODS[cfg.method.name](cfg, tokenizer)
+    return METHODS[cfg.method.name]

@@ -13,6 +13,7 @@ from transformers import (
 )
 
 from trainer.config.schema import ModelConfig
+from trainer.models.sources import resolve_model_source
 from trainer.models.tokenizer import tokenizer_from_json, train_tokenizer_json
 
 # Randomly initialised T5 shapes; they train in minutes on CPU and exercise every code path of real T5.
@@ -41,22 +42,23 @@ def is_preset(name: str) -> bool:
 
 
 def build_tokenizer(
-    cfg: ModelConfig, corpus: Callable[[], list[str]], broadcast: Callable[[str], str]
+    cfg: ModelConfig,
+    corpus: Callable[[], list[str]],
+    broadcast: Callable[[str], str],
+    source: str | None = None,
 ) -> PreTrainedTokenizerBase:
-    """HF tokenizer by name/path, or for presets one trained offline on rank 0's corpus and broadcast.
-
-    Broadcasting the JSON (rather than training on every rank) guarantees identical vocabularies.
-    """
-    source = cfg.tokenizer or (None if is_preset(cfg.name) else cfg.name)
+    """The tokenizer at `source` (name, path or MLflow model URI; default: the model's own), or for presets
+    one trained offline on rank 0's corpus and broadcast, which guarantees identical vocabularies."""
+    source = source or cfg.tokenizer or (None if is_preset(cfg.name) else cfg.name)
     if source is not None:
-        return AutoTokenizer.from_pretrained(source)
+        return AutoTokenizer.from_pretrained(resolve_model_source(source))
     return tokenizer_from_json(broadcast(train_tokenizer_json(corpus(), cfg.tokenizer_vocab_size)))
 
 
 def build_model(cfg: ModelConfig, tokenizer: PreTrainedTokenizerBase) -> T5ForConditionalGeneration:
     """Load any HF seq2seq checkpoint (name or local path) or initialise a preset for the tokenizer."""
     if not is_preset(cfg.name):
-        return AutoModelForSeq2SeqLM.from_pretrained(cfg.name)
+        return AutoModelForSeq2SeqLM.from_pretrained(resolve_model_source(cfg.name))
     config = T5Config(
         vocab_size=len(tokenizer),
         pad_token_id=tokenizer.pad_token_id,

@@ -1,0 +1,164 @@
+"""KNIFE (Chan et al.): a teacher that reads input + free-text rationale (FTR) through a masked decoder,
+and an input-only student whose encoder and decoder states are aligned with the frozen teacher's."""
+
+from __future__ import annotations
+
+import random
+from typing import Any
+
+import torch
+from transformers import AutoModelForSeq2SeqLM
+
+from trainer.config.schema import ExperimentConfig
+from trainer.data.example import QAExample
+from trainer.data.formatting import format_answer, format_question
+from trainer.data.knife_collate import build_knife_features, collate_knife
+from trainer.methods.base import Batch, Features, Method
+from trainer.models.sources import resolve_model_source
+from trainer.models.t5_knife import student_forward, teacher_forward, teacher_generate
+from trainer.objectives.distillation import layerwise_alignment, masked_kl
+from trainer.objectives.task import token_cross_entropy
+
+
+class _KnifeLayout(Method):
+    """Both KNIFE stages share the aligned teacher/student batch layout of trainer.data.knife_collate."""
+
+    uses_rationales = True
+
+    def knife_features(self, example: QAExample, rationale: str | None, with_labels: bool) -> Features:
+        data = self.cfg.data
+        input_ids = self.encode(format_question(example), data.max_input_length)
+        ftr_ids = self.encode(rationale, data.max_rationale_length) if rationale else []
+        labels = self.encode(format_answer(example), data.max_target_length) if with_labels else []
+        return build_knife_features(
+            input_ids, ftr_ids, labels, data.max_input_length + data.max_rationale_length
+        )
+
+    def train_features(self, example: QAExample, rng: random.Random) -> list[Features]:
+        return [self.knife_features(example, ftr, with_labels=True) for ftr in self.rationales(example, rng)]
+
+    def collate(self, features: list[Features]) -> Batch:
+        return collate_knife(features, self.tokenizer.pad_token_id)
+
+
+class KnifeTeacher(_KnifeLayout):
+    """Teacher: encoder reads input + FTR; decoder cross-attends only the input positions; task loss.
+
+    It is evaluated with the FTR in its input (the first rationale of the configured source).
+    """
+
+    name = "knife_teacher"
+
+    def eval_features(self, example: QAExample) -> Features:
+        ftrs = self.rationales(example, random.Random(0))
+        return self.knife_features(example, ftrs[0] if ftrs else None, with_labels=False)
+
+    def loss(self, model: torch.nn.Module, batch: Batch) -> dict[str, torch.Tensor]:
+        states = teacher_forward(
+            model,
+            batch["teacher_input_ids"],
+            batch["teacher_attention_mask"],
+            batch["teacher_cross_attention_mask"],
+            labels=batch["labels"],
+            output_hidden_states=False,
+        )
+        task = token_cross_entropy(states.logits, batch["labels"])
+        return {"loss": task, "task_loss": task.detach()}
+
+    def generate(self, model: torch.nn.Module, batch: Batch, **kwargs: Any) -> torch.Tensor:
+        return teacher_generate(
+            model,
+            batch["teacher_input_ids"],
+            batch["teacher_attention_mask"],
+            batch["teacher_cross_attention_mask"],
+            **kwargs,
+        )
+
+
+class KnifeStudent(_KnifeLayout):
+    """Student: input only; loss = λ_task·task + λ_in·KD-in (encoder states on input tokens)
+    + λ_out·KD-out (decoder states on answer tokens, MSE; or KL on output distributions)."""
+
+    name = "knife_student"
+
+    def __init__(self, cfg: ExperimentConfig, tokenizer: Any) -> None:
+        super().__init__(cfg, tokenizer)
+        self.teacher: torch.nn.Module | None = None
+
+    @classmethod
+    def tokenizer_source(cls, cfg: ExperimentConfig) -> str | None:
+        """Aligned positions and output distributions need the teacher's vocabulary."""
+        return cfg.model.tokenizer or cls._teacher_source(cfg)
+
+    @staticmethod
+    def _teacher_source(cfg: ExperimentConfig) -> str:
+        if not cfg.method.knife.teacher:
+            raise ValueError(
+                "method.knife.teacher: the KNIFE student needs a teacher model (path or runs:/ URI)"
+            )
+        return cfg.method.knife.teacher
+
+    def setup(self, strategy: Any, model: torch.nn.Module) -> None:
+        source = resolve_model_source(self._teacher_source(self.cfg), self.cfg.tracking.tracking_uri)
+        teacher = AutoModelForSeq2SeqLM.from_pretrained(source)
+        if teacher.config.d_model != model.config.d_model:
+            raise ValueError(
+                f"method.knife.teacher: teacher d_model {teacher.config.d_model} != student d_model "
+                f"{model.config.d_model}; KNIFE aligns hidden states, so the sizes must match"
+            )
+        self.teacher = strategy.prepare_frozen(teacher, self.cfg.method.knife.teacher_zero_stage)
+
+    def eval_features(self, example: QAExample) -> Features:
+        return self.knife_features(example, None, with_labels=False)
+
+    def generate(self, model: torch.nn.Module, batch: Batch, **kwargs: Any) -> torch.Tensor:
+        return model.generate(
+            input_ids=batch["student_input_ids"], attention_mask=batch["student_attention_mask"], **kwargs
+        )
+
+    def loss(self, model: torch.nn.Module, batch: Batch) -> dict[str, torch.Tensor]:
+        knife = self.cfg.method.knife
+        labels = batch["labels"]
+        student = student_forward(
+            model, batch["student_input_ids"], batch["student_attention_mask"], labels=labels
+        )
+        with torch.no_grad():
+            teacher = teacher_forward(
+                self.teacher,
+                batch["teacher_input_ids"],
+                batch["teacher_attention_mask"],
+                batch["teacher_cross_attention_mask"],
+                labels=labels,
+            )
+        task = token_cross_entropy(student.logits, labels)
+        zero = task.new_zeros(())
+        width = batch["student_input_ids"].shape[1]
+        kd_in = zero
+        if knife.lambda_in > 0:
+            teacher_inputs = [states[:, :width] for states in teacher.encoder_hidden_states]
+            kd_in = layerwise_alignment(
+                student.encoder_hidden_states,
+                teacher_inputs,
+                batch["input_alignment_mask"],
+                knife.encoder_layers,
+            )
+        kd_out = zero
+        if knife.lambda_out > 0:
+            if knife.output_loss == "kl":
+                kd_out = masked_kl(
+                    student.logits, teacher.logits, batch["decoder_mask"], knife.kl_temperature
+                )
+            else:
+                kd_out = layerwise_alignment(
+                    student.decoder_hidden_states,
+                    teacher.decoder_hidden_states,
+                    batch["decoder_mask"],
+                    knife.decoder_layers,
+                )
+        loss = knife.lambda_task * task + knife.lambda_in * kd_in + knife.lambda_out * kd_out
+        return {
+            "loss": loss,
+            "task_loss": task.detach(),
+            "kd_in_loss": kd_in.detach(),
+            "kd_out_loss": kd_out.detach(),
+        }

@@ -1,0 +1,37 @@
+"""Model locations beyond HF names and paths: MLflow model URIs resolve to a local HF directory."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import mlflow
+import yaml
+
+from trainer.tracking.seq2seq_pyfunc import HF_MODEL_ARTIFACT
+
+MLFLOW_SCHEMES = ("runs:/", "models:/", "mlflow-artifacts:/")
+
+
+def is_mlflow_uri(source: str) -> bool:
+    return source.startswith(MLFLOW_SCHEMES)
+
+
+def resolve_model_source(source: str, tracking_uri: str | None = None) -> str:
+    """An MLflow-logged model (our pyfunc wrapper) → its local HF dir; anything else is returned as is.
+
+    Lets a student stage name its teacher by the teacher run's model URI, which every node can reach,
+    instead of a path on whichever node trained the teacher.
+    """
+    if not is_mlflow_uri(source):
+        return source
+    local = Path(mlflow.artifacts.download_artifacts(artifact_uri=source, tracking_uri=tracking_uri))
+    mlmodel = yaml.safe_load((local / "MLmodel").read_text()) if (local / "MLmodel").is_file() else {}
+    artifacts = mlmodel.get("flavors", {}).get("python_function", {}).get("artifacts", {})
+    if HF_MODEL_ARTIFACT not in artifacts:
+        raise FileNotFoundError(
+            f"{source} is not a ReasonDistill model: no {HF_MODEL_ARTIFACT!r} artifact in MLmodel"
+        )
+    hf_dir = local / artifacts[HF_MODEL_ARTIFACT]["path"]
+    if not (hf_dir / "config.json").is_file():
+        raise FileNotFoundError(f"{source} is not a ReasonDistill model: {hf_dir}/config.json is missing")
+    return str(hf_dir)
