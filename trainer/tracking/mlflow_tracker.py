@@ -12,8 +12,8 @@ from typing import Any
 import mlflow
 from mlflow.entities import Metric, Param, RunStatus
 from mlflow.models import ModelSignature
-from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema
 from mlflow.tracking import MlflowClient
+from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema
 from mlflow.utils.time import get_current_time_millis
 
 from trainer.config.schema import TrackingConfig

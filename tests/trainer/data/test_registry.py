@@ -50,7 +50,7 @@ def test_train_fraction_is_seeded_and_keeps_order(shared_data: Path) -> None:
     a, b, c = (load_splits(cfg.data, seed) for seed in (3, 3, 4))
     assert len(a.train) == round(1155 * 0.1)
     assert [e.id for e in a.train] == [e.id for e in b.train] != [e.id for e in c.train]
-    assert [e.id for e in a.train] == sorted((e.id for e in a.train))
+    assert [e.id for e in a.train] == sorted(e.id for e in a.train)
 
 
 def test_generic_jsonl_gz_with_dev_split(tmp_path: Path) -> None:
