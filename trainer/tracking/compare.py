@@ -1,0 +1,157 @@
+"""Compare methods across an MLflow experiment: one row per (dataset, method), mean ± std over seeds.
+
+    python -m trainer.tracking.compare --experiment knife-benchmark [--tracking-uri sqlite:////abs/mlflow.db]
+
+Only finished runs that carry a `method` tag count: pipeline parent runs have none, and failed or
+still-running runs would bias the mean.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+from collections import defaultdict
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+from mlflow.entities import Run, ViewType
+from mlflow.tracking import MlflowClient
+
+from trainer.config.schema import TrackingConfig
+from trainer.tracking.mlflow_tracker import resolve_experiment, resolve_tracking_uri
+
+METHOD_ORDER = ("ft_io", "ft_ior", "ft_iro", "multitask", "knife_teacher", "knife_student")
+ACCURACY = "dev/accuracy"
+_PAGE = 1000
+
+
+class ExperimentNotFoundError(LookupError):
+    """The named experiment is not in the tracking store."""
+
+
+@dataclass(frozen=True)
+class Row:
+    dataset: str
+    method: str
+    n: int
+    accuracy_mean: float
+    accuracy_std: float | None  # sample std over runs; None with a single run
+    accuracies: tuple[float, ...]
+    steps_mean: float
+    wall_time_s_mean: float
+    num_parameters: int
+
+
+def _finished_method_runs(client: MlflowClient, experiment_id: str) -> Iterable[Run]:
+    token: str | None = None
+    while True:
+        page = client.search_runs(
+            [experiment_id],
+            filter_string="attributes.status = 'FINISHED'",
+            run_view_type=ViewType.ACTIVE_ONLY,
+            max_results=_PAGE,
+            order_by=["attributes.start_time ASC"],
+            page_token=token,
+        )
+        yield from (run for run in page if run.data.tags.get("method"))
+        token = page.token
+        if not token:
+            return
+
+
+def _experiment_id(client: MlflowClient, tracking_uri: str, experiment: str) -> str:
+    # A missing SQLite file would otherwise be created empty by the client as a side effect.
+    if tracking_uri.startswith("sqlite:///") and not Path(tracking_uri.removeprefix("sqlite:///")).is_file():
+        raise ExperimentNotFoundError(f"experiment {experiment!r} not found: no tracking store at {tracking_uri}")
+    found = client.get_experiment_by_name(experiment)
+    if found is None:
+        known = sorted(e.name for e in client.search_experiments(view_type=ViewType.ALL))
+        raise ExperimentNotFoundError(
+            f"experiment {experiment!r} not found in {tracking_uri}; known: {', '.join(known) or 'none'}"
+        )
+    return found.experiment_id
+
+
+def compare_runs(tracking_uri: str, experiment: str) -> list[Row]:
+    """Group the experiment's finished method runs by (dataset, method), sorted by dataset then METHOD_ORDER."""
+    client = MlflowClient(tracking_uri)
+    experiment_id = _experiment_id(client, tracking_uri, experiment)
+    groups: dict[tuple[str, str], list[Run]] = defaultdict(list)
+    for run in _finished_method_runs(client, experiment_id):
+        if ACCURACY in run.data.metrics:
+            groups[run.data.tags.get("dataset", "?"), run.data.tags["method"]].append(run)
+    rows = []
+    for (dataset, method), runs in groups.items():
+        acc = tuple(run.data.metrics[ACCURACY] for run in runs)
+        rows.append(
+            Row(
+                dataset=dataset,
+                method=method,
+                n=len(runs),
+                accuracy_mean=statistics.fmean(acc),
+                accuracy_std=statistics.stdev(acc) if len(acc) > 1 else None,
+                accuracies=acc,
+                steps_mean=statistics.fmean(run.data.metrics.get("train/steps", 0.0) for run in runs),
+                wall_time_s_mean=statistics.fmean(run.data.metrics.get("train/wall_time_s", 0.0) for run in runs),
+                num_parameters=int(max(run.data.metrics.get("model/num_parameters", 0.0) for run in runs)),
+            )
+        )
+    return sorted(rows, key=lambda r: (r.dataset, _method_rank(r.method), r.method))
+
+
+def _method_rank(method: str) -> int:
+    return METHOD_ORDER.index(method) if method in METHOD_ORDER else len(METHOD_ORDER)
+
+
+def _accuracy_cell(row: Row | None) -> str:
+    if row is None:
+        return "–"
+    spread = f" ± {row.accuracy_std:.3f}" if row.accuracy_std is not None else ""
+    return f"{row.accuracy_mean:.3f}{spread} (n={row.n})"
+
+
+def _cost_cell(row: Row | None) -> str:
+    if row is None:
+        return "–"
+    return f"{row.steps_mean:.0f} steps, {row.wall_time_s_mean:.0f} s, {row.num_parameters / 1e6:.2f}M params"
+
+
+def format_table(rows: list[Row]) -> str:
+    """Markdown: methods as rows (fixed order, then any others), one accuracy column per dataset,
+    then a cost table with the same layout (mean steps, mean train wall time, model size)."""
+    datasets = sorted({r.dataset for r in rows})
+    methods = sorted({r.method for r in rows} | set(METHOD_ORDER), key=lambda m: (_method_rank(m), m))
+    by_key = {(r.dataset, r.method): r for r in rows}
+
+    def table(title: str, cell: Callable[[Row | None], str]) -> list[str]:
+        lines = [f"| {title} | " + " | ".join(datasets) + " |", "|---|" + "---|" * len(datasets)]
+        for method in methods:
+            lines.append(f"| {method} | " + " | ".join(cell(by_key.get((d, method))) for d in datasets) + " |")
+        return lines
+
+    if not datasets:
+        return "(no finished runs with a `method` tag)"
+    accuracy = table("dev accuracy (mean ± std over seeds)", _accuracy_cell)
+    cost = table("cost (mean per run)", _cost_cell)
+    return "\n".join([*accuracy, "", *cost])
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--experiment", help="default: $MLFLOW_EXPERIMENT_NAME, then 'reasondistill'")
+    parser.add_argument("--tracking-uri", help="default: $MLFLOW_TRACKING_URI, then ./mlflow.db")
+    args = parser.parse_args(argv)
+    cfg = TrackingConfig(tracking_uri=args.tracking_uri, experiment=args.experiment)
+    try:
+        rows = compare_runs(resolve_tracking_uri(cfg), resolve_experiment(cfg))
+    except ExperimentNotFoundError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    print(format_table(rows))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
