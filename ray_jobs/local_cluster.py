@@ -86,9 +86,7 @@ class LocalRayHead:
             except OSError:
                 time.sleep(1.0)
         self.stop()
-        raise TimeoutError(
-            f"local Ray head not ready after {self.startup_timeout_s:.0f}s; see {self.log_file}"
-        )
+        raise TimeoutError(f"local Ray head not ready after {self.startup_timeout_s:.0f}s; see {self.log_file}")
 
     def stop(self) -> None:
         if self.process is None or self.process.poll() is not None:

@@ -15,7 +15,8 @@ import json
 import os
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
@@ -23,7 +24,9 @@ from urllib.parse import urlparse
 from ray.job_submission import JobStatus, JobSubmissionClient
 
 from ray_jobs.local_cluster import LOCAL_RAY_ENV, LocalRayHead
-from ray_jobs.train_job import RESULT_MARKER, encode_config
+from ray_jobs.pipeline import PipelinePlan, is_pipeline_file, load_pipeline
+from ray_jobs.pipeline_job import encode_plan
+from ray_jobs.train_job import PAYLOAD_ENV, RESULT_MARKER, encode_config
 from trainer.config import ConfigError, ExperimentConfig, load_config
 from trainer.config.loader import split_config_args
 from trainer.data.registry import data_root
@@ -70,8 +73,11 @@ def localize(cfg: ExperimentConfig) -> ExperimentConfig:
     )
 
 
-def job_env(local: bool) -> dict[str, str]:
+def job_env(local: bool, request: JobRequest) -> dict[str, str]:
+    """The job's environment: its payload, thread count, and the run's MLflow store for every process."""
     env = {
+        PAYLOAD_ENV: request.payload,
+        "MLFLOW_TRACKING_URI": resolve_tracking_uri(request.sizing.tracking),
         "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1"),  # 3x faster CPU steps than the default
         "TOKENIZERS_PARALLELISM": "false",
         "PYTHONUNBUFFERED": "1",
@@ -117,10 +123,38 @@ def is_loopback(address: str) -> bool:
     return urlparse(address if "://" in address else f"http://{address}").hostname in {"127.0.0.1", "localhost", "::1"}
 
 
+@dataclass(frozen=True)
+class JobRequest:
+    """What to run: an entrypoint module, its base64 payload, and the config that sizes the cluster."""
+
+    entrypoint_module: str
+    payload: str
+    sizing: ExperimentConfig
+    metadata: dict[str, str]
+
+    @classmethod
+    def for_training(cls, cfg: ExperimentConfig) -> JobRequest:
+        return cls(
+            "ray_jobs.train_job",
+            encode_config(cfg),
+            cfg,
+            {"method": cfg.method.name, "dataset": cfg.data.dataset, "run": cfg.run.name},
+        )
+
+    @classmethod
+    def for_pipeline(cls, plan: PipelinePlan) -> JobRequest:
+        widest = max((stage.config for stage in plan.stages), key=lambda c: c.run.num_workers * c.run.cpus_per_worker)
+        return cls(
+            "ray_jobs.pipeline_job",
+            encode_plan(plan),
+            widest,
+            {"pipeline": plan.name, "stages": ",".join(s.name for s in plan.stages)},
+        )
+
+
 def submit(
-    cfg: ExperimentConfig,
+    request: JobRequest,
     address: str | None,
-    entrypoint_module: str = "ray_jobs.train_job",
     timeout_s: float | None = None,
     python: str | None = None,
 ) -> tuple[JobStatus, dict[str, Any] | None]:
@@ -128,18 +162,18 @@ def submit(
 
     A cluster on this machine runs the job with this interpreter; a remote one with `python` from its image.
     """
-    with cluster_address(address, cfg) as (resolved, started_here):
+    with cluster_address(address, request.sizing) as (resolved, started_here):
         local = started_here or is_loopback(resolved)
         client = JobSubmissionClient(resolved)
         python = python or (sys.executable if local else "python")
         job_id = client.submit_job(
-            entrypoint=f"{python} -m {entrypoint_module} --config-b64 {encode_config(cfg)}",
+            entrypoint=f"{python} -m {request.entrypoint_module}",
             runtime_env={
                 "working_dir": str(REPO_ROOT),
                 "excludes": UPLOAD_EXCLUDES,
-                "env_vars": job_env(local),
+                "env_vars": job_env(local, request),
             },
-            metadata={"method": cfg.method.name, "dataset": cfg.data.dataset, "run": cfg.run.name},
+            metadata=request.metadata,
         )
         print(f"[submit] job {job_id} submitted to {resolved}", flush=True)
         started = time.monotonic()
@@ -158,25 +192,34 @@ def submit(
 
 
 def print_summary(result: dict[str, Any], cfg: ExperimentConfig) -> None:
-    tracking_uri = cfg.tracking.tracking_uri or ""
     print("\n==== ReasonDistill result ====")
-    for key in sorted(k for k in result if k.startswith("dev/") or k.startswith("train/")):
-        print(f"  {key:24s} {result[key]}")
-    print(f"  {'mlflow run id':24s} {result.get('mlflow_run_id')}")
-    print(f"  {'model':24s} {result.get('model_uri')}")
+    stages = result.get("stages", {"run": result})
+    for stage, metrics in stages.items():
+        print(
+            f"  [{stage}] dev/accuracy {metrics.get('dev/accuracy'):.4f}  steps {metrics.get('train/steps'):.0f}  "
+            f"wall {metrics.get('train/wall_time_s', 0.0):.0f}s"
+        )
+        print(f"      mlflow run {metrics.get('mlflow_run_id')}  model {metrics.get('model_uri')}")
+    tracking_uri = cfg.tracking.tracking_uri or ""
     if tracking_uri.startswith("sqlite:"):
         print(
-            f"  open the UI: .venv/bin/mlflow ui --backend-store-uri {tracking_uri} --port 5000  "
-            "(then http://127.0.0.1:5000)"
+            f"  open the UI: .venv/bin/mlflow ui --backend-store-uri {tracking_uri} --port 5000"
+            "  (then http://127.0.0.1:5000)"
         )
     else:
         print(f"  MLflow: {tracking_uri}")
 
 
+def build_request(args: Sequence[str]) -> JobRequest:
+    """A training config, or a pipeline file (top-level `pipeline:`); overrides apply to the run / the base."""
+    path, overrides = split_config_args(args)
+    if is_pipeline_file(path):
+        return JobRequest.for_pipeline(load_pipeline(path, overrides).with_configs(localize))
+    return JobRequest.for_training(localize(load_config(path, overrides)))
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("args", nargs="*", help="[CONFIG.yaml] then dotted overrides, e.g. ds.zero_stage=3")
     parser.add_argument(
         "--address",
@@ -191,16 +234,16 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     try:
-        cfg = localize(load_config(*split_config_args(args.args)))
+        request = build_request(args.args)
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    status, result = submit(cfg, args.address, timeout_s=args.timeout, python=args.python)
+    status, result = submit(request, args.address, timeout_s=args.timeout, python=args.python)
     if status != JobStatus.SUCCEEDED:
         print(f"error: Ray job ended {status.value}", file=sys.stderr)
         return 1
     if result is not None:
-        print_summary(result, cfg)
+        print_summary(result, request.sizing)
     return 0
 
 

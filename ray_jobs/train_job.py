@@ -5,9 +5,9 @@ Submitted by ray_jobs.submit; runs on the cluster (driver side), never on the su
 
 from __future__ import annotations
 
-import argparse
 import base64
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -19,10 +19,12 @@ from trainer.config.schema import ExperimentConfig
 from trainer.loop import Trainer
 
 RESULT_MARKER = "REASONDISTILL_RESULT "
+# The config travels in the job's environment (base64 JSON): no quoting, no shared files, and no
+# multi-kilobyte entrypoint echoed into the job log.
+PAYLOAD_ENV = "REASONDISTILL_JOB_PAYLOAD"
 
 
 def encode_config(cfg: ExperimentConfig) -> str:
-    """Configs travel as base64 JSON on the entrypoint's command line: no quoting, no shared files."""
     return base64.urlsafe_b64encode(cfg.model_dump_json().encode()).decode()
 
 
@@ -68,11 +70,8 @@ def run_training_job(
     return dict(trainer.fit().metrics)
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--config-b64", required=True)
-    args = parser.parse_args(argv)
-    metrics = run_training_job(decode_config(args.config_b64))
+def main() -> None:
+    metrics = run_training_job(decode_config(os.environ[PAYLOAD_ENV]))
     print(RESULT_MARKER + json.dumps(metrics, default=str), flush=True)
 
 

@@ -23,7 +23,7 @@ from trainer.methods.base import Features, Method
 from trainer.methods.registry import method_class
 from trainer.models.factory import build_model, build_tokenizer
 from trainer.strategy.deepspeed_strategy import DeepSpeedStrategy
-from trainer.tracking.mlflow_tracker import Tracker, create_tracker
+from trainer.tracking.mlflow_tracker import Tracker, create_tracker, resolve_tracking_uri
 
 
 @dataclass
@@ -77,15 +77,17 @@ class Trainer:
         strategy.setup_distributed()
         splits = load_splits(cfg.data, cfg.run.seed)
         method_cls = method_class(cfg)
+        tracking_uri = resolve_tracking_uri(cfg.tracking)
         tokenizer = build_tokenizer(
             cfg.model,
             corpus=lambda: tokenizer_corpus(splits.train),
             broadcast=strategy.broadcast_object,
             source=method_cls.tokenizer_source(cfg),
+            tracking_uri=tracking_uri,
         )
         method = method_cls(cfg, tokenizer)
         features = build_features(method, splits.train, cfg.run.seed)
-        model = build_model(cfg.model, tokenizer)
+        model = build_model(cfg.model, tokenizer, tracking_uri)
         num_parameters = sum(p.numel() for p in model.parameters())
         method.setup(strategy, model)
         engine = strategy.prepare(model)
@@ -148,9 +150,7 @@ class Trainer:
         engine.module.generation_config.max_new_tokens = method.max_new_tokens()
         strategy.export_model(engine, tokenizer, export_dir)
         model_uri = tracker.log_model(export_dir) if cfg.tracking.log_model else None
-        self.checkpoint_io.report(
-            {**final, "mlflow_run_id": state.mlflow_run_id, "model_uri": model_uri}, staging
-        )
+        self.checkpoint_io.report({**final, "mlflow_run_id": state.mlflow_run_id, "model_uri": model_uri}, staging)
         tracker.finish()
         return TrainingResult(
             state.global_step,
@@ -161,9 +161,7 @@ class Trainer:
             predictions,
         )
 
-    def _log_run_setup(
-        self, tracker: Tracker, n_examples: int, n_features: int, n_dev: int, n_params: int
-    ) -> None:
+    def _log_run_setup(self, tracker: Tracker, n_examples: int, n_features: int, n_dev: int, n_params: int) -> None:
         tracker.log_params(
             {
                 **flatten(self.cfg),
@@ -174,9 +172,7 @@ class Trainer:
                 "run.world_size": self.strategy.world_size,
             }
         )
-        tracker.log_text(
-            yaml.safe_dump(self.cfg.model_dump(mode="json"), sort_keys=False), "config/config.yaml"
-        )
+        tracker.log_text(yaml.safe_dump(self.cfg.model_dump(mode="json"), sort_keys=False), "config/config.yaml")
         tracker.log_dict(self.strategy.resolved_config, "config/deepspeed.json")
 
     def _evaluate(self, engine: torch.nn.Module, method: Method, dev: list[QAExample]) -> EvalResult:
@@ -225,9 +221,7 @@ class Trainer:
                 if step % cfg.tracking.log_every == 0 or step == cfg.optim.max_steps:
                     elapsed = time.perf_counter() - window_start
                     state.wall_time_s += elapsed
-                    metrics = {
-                        f"train/{k}": strategy.all_reduce_mean(v / window_micro) for k, v in running.items()
-                    }
+                    metrics = {f"train/{k}": strategy.all_reduce_mean(v / window_micro) for k, v in running.items()}
                     metrics["train/lr"] = strategy.current_lr(engine)
                     metrics["train/samples_per_s"] = (
                         window_micro * cfg.optim.micro_batch_size * strategy.world_size / max(elapsed, 1e-9)

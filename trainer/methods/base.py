@@ -58,9 +58,7 @@ class Method(ABC):
 
     def loss(self, model: torch.nn.Module, batch: Batch) -> dict[str, torch.Tensor]:
         """`loss` to optimise plus named parts to log; default: task cross-entropy on `labels`."""
-        out = model(
-            input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=batch["labels"]
-        )
+        out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=batch["labels"])
         task = token_cross_entropy(out.logits, batch["labels"])
         return {"loss": task, "task_loss": task.detach()}
 

@@ -15,11 +15,7 @@ class FinetuneIO(Method):
     name = "ft_io"
 
     def train_features(self, example: QAExample, rng: random.Random) -> list[Features]:
-        return [
-            simple_feature(
-                self, format_question(example), format_answer(example), self.cfg.data.max_target_length
-            )
-        ]
+        return [simple_feature(self, format_question(example), format_answer(example), self.cfg.data.max_target_length)]
 
     def eval_features(self, example: QAExample) -> Features:
         ids = self.encode(format_question(example), self.cfg.data.max_input_length)

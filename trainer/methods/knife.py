@@ -18,6 +18,7 @@ from trainer.models.sources import resolve_model_source
 from trainer.models.t5_knife import student_forward, teacher_forward, teacher_generate
 from trainer.objectives.distillation import layerwise_alignment, masked_kl
 from trainer.objectives.task import token_cross_entropy
+from trainer.tracking.mlflow_tracker import resolve_tracking_uri
 
 
 class _KnifeLayout(Method):
@@ -30,9 +31,7 @@ class _KnifeLayout(Method):
         input_ids = self.encode(format_question(example), data.max_input_length)
         ftr_ids = self.encode(rationale, data.max_rationale_length) if rationale else []
         labels = self.encode(format_answer(example), data.max_target_length) if with_labels else []
-        return build_knife_features(
-            input_ids, ftr_ids, labels, data.max_input_length + data.max_rationale_length
-        )
+        return build_knife_features(input_ids, ftr_ids, labels, data.max_input_length + data.max_rationale_length)
 
     def train_features(self, example: QAExample, rng: random.Random) -> list[Features]:
         return [self.knife_features(example, ftr, with_labels=True) for ftr in self.rationales(example, rng)]
@@ -93,13 +92,11 @@ class KnifeStudent(_KnifeLayout):
     @staticmethod
     def _teacher_source(cfg: ExperimentConfig) -> str:
         if not cfg.method.knife.teacher:
-            raise ValueError(
-                "method.knife.teacher: the KNIFE student needs a teacher model (path or runs:/ URI)"
-            )
+            raise ValueError("method.knife.teacher: the KNIFE student needs a teacher model (path or runs:/ URI)")
         return cfg.method.knife.teacher
 
     def setup(self, strategy: Any, model: torch.nn.Module) -> None:
-        source = resolve_model_source(self._teacher_source(self.cfg), self.cfg.tracking.tracking_uri)
+        source = resolve_model_source(self._teacher_source(self.cfg), resolve_tracking_uri(self.cfg.tracking))
         teacher = AutoModelForSeq2SeqLM.from_pretrained(source)
         if teacher.config.d_model != model.config.d_model:
             raise ValueError(
@@ -119,9 +116,7 @@ class KnifeStudent(_KnifeLayout):
     def loss(self, model: torch.nn.Module, batch: Batch) -> dict[str, torch.Tensor]:
         knife = self.cfg.method.knife
         labels = batch["labels"]
-        student = student_forward(
-            model, batch["student_input_ids"], batch["student_attention_mask"], labels=labels
-        )
+        student = student_forward(model, batch["student_input_ids"], batch["student_attention_mask"], labels=labels)
         with torch.no_grad():
             teacher = teacher_forward(
                 self.teacher,
@@ -145,9 +140,7 @@ class KnifeStudent(_KnifeLayout):
         kd_out = zero
         if knife.lambda_out > 0:
             if knife.output_loss == "kl":
-                kd_out = masked_kl(
-                    student.logits, teacher.logits, batch["decoder_mask"], knife.kl_temperature
-                )
+                kd_out = masked_kl(student.logits, teacher.logits, batch["decoder_mask"], knife.kl_temperature)
             else:
                 kd_out = layerwise_alignment(
                     student.decoder_hidden_states,

@@ -42,9 +42,7 @@ class StepByStepMultitask(Method):
         return {"input_ids": ids, "attention_mask": [1] * len(ids)}
 
     def loss(self, model: torch.nn.Module, batch: Batch) -> dict[str, torch.Tensor]:
-        out = model(
-            input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=batch["labels"]
-        )
+        out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=batch["labels"])
         alpha = self.cfg.method.multitask_alpha
         parts = weighted_task_mixture(
             out.logits, batch["labels"], batch["task_ids"], {ANSWER_TASK: alpha, EXPLAIN_TASK: 1.0 - alpha}

@@ -9,14 +9,11 @@ from trainer.methods.knife import KnifeStudent, KnifeTeacher
 from trainer.methods.multitask import StepByStepMultitask
 
 METHODS: dict[str, type[Method]] = {
-    cls.name: cls
-    for cls in (FinetuneIO, FinetuneIOR, FinetuneIRO, StepByStepMultitask, KnifeTeacher, KnifeStudent)
+    cls.name: cls for cls in (FinetuneIO, FinetuneIOR, FinetuneIRO, StepByStepMultitask, KnifeTeacher, KnifeStudent)
 }
 
 
 def method_class(cfg: ExperimentConfig) -> type[Method]:
     if cfg.method.name not in METHODS:
-        raise ValueError(
-            f"method.name: {cfg.method.name!r} is not implemented; known: {', '.join(sorted(METHODS))}"
-        )
+        raise ValueError(f"method.name: {cfg.method.name!r} is not implemented; known: {', '.join(sorted(METHODS))}")
     return METHODS[cfg.method.name]

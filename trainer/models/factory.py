@@ -46,19 +46,22 @@ def build_tokenizer(
     corpus: Callable[[], list[str]],
     broadcast: Callable[[str], str],
     source: str | None = None,
+    tracking_uri: str | None = None,
 ) -> PreTrainedTokenizerBase:
     """The tokenizer at `source` (name, path or MLflow model URI; default: the model's own), or for presets
     one trained offline on rank 0's corpus and broadcast, which guarantees identical vocabularies."""
     source = source or cfg.tokenizer or (None if is_preset(cfg.name) else cfg.name)
     if source is not None:
-        return AutoTokenizer.from_pretrained(resolve_model_source(source))
+        return AutoTokenizer.from_pretrained(resolve_model_source(source, tracking_uri))
     return tokenizer_from_json(broadcast(train_tokenizer_json(corpus(), cfg.tokenizer_vocab_size)))
 
 
-def build_model(cfg: ModelConfig, tokenizer: PreTrainedTokenizerBase) -> T5ForConditionalGeneration:
+def build_model(
+    cfg: ModelConfig, tokenizer: PreTrainedTokenizerBase, tracking_uri: str | None = None
+) -> T5ForConditionalGeneration:
     """Load any HF seq2seq checkpoint (name or local path) or initialise a preset for the tokenizer."""
     if not is_preset(cfg.name):
-        return AutoModelForSeq2SeqLM.from_pretrained(resolve_model_source(cfg.name))
+        return AutoModelForSeq2SeqLM.from_pretrained(resolve_model_source(cfg.name, tracking_uri))
     config = T5Config(
         vocab_size=len(tokenizer),
         pad_token_id=tokenizer.pad_token_id,

@@ -28,9 +28,7 @@ def resolve_model_source(source: str, tracking_uri: str | None = None) -> str:
     mlmodel = yaml.safe_load((local / "MLmodel").read_text()) if (local / "MLmodel").is_file() else {}
     artifacts = mlmodel.get("flavors", {}).get("python_function", {}).get("artifacts", {})
     if HF_MODEL_ARTIFACT not in artifacts:
-        raise FileNotFoundError(
-            f"{source} is not a ReasonDistill model: no {HF_MODEL_ARTIFACT!r} artifact in MLmodel"
-        )
+        raise FileNotFoundError(f"{source} is not a ReasonDistill model: no {HF_MODEL_ARTIFACT!r} artifact in MLmodel")
     hf_dir = local / artifacts[HF_MODEL_ARTIFACT]["path"]
     if not (hf_dir / "config.json").is_file():
         raise FileNotFoundError(f"{source} is not a ReasonDistill model: {hf_dir}/config.json is missing")

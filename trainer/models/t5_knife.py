@@ -113,6 +113,4 @@ def teacher_generate(
     encoder_outputs = _encode(model, input_ids, attention_mask)
     generate_kwargs.setdefault("do_sample", False)
     generate_kwargs.setdefault("num_beams", 1)
-    return model.generate(
-        encoder_outputs=encoder_outputs, attention_mask=cross_attention_mask, **generate_kwargs
-    )
+    return model.generate(encoder_outputs=encoder_outputs, attention_mask=cross_attention_mask, **generate_kwargs)
