@@ -28,6 +28,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from mlflow.tracking import MlflowClient
+
 from trainer.config.schema import DataConfig
 from trainer.data.registry import load_splits
 from trainer.tracking.compare import METHOD_ORDER, Row, compare_runs, format_table
@@ -377,6 +379,8 @@ def main(argv: list[str] | None = None) -> None:
         overrides = _base_overrides(out, dataset, steps, args.quick)
         budget["datasets"][dataset] = {"max_steps": steps, "overrides": overrides[len(_COMMON) :]}
         teachers += [Job(dataset, TEACHER, seed, tuple(overrides)) for seed in seeds]
+    # Create the SQLite schema once here: concurrent first runs would race on its migrations.
+    MlflowClient(f"sqlite:///{out / 'mlflow.db'}").search_experiments()
     start = time.perf_counter()
     results = run_all(teachers, out, args.student_override)
     summary = write_report(out, results, budget, args.student_override, time.perf_counter() - start)

@@ -62,9 +62,6 @@ def _finished_method_runs(client: MlflowClient, experiment_id: str) -> Iterable[
 
 
 def _experiment_id(client: MlflowClient, tracking_uri: str, experiment: str) -> str:
-    # A missing SQLite file would otherwise be created empty by the client as a side effect.
-    if tracking_uri.startswith("sqlite:///") and not Path(tracking_uri.removeprefix("sqlite:///")).is_file():
-        raise ExperimentNotFoundError(f"experiment {experiment!r} not found: no tracking store at {tracking_uri}")
     found = client.get_experiment_by_name(experiment)
     if found is None:
         known = sorted(e.name for e in client.search_experiments(view_type=ViewType.ALL))
@@ -76,6 +73,9 @@ def _experiment_id(client: MlflowClient, tracking_uri: str, experiment: str) -> 
 
 def compare_runs(tracking_uri: str, experiment: str) -> list[Row]:
     """Group the experiment's finished method runs by (dataset, method), sorted by dataset then METHOD_ORDER."""
+    # A missing SQLite file would otherwise be created empty by the client as a side effect.
+    if tracking_uri.startswith("sqlite:///") and not Path(tracking_uri.removeprefix("sqlite:///")).is_file():
+        raise ExperimentNotFoundError(f"experiment {experiment!r} not found: no tracking store at {tracking_uri}")
     client = MlflowClient(tracking_uri)
     experiment_id = _experiment_id(client, tracking_uri, experiment)
     groups: dict[tuple[str, str], list[Run]] = defaultdict(list)
