@@ -1,0 +1,84 @@
+from pathlib import Path
+
+import pytest
+import yaml
+
+from ray_jobs.pipeline import is_pipeline_file, load_pipeline
+from ray_jobs.pipeline_job import wire_stage
+from ray_jobs.submit import build_request
+from trainer.config import ConfigError
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+def write(tmp_path: Path, pipeline: dict, **extra: object) -> Path:
+    path = tmp_path / "pipe.yaml"
+    path.write_text(yaml.safe_dump({"pipeline": pipeline, **extra}))
+    return path
+
+
+STAGES = [
+    {"name": "teacher", "overrides": {"method": {"name": "knife_teacher"}}},
+    {"name": "student", "teacher": "teacher", "overrides": {"method": {"name": "knife_student"}}},
+    {"name": "io", "tokenizer_from": "teacher", "overrides": {"method": {"name": "ft_io"}}},
+]
+
+
+def test_stages_inherit_base_and_cli_overrides_retarget_all(tmp_path: Path) -> None:
+    path = write(tmp_path, {"name": "p", "base": {"optim": {"max_steps": 9}}, "stages": STAGES})
+    plan = load_pipeline(path, ["model.name=google/t5-v1_1-base", "run.num_workers=8"])
+    assert [s.name for s in plan.stages] == ["teacher", "student", "io"]
+    for stage in plan.stages:
+        assert stage.config.model.name == "google/t5-v1_1-base"
+        assert (stage.config.run.num_workers, stage.config.optim.max_steps) == (8, 9)
+        assert stage.config.run.name == f"p-{stage.name}"  # each stage its own Ray Train run (and resume)
+    assert plan.stages[1].config.method.name == "knife_student"
+
+
+def test_references_resolve_to_the_earlier_stage_models(tmp_path: Path) -> None:
+    plan = load_pipeline(write(tmp_path, {"name": "p", "stages": STAGES}))
+    results = {"teacher": {"model_uri": "runs:/abc/model", "mlflow_run_id": "abc"}}
+    student, tags = wire_stage(plan.stages[1], results)
+    assert student.config.method.knife.teacher == "runs:/abc/model"
+    assert tags["knife.teacher_run_id"] == "abc" and tags["knife.teacher_model_uri"] == "runs:/abc/model"
+    io, _ = wire_stage(plan.stages[2], results)
+    assert io.config.model.tokenizer == "runs:/abc/model"
+
+
+@pytest.mark.parametrize(
+    ("stages", "message"),
+    [
+        ([{"name": "s", "teacher": "t", "overrides": {"method": {"name": "knife_student"}}}], "not an earlier stage"),
+        ([STAGES[0], STAGES[0]], "duplicate stage name 'teacher'"),
+        ([STAGES[0], {"name": "x", "teacher": "teacher"}], "names a teacher but its method is 'ft_io'"),
+        ([{"name": "x", "overrides": {"optim": {"lr": "fast"}}}], r"(?s)stage 'x'.*optim\.lr"),
+        ([], "stages"),
+    ],
+)
+def test_invalid_pipelines_fail_before_running(tmp_path: Path, stages: list, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        load_pipeline(write(tmp_path, {"name": "p", "stages": stages}))
+
+
+def test_referenced_stage_must_log_its_model(tmp_path: Path) -> None:
+    stages = [
+        {**STAGES[0], "overrides": {"method": {"name": "knife_teacher"}, "tracking": {"log_model": False}}},
+        STAGES[1],
+    ]
+    with pytest.raises(ConfigError, match="log_model"):
+        load_pipeline(write(tmp_path, {"name": "p", "stages": stages}))
+
+
+def test_unknown_top_level_key(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="unknown top-level key"):
+        load_pipeline(write(tmp_path, {"name": "p", "stages": STAGES}, optim={"lr": 1}))
+
+
+def test_shipped_configs_validate() -> None:
+    for path in (REPO_ROOT / "ray_jobs/configs").glob("*.yaml"):
+        request = build_request([str(path)])
+        assert request.entrypoint_module == (
+            "ray_jobs.pipeline_job" if is_pipeline_file(path) else "ray_jobs.train_job"
+        )
+        assert request.sizing.tracking.tracking_uri.startswith("sqlite:///")
+        assert Path(request.sizing.run.output_dir).is_absolute()

@@ -1,0 +1,139 @@
+"""Each method's features and loss on a real tiny T5 (no DeepSpeed needed at this level)."""
+
+import random
+from pathlib import Path
+
+import pytest
+import torch
+
+from trainer.config import load_config
+from trainer.data.example import QAExample
+from trainer.data.formatting import tokenizer_corpus
+from trainer.methods.registry import METHODS, method_class
+from trainer.models.factory import build_model, build_tokenizer
+from trainer.objectives.task import token_cross_entropy
+
+EXAMPLE = QAExample(
+    id="q",
+    question="Can a fish climb trees?",
+    choices=("yes", "no"),
+    answer_index=1,
+    rationales=("Fish have no legs.", "Fish live in water."),
+    facts=("Fish swim.", "Trees are on land."),
+)
+
+
+def make(name: str, *overrides: str):
+    cfg = load_config(overrides=[f"method.name={name}", "model.tokenizer_vocab_size=200", *overrides])
+    tokenizer = build_tokenizer(cfg.model, lambda: tokenizer_corpus([EXAMPLE] * 4), broadcast=lambda x: x)
+    return cfg, method_class(cfg)(cfg, tokenizer), tokenizer
+
+
+def decode(tokenizer, ids: list[int]) -> str:
+    return tokenizer.decode([i for i in ids if i >= 0], skip_special_tokens=True)
+
+
+def test_every_configured_method_is_registered() -> None:
+    assert set(METHODS) == {"ft_io", "ft_ior", "ft_iro", "multitask", "knife_teacher", "knife_student"}
+
+
+def test_io_targets_the_answer_text() -> None:
+    _, method, tok = make("ft_io")
+    [feature] = method.train_features(EXAMPLE, random.Random(0))
+    assert decode(tok, feature["labels"]) == "no"
+    assert decode(tok, feature["input_ids"]).startswith("question: can a fish climb trees?")
+
+
+@pytest.mark.parametrize(("source", "count"), [("facts", 1), ("llm_first", 1), ("llm_random", 1), ("llm_all", 2)])
+def test_rationale_sources(source: str, count: int) -> None:
+    _, method, tok = make("ft_ior", f"data.rationale_source={source}")
+    features = method.train_features(EXAMPLE, random.Random(0))
+    assert len(features) == count
+    if source == "facts":
+        assert decode(tok, features[0]["labels"]) == "no explanation: fish swim. trees are on land."
+
+
+def test_iro_puts_the_answer_after_the_rationale_and_parses_it() -> None:
+    _, method, tok = make("ft_iro", "data.rationale_source=llm_first")
+    [feature] = method.train_features(EXAMPLE, random.Random(0))
+    target = decode(tok, feature["labels"])
+    assert target == "explanation: fish have no legs. answer: no"
+    assert method.parse(target, EXAMPLE) == 1
+
+
+def test_examples_without_rationales_give_no_rationale_features() -> None:
+    _, method, _ = make("ft_ior", "data.rationale_source=facts")
+    bare = QAExample(id="b", question="?", choices=("a", "b"), answer_index=0)
+    assert method.train_features(bare, random.Random(0)) == []
+
+
+def test_multitask_features_and_weighted_loss() -> None:
+    cfg, method, tok = make("multitask", "data.rationale_source=llm_all", "method.multitask_alpha=0.25")
+    features = method.train_features(EXAMPLE, random.Random(0))
+    assert [f["task_ids"] for f in features] == [0, 1, 1]
+    assert decode(tok, features[0]["input_ids"]).startswith("[answer]")
+    assert decode(tok, features[1]["input_ids"]).startswith("[explain]")
+    model = build_model(cfg.model, tok)
+    parts = method.loss(model, method.collate(features))
+    torch.testing.assert_close(parts["loss"], parts["task_loss"] + parts["rationale_loss"])
+    answer_only = method.collate(features[:1])
+    unweighted = token_cross_entropy(
+        model(**{k: answer_only[k] for k in ("input_ids", "attention_mask", "labels")}).logits, answer_only["labels"]
+    )
+    torch.testing.assert_close(parts["task_loss"], 0.25 * unweighted)
+
+
+def test_knife_teacher_reads_the_rationale_and_student_does_not(tmp_path: Path) -> None:
+    cfg, teacher_method, tok = make("knife_teacher", "data.rationale_source=llm_first")
+    [feature] = teacher_method.train_features(EXAMPLE, random.Random(0))
+    batch = teacher_method.collate([feature])
+    assert "fish have no legs" in decode(tok, batch["teacher_input_ids"][0].tolist())
+    masked = batch["teacher_input_ids"][0][batch["teacher_cross_attention_mask"][0].bool()].tolist()
+    assert "legs" not in decode(tok, masked)  # the decoder sees only the question
+    teacher = build_model(cfg.model, tok)
+    assert torch.isfinite(teacher_method.loss(teacher, batch)["loss"])
+    eval_batch = teacher_method.collate([teacher_method.eval_features(EXAMPLE)])
+    out = teacher_method.generate(teacher, eval_batch, max_new_tokens=3)
+    assert out.shape[0] == 1
+
+    export = tmp_path / "teacher"
+    teacher.save_pretrained(export)
+    tok.save_pretrained(export)
+    student_cfg, student_method, student_tok = make(
+        "knife_student", f"method.knife.teacher={export}", "method.knife.teacher_zero_stage=0"
+    )
+    assert student_tok.get_vocab() == tok.get_vocab()  # the student takes the teacher's tokenizer
+
+    class OneRank:
+        cfg = student_cfg
+
+        def prepare_frozen(self, model, zero_stage):
+            assert zero_stage == 0
+            return model.requires_grad_(False).eval()
+
+    student = build_model(student_cfg.model, student_tok)
+    student_method.setup(OneRank(), student)
+    parts = student_method.loss(
+        student, student_method.collate(student_method.train_features(EXAMPLE, random.Random(0)))
+    )
+    assert parts["kd_in_loss"] > 0 and parts["kd_out_loss"] > 0
+    torch.testing.assert_close(parts["loss"], parts["task_loss"] + parts["kd_in_loss"] + parts["kd_out_loss"])
+    parts["loss"].backward()
+    assert all(p.grad is None for p in student_method.teacher.parameters())
+    assert student.encoder.block[0].layer[0].SelfAttention.q.weight.grad is not None
+
+
+def test_knife_student_rejects_a_teacher_of_another_width(tmp_path: Path) -> None:
+    cfg, _, tok = make("knife_teacher")
+    teacher = build_model(load_config(overrides=["model.name=t5-mini"]).model, tok)
+    teacher.save_pretrained(tmp_path)
+    tok.save_pretrained(tmp_path)
+    student_cfg, method, student_tok = make("knife_student", f"method.knife.teacher={tmp_path}")
+    with pytest.raises(ValueError, match="teacher d_model 128 != student d_model 64"):
+        method.setup(None, build_model(student_cfg.model, student_tok))
+
+
+def test_knife_student_needs_a_teacher() -> None:
+    cfg = load_config(overrides=["method.name=knife_student"])
+    with pytest.raises(ValueError, match="method.knife.teacher"):
+        method_class(cfg).tokenizer_source(cfg)
