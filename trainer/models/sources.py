@@ -7,7 +7,7 @@ from pathlib import Path
 import mlflow
 import yaml
 
-from trainer.tracking.seq2seq_pyfunc import HF_MODEL_ARTIFACT
+from trainer.tracking.mlflow_tracker import HF_MODEL_ARTIFACT
 
 MLFLOW_SCHEMES = ("runs:/", "models:/", "mlflow-artifacts:/")
 

@@ -17,10 +17,10 @@ from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema
 from mlflow.utils.time import get_current_time_millis
 
 from trainer.config.schema import TrackingConfig
-from trainer.tracking.seq2seq_pyfunc import HF_MODEL_ARTIFACT
 
 DEFAULT_EXPERIMENT = "reasondistill"
 MODEL_ARTIFACT_PATH = "model"
+HF_MODEL_ARTIFACT = "hf_model"  # the artifact key seq2seq_pyfunc.py loads the HF directory from
 PYFUNC_FILE = Path(__file__).with_name("seq2seq_pyfunc.py")
 _PARAM_BATCH = 100
 PYFUNC_SIGNATURE = ModelSignature(

@@ -1,8 +1,8 @@
 """MLflow "model from code": an exported HF seq2seq dir served as a pyfunc mapping input text to output text.
 
 Logged by path (mlflow.pyfunc.log_model(python_model=<this file>)), so loading it needs only mlflow,
-torch and transformers, not this repository. (mlflow.transformers cannot log text2text models under
-transformers 5, which dropped that pipeline.)
+torch and transformers, not this repository. Never import it: it registers itself with set_model().
+(mlflow.transformers cannot log text2text models under transformers 5, which dropped that pipeline.)
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ import torch
 from mlflow.pyfunc import PythonModel, PythonModelContext
 from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
 
+# Must match trainer.tracking.mlflow_tracker.HF_MODEL_ARTIFACT; this file imports nothing from the repo.
 HF_MODEL_ARTIFACT = "hf_model"
 
 
