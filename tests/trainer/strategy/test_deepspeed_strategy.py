@@ -109,3 +109,18 @@ def test_rationale_methods_train_end_to_end(tiny_config, name: str) -> None:
     result = fit(tiny_config(f"method.name={name}", "optim.max_steps=2", "tracking.log_model=false",
                              "data.max_rationale_length=32"))
     assert result.global_step == 2 and len(result.predictions) == 16
+
+
+@pytest.mark.slow
+def test_zero3_with_cpu_offload_trains_and_exports(tiny_config) -> None:
+    """Offload uses DeepSpeedCPUAdam, JIT-compiled on first use (~2 min, cached in TORCH_EXTENSIONS_DIR)."""
+    cfg = tiny_config("ds.template=zero3", "ds.offload_optimizer=true", "ds.offload_param=true", "optim.max_steps=2")
+    result = fit(cfg)
+    assert result.global_step == 2
+    ds_config = mlflow.artifacts.load_dict(
+        f"{mlflow.MlflowClient(cfg.tracking.tracking_uri).get_run(result.mlflow_run_id).info.artifact_uri}"
+        "/config/deepspeed.json"
+    )
+    assert ds_config["zero_optimization"]["offload_optimizer"]["device"] == "cpu"
+    assert ds_config["zero_optimization"]["offload_param"]["device"] == "cpu"
+    assert AutoModelForSeq2SeqLM.from_pretrained(result.export_dir).config.d_model == 64
