@@ -204,7 +204,9 @@ def _pm(mean: float, std: float | None) -> str:
     return f"{mean:+.3f} ± {std:.3f}" if std is not None else f"{mean:+.3f} (1 seed)"
 
 
-def _reading(dataset: str, rows: dict[str, Row], diffs: dict[str, dict[int, float]], majority: float) -> str:
+def _reading(
+    dataset: str, rows: dict[str, Row], diffs: dict[str, dict[int, float]], majority: float, unparsed: dict[str, float]
+) -> str:
     """A plain-language reading generated from the numbers, so the report cannot drift from them."""
     io, teacher, student = rows.get(IO), rows.get(TEACHER), rows.get(STUDENT)
     if not (io and teacher and student):
@@ -228,6 +230,12 @@ def _reading(dataset: str, rows: dict[str, Row], diffs: dict[str, dict[int, floa
         if near_floor
         else f" The majority-class floor is {majority:.3f}."
     )
+    broken = [f"{m} ({rate:.0%})" for m, rate in unparsed.items() if rate > 0.5]
+    if broken:
+        floor += (
+            f" Most dev outputs of {', '.join(broken)} hold no parsable answer: at this budget the generated "
+            "text does not reach a well-formed answer, so their accuracy measures output format, not reasoning."
+        )
     return (
         f"**{dataset}**: the KNIFE teacher, which reads the rationale, {teacher_verdict} I→O "
         f"({teacher.accuracy_mean:.3f} vs {io.accuracy_mean:.3f}, {t_gap:+.3f}). The KNIFE student "
@@ -237,8 +245,8 @@ def _reading(dataset: str, rows: dict[str, Row], diffs: dict[str, dict[int, floa
 
 
 CAVEAT = (
-    "These are tiny (d_model 64) T5 models trained from random initialisation on CPU for a few hundred to a "
-    "thousand steps, not the pretrained T5-Base/Large of Chan et al.; KNIFE's gains in the paper come from "
+    "These are tiny (d_model 64) T5 models trained from random initialisation on CPU for at most a few hundred "
+    "steps, not the pretrained T5-Base/Large of Chan et al.; KNIFE's gains in the paper come from "
     "aligning pretrained representations, so these numbers test the pipeline and the direction of the effect "
     "on a task built to reward rationales, not the paper's claims. The machine was shared with other jobs, so "
     "wall times carry noise."
@@ -280,6 +288,11 @@ def write_report(
     majority = {d: majority_accuracy(d, budget["quick"]) for d in datasets}
     diffs = {d: {"student_minus_io": paired_differences(results, d, STUDENT, IO)} for d in datasets}
     acc = {(r.dataset, r.method, r.seed): r.accuracy for r in results}
+    unparsed = {
+        d: {m: statistics.fmean(r.unparsed_rate for r in results if (r.dataset, r.method) == (d, m)) for m in methods}
+        for d in datasets
+        if (methods := {r.method for r in results if r.dataset == d})
+    }
 
     md = [
         "# KNIFE benchmark",
@@ -322,7 +335,10 @@ def write_report(
         "",
         "## Reading",
         "",
-        " ".join(_reading(d, {r.method: r for r in rows if r.dataset == d}, diffs[d], majority[d]) for d in datasets)
+        " ".join(
+            _reading(d, {r.method: r for r in rows if r.dataset == d}, diffs[d], majority[d], unparsed[d])
+            for d in datasets
+        )
         + " "
         + CAVEAT,
         "",
@@ -360,12 +376,21 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--quick", action="store_true", help="smoke size: 24 steps, seed 0, small dev, synthetic")
     parser.add_argument("--max-steps", type=int, help="override every dataset's step budget")
     parser.add_argument(
+        "--report-only", action="store_true", help="rewrite the reports from <out>/results.json without training"
+    )
+    parser.add_argument(
         "--student-override", action="append", default=[], metavar="KEY=VALUE",
         help="extra config for the KNIFE student only, e.g. method.knife.output_loss=kl (repeatable)",
     )  # fmt: skip
     args = parser.parse_args(argv)
     seeds, datasets = ([0], ["synthetic"]) if args.quick else (args.seeds, args.datasets)
     out = args.out.resolve()
+    if args.report_only:
+        saved = json.loads((out / "results.json").read_text())
+        runs = [RunResult(**run) for run in saved["runs"]]
+        write_report(out, runs, saved["budget"], saved["student_overrides"], saved["wall_time_s"])
+        print((out / "results.md").read_text())
+        return
     out.mkdir(parents=True, exist_ok=True)
     for name in _ARTIFACTS:
         target = out / name
