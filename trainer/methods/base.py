@@ -75,10 +75,12 @@ class Method(ABC):
         """Load anything beyond the trained model (KNIFE's frozen teacher) once the process group exists."""
 
 
-def simple_feature(method: Method, source: str, target: str, max_target: int) -> Features:
+def encoder_inputs(method: Method, source: str) -> Features:
+    """The task input as encoder features (what generation needs)."""
     input_ids = method.encode(source, method.cfg.data.max_input_length)
-    return {
-        "input_ids": input_ids,
-        "attention_mask": [1] * len(input_ids),
-        "labels": method.encode(target, max_target),
-    }
+    return {"input_ids": input_ids, "attention_mask": [1] * len(input_ids)}
+
+
+def simple_feature(method: Method, source: str, target: str, max_target: int) -> Features:
+    """Encoder inputs plus a target sequence as labels."""
+    return {**encoder_inputs(method, source), "labels": method.encode(target, max_target)}

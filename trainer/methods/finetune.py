@@ -6,7 +6,7 @@ import random
 
 from trainer.data.example import QAExample
 from trainer.data.formatting import ANSWER_PREFIX, RATIONALE_PREFIX, format_answer, format_question
-from trainer.methods.base import Features, Method, simple_feature
+from trainer.methods.base import Features, Method, encoder_inputs, simple_feature
 
 
 class FinetuneIO(Method):
@@ -18,8 +18,7 @@ class FinetuneIO(Method):
         return [simple_feature(self, format_question(example), format_answer(example), self.cfg.data.max_target_length)]
 
     def eval_features(self, example: QAExample) -> Features:
-        ids = self.encode(format_question(example), self.cfg.data.max_input_length)
-        return {"input_ids": ids, "attention_mask": [1] * len(ids)}
+        return encoder_inputs(self, format_question(example))
 
 
 class FinetuneIOR(FinetuneIO):

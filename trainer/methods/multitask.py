@@ -8,7 +8,7 @@ import torch
 
 from trainer.data.example import QAExample
 from trainer.data.formatting import format_answer, format_question
-from trainer.methods.base import Batch, Features, Method, simple_feature
+from trainer.methods.base import Batch, Features, Method, encoder_inputs, simple_feature
 from trainer.objectives.task import weighted_task_mixture
 
 ANSWER_TASK, EXPLAIN_TASK = 0, 1
@@ -38,8 +38,7 @@ class StepByStepMultitask(Method):
         return features
 
     def eval_features(self, example: QAExample) -> Features:
-        ids = self.encode(self._source(ANSWER_TASK, example), self.cfg.data.max_input_length)
-        return {"input_ids": ids, "attention_mask": [1] * len(ids)}
+        return encoder_inputs(self, self._source(ANSWER_TASK, example))
 
     def loss(self, model: torch.nn.Module, batch: Batch) -> dict[str, torch.Tensor]:
         out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=batch["labels"])
