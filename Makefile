@@ -38,6 +38,7 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) -m retrieval_service.benchmark --out bench_results/retrieval
+	$(PY) -m ray_jobs.benchmarks.knife_benchmark --out bench_results/knife
 
 clean:
 	rm -rf runs mlruns mlartifacts mlflow.db bench_results .pytest_cache

@@ -31,14 +31,16 @@ class FinetuneIOR(FinetuneIO):
         return f"{format_answer(example)} {RATIONALE_PREFIX} {rationale}"
 
     def train_features(self, example: QAExample, rng: random.Random) -> list[Features]:
-        max_target = self.cfg.data.max_target_length + self.cfg.data.max_rationale_length
         return [
-            simple_feature(self, format_question(example), self.target(example, rationale), max_target)
+            simple_feature(self, format_question(example), self.target(example, rationale), self.max_new_tokens())
             for rationale in self.rationales(example, rng)
         ]
 
     def max_new_tokens(self) -> int:
-        return self.cfg.data.max_target_length + self.cfg.data.max_rationale_length
+        """Answer + rationale + the prompt words between them, so a long rationale never pushes the answer
+        out of the labels (training) or past the generation budget (evaluation)."""
+        prompt_tokens = len(self.encode(f"{RATIONALE_PREFIX} {ANSWER_PREFIX}", max_length=64))
+        return self.cfg.data.max_target_length + self.cfg.data.max_rationale_length + prompt_tokens
 
 
 class FinetuneIRO(FinetuneIOR):

@@ -61,6 +61,23 @@ def test_iro_puts_the_answer_after_the_rationale_and_parses_it() -> None:
     assert method.parse(target, EXAMPLE) == 1
 
 
+@pytest.mark.parametrize("name", ["ft_ior", "ft_iro"])
+def test_a_long_rationale_never_cuts_off_the_answer(name: str) -> None:
+    long_rationale = " ".join(["fish have no legs and live in water."] * 40)
+    example = QAExample(
+        id="l", question="Can a fish climb?", choices=("yes", "no"), answer_index=1, rationales=(long_rationale,)
+    )
+    _, method, tok = make(
+        name, "data.rationale_source=llm_first", "data.max_rationale_length=16", "data.max_target_length=4"
+    )
+    [feature] = method.train_features(example, random.Random(0))
+    target = decode(tok, feature["labels"])
+    assert len(feature["labels"]) <= method.max_new_tokens()
+    assert method.parse(target, example) == 1
+    if name == "ft_iro":
+        assert target.endswith("answer: no")
+
+
 def test_examples_without_rationales_give_no_rationale_features() -> None:
     _, method, _ = make("ft_ior", "data.rationale_source=facts")
     bare = QAExample(id="b", question="?", choices=("a", "b"), answer_index=0)
