@@ -1,6 +1,8 @@
-"""Submit a training run to a Ray cluster as a Ray job, stream its logs, exit non-zero if it fails.
+"""Submit a training run or a pipeline to a Ray cluster as a Ray job, stream its logs, exit non-zero if it fails.
 
     python -m ray_jobs.submit CONFIG.yaml [section.key=value ...] [--address http://HEAD:8265]
+
+A file with a top-level `pipeline:` key runs as a pipeline (ray_jobs.pipeline); overrides then apply to its base.
 
 The address comes from --address or RAY_ADDRESS; with neither, a local head is started for the
 duration of the run and stopped after it.
@@ -94,7 +96,7 @@ def job_env(local: bool, request: JobRequest) -> dict[str, str]:
 
 @contextlib.contextmanager
 def cluster_address(address: str | None, cfg: ExperimentConfig) -> Iterator[tuple[str, bool]]:
-    """(address, is_local): the given cluster, or a local head that lives for the block."""
+    """(address, started_here): the given cluster, or a local head that lives for the block."""
     if address:
         yield address, False
         return
@@ -164,6 +166,14 @@ def submit(
     """
     with cluster_address(address, request.sizing) as (resolved, started_here):
         local = started_here or is_loopback(resolved)
+        tracking_uri = resolve_tracking_uri(request.sizing.tracking)
+        if not local and tracking_uri.startswith("sqlite:"):
+            print(
+                f"[submit] warning: MLflow store {tracking_uri} is a file path on the cluster's nodes; set "
+                "MLFLOW_TRACKING_URI to a tracking server to see the runs from here",
+                file=sys.stderr,
+                flush=True,
+            )
         client = JobSubmissionClient(resolved)
         python = python or (sys.executable if local else "python")
         job_id = client.submit_job(
