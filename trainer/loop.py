@@ -21,7 +21,7 @@ from trainer.data.registry import load_splits
 from trainer.evaluation.generation_eval import EvalResult, evaluate
 from trainer.methods.base import Features, Method
 from trainer.methods.registry import method_class
-from trainer.models.factory import build_model, build_tokenizer
+from trainer.models.factory import build_model, build_model_config, build_tokenizer, count_parameters
 from trainer.strategy.deepspeed_strategy import DeepSpeedStrategy
 from trainer.tracking.mlflow_tracker import Tracker, create_tracker, resolve_tracking_uri
 
@@ -87,9 +87,12 @@ class Trainer:
         )
         method = method_cls(cfg, tokenizer)
         features = build_features(method, splits.train, cfg.run.seed)
-        model = build_model(cfg.model, tokenizer, tracking_uri)
-        num_parameters = sum(p.numel() for p in model.parameters())
-        method.setup(strategy, model)
+        model_config = build_model_config(cfg.model, tokenizer, tracking_uri)
+        strategy.configure(model_config.d_model)
+        method.setup(strategy, model_config)
+        with strategy.partitioned_init(strategy.resolved_config):
+            model = build_model(cfg.model, model_config)
+        num_parameters = count_parameters(model)
         engine = strategy.prepare(model)
 
         sampler = DistributedSampler(

@@ -20,16 +20,31 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 def submit(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "ray_jobs.submit", *args], cwd=cwd, capture_output=True,
-                          text=True, timeout=900, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    return subprocess.run(
+        [sys.executable, "-m", "ray_jobs.submit", *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=900,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
 
 
 def test_ray_job_trains_tracks_exports_and_resumes(shared_data: Path, tmp_path: Path) -> None:
     overrides = [
-        str(REPO_ROOT / "ray_jobs/configs/demo.yaml"), f"data.data_dir={shared_data}", "data.max_train_examples=128",
-        "data.max_dev_examples=12", "model.tokenizer_vocab_size=800", "optim.max_steps=4", "optim.warmup_steps=1",
-        "optim.micro_batch_size=4", "run.eval_every=0", "run.save_every=2", "tracking.log_every=1",
-        "tracking.experiment=e2e", "run.name=e2e",
+        str(REPO_ROOT / "ray_jobs/configs/demo.yaml"),
+        f"data.data_dir={shared_data}",
+        "data.max_train_examples=128",
+        "data.max_dev_examples=12",
+        "model.tokenizer_vocab_size=800",
+        "optim.max_steps=4",
+        "optim.warmup_steps=1",
+        "optim.micro_batch_size=4",
+        "run.eval_every=0",
+        "run.save_every=2",
+        "tracking.log_every=1",
+        "tracking.experiment=e2e",
+        "run.name=e2e",
     ]
     # 1) No address: the submitter starts a local head, runs the job, stops the head.
     first = submit(overrides, tmp_path)
@@ -49,14 +64,14 @@ def test_ray_job_trains_tracks_exports_and_resumes(shared_data: Path, tmp_path: 
 
     # The logged model loads back from the run and reproduces the end-of-training predictions.
     predictions_file = mlflow.artifacts.download_artifacts(
-        run_id=run.info.run_id, artifact_path="predictions/dev.jsonl", tracking_uri=tracking_uri)
+        run_id=run.info.run_id, artifact_path="predictions/dev.jsonl", tracking_uri=tracking_uri
+    )
     predictions = [json.loads(line) for line in Path(predictions_file).read_text().splitlines()]
     cfg = load_config(overrides=overrides[1:])
     dev = load_splits(cfg.data, cfg.run.seed).dev
     mlflow.set_tracking_uri(tracking_uri)
     model = mlflow.pyfunc.load_model(f"runs:/{run.info.run_id}/model")
-    generated = model.predict(pd.DataFrame({"input": [format_question(ex) for ex in dev]}),
-                              params={"batch_size": 1})
+    generated = model.predict(pd.DataFrame({"input": [format_question(ex) for ex in dev]}), params={"batch_size": 1})
     assert generated == [p["generated"] for p in predictions]
 
     with LocalRayHead(num_cpus=2, log_file=tmp_path / "head.log") as head:
@@ -68,8 +83,10 @@ def test_ray_job_trains_tracks_exports_and_resumes(shared_data: Path, tmp_path: 
         assert [m.step for m in client.get_metric_history(run.info.run_id, "train/loss")] == [1, 2, 3, 4, 5, 6]
 
         # 3) A job that fails inside the workers makes the submitter exit non-zero.
-        failed = submit([*overrides, "run.name=broken", f"data.data_dir={tmp_path / 'missing'}",
-                         "--address", head.address], tmp_path)
+        failed = submit(
+            [*overrides, "run.name=broken", f"data.data_dir={tmp_path / 'missing'}", "--address", head.address],
+            tmp_path,
+        )
         assert failed.returncode == 1
         assert "Ray job ended FAILED" in failed.stderr
         assert "not found" in failed.stdout

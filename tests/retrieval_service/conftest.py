@@ -14,9 +14,7 @@ from retrieval_service.testing import ServerProcess, make_corpus, write_jsonl
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    config.addinivalue_line(
-        "markers", "elasticsearch: needs a real Elasticsearch cluster at ELASTICSEARCH_URL"
-    )
+    config.addinivalue_line("markers", "elasticsearch: needs a real Elasticsearch cluster at ELASTICSEARCH_URL")
 
 
 @pytest.fixture(scope="session")

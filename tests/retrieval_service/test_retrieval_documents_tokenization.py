@@ -36,9 +36,7 @@ def test_parse_passage_names_line_and_field(line: str, reason: str) -> None:
 def test_iter_passages_reads_gzip_by_magic_and_collects_errors(tmp_path: Path) -> None:
     path = tmp_path / "p.data"  # no .gz suffix on purpose
     with gzip.open(path, "wt", encoding="utf-8") as handle:
-        handle.write(
-            '{"id": "a", "title": "A", "text": "x"}\n\n{broken\n{"id": "b", "title": "B", "text": "y"}\n'
-        )
+        handle.write('{"id": "a", "title": "A", "text": "x"}\n\n{broken\n{"id": "b", "title": "B", "text": "y"}\n')
     errors: list[MalformedLineError] = []
     docs = list(iter_passages(path, errors=errors))
     assert [d.id for d in docs] == ["a", "b"]

@@ -213,9 +213,7 @@ def test_service_process_on_elasticsearch_backend(osmem: osmem_server.OsmemServe
         "RETRIEVAL_ES_PLAIN_JSON": "true",
         "RETRIEVAL_ES_ANALYZER": "standard",
     }
-    proc = ServerProcess(
-        ["--backend", "elasticsearch", "--index", settings.alias], env=env, workers=2
-    ).wait_live()
+    proc = ServerProcess(["--backend", "elasticsearch", "--index", settings.alias], env=env, workers=2).wait_live()
     try:
         assert httpx.get(f"{proc.url}/readyz").json()["count"] == 20
         r = httpx.post(f"{proc.url}/search/batch", json={"queries": ["uniqued5", "uniqued6"], "k": 1})

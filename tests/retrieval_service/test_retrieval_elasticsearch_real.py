@@ -45,9 +45,7 @@ def test_analyzer_matches_tantivy_tokenization(es_backend: ElasticsearchBackend,
         assert [t["token"] for t in tokens] == tokenize(text)
 
 
-def test_ranking_parity_with_tantivy(
-    es_backend: ElasticsearchBackend, corpus_file: Path, corpus_index: Path
-) -> None:
+def test_ranking_parity_with_tantivy(es_backend: ElasticsearchBackend, corpus_file: Path, corpus_index: Path) -> None:
     """Same top-10 and Lucene score x (k1 + 1) == tantivy score on a one-shard index."""
     docs = list(iter_passages(corpus_file))
     report = es_backend.index_documents(docs, rebuild=True)

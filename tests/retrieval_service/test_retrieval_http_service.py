@@ -68,9 +68,7 @@ def test_search_batch_documents_health_openapi(server: ServerProcess, corpus_ind
         ("/documents/mget", {"ids": []}, "ids"),
     ],
 )
-def test_bad_input_is_422_naming_the_field(
-    server: ServerProcess, path: str, payload: object, field: str
-) -> None:
+def test_bad_input_is_422_naming_the_field(server: ServerProcess, path: str, payload: object, field: str) -> None:
     r = httpx.post(f"{server.url}{path}", json=payload)
     assert r.status_code == 422, r.text
     assert r.json()["error"] == "validation_error"
@@ -78,9 +76,7 @@ def test_bad_input_is_422_naming_the_field(
 
 
 def test_malformed_json_missing_body_and_unknown_id(server: ServerProcess) -> None:
-    r = httpx.post(
-        f"{server.url}/search", content=b'{"query": "riv', headers={"content-type": "application/json"}
-    )
+    r = httpx.post(f"{server.url}/search", content=b'{"query": "riv', headers={"content-type": "application/json"})
     assert r.status_code == 400 and r.json()["error"] == "malformed_json" and fields(r) == ["body"]
     r = httpx.post(f"{server.url}/search")
     assert r.status_code == 422 and "request body is required" in r.json()["detail"][0]["message"]
@@ -94,9 +90,7 @@ def test_malformed_json_missing_body_and_unknown_id(server: ServerProcess) -> No
 def test_bearer_token_and_configured_limits(auth_server: ServerProcess) -> None:
     url = auth_server.url
     r = httpx.post(f"{url}/search", json={"query": "river"})
-    assert (
-        r.status_code == 401 and fields(r) == ["Authorization"] and r.headers["www-authenticate"] == "Bearer"
-    )
+    assert r.status_code == 401 and fields(r) == ["Authorization"] and r.headers["www-authenticate"] == "Bearer"
     r = httpx.post(f"{url}/search", json={"query": "river"}, headers={"Authorization": "Bearer wrong"})
     assert r.status_code == 401 and "invalid bearer token" in r.text
     assert httpx.get(f"{url}/documents/doc-1").status_code == 401

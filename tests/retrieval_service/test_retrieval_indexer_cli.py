@@ -32,8 +32,7 @@ def write_gz(path: Path, lines: list[str]) -> Path:
 
 
 GOOD = [
-    json.dumps({"id": f"k{i}", "title": f"Knowledge {i}", "text": f"fact number {i} about topic"})
-    for i in range(30)
+    json.dumps({"id": f"k{i}", "title": f"Knowledge {i}", "text": f"fact number {i} about topic"}) for i in range(30)
 ]
 
 
@@ -68,15 +67,11 @@ def test_malformed_lines_skipped_with_line_numbers(tmp_path: Path) -> None:
 
 def test_malformed_line_is_fatal_with_flag_and_commits_nothing(tmp_path: Path) -> None:
     index = tmp_path / "i"
-    ok = run_cli(
-        "index", "--index", str(index), "--input", str(write_gz(tmp_path / "a.gz", GOOD[:5])), "--no-progress"
-    )
+    ok = run_cli("index", "--index", str(index), "--input", str(write_gz(tmp_path / "a.gz", GOOD[:5])), "--no-progress")
     assert ok.returncode == 0, ok.stderr
     bad = tmp_path / "bad.jsonl"
     bad.write_text("\n".join([GOOD[10], GOOD[11], '{"id": "z"}']) + "\n", encoding="utf-8")
-    result = run_cli(
-        "index", "--index", str(index), "--input", str(bad), "--on-malformed", "fail", "--no-progress"
-    )
+    result = run_cli("index", "--index", str(index), "--input", str(bad), "--on-malformed", "fail", "--no-progress")
     assert result.returncode == 2
     assert f"{bad}:3: missing field 'title'" in result.stderr
     with TantivyBackend(index) as backend:

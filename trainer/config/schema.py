@@ -35,9 +35,7 @@ class DataConfig(_Section):
         default=None,
         description="Root of the shared data; default: $REASONDISTILL_DATA_DIR or ../shared/data",
     )
-    train_fraction: float = Field(
-        default=1.0, gt=0.0, le=1.0, description="low-resource runs: keep this share"
-    )
+    train_fraction: float = Field(default=1.0, gt=0.0, le=1.0, description="low-resource runs: keep this share")
     dev_fraction: float = Field(
         default=0.1, gt=0.0, lt=1.0, description="share held out as dev when a dataset has no dev file"
     )
@@ -91,9 +89,7 @@ class OptimConfig(_Section):
 class DeepSpeedConfig(_Section):
     """How DeepSpeed shards the run; the template's "auto" values are filled from the rest of the config."""
 
-    template: str = Field(
-        default="zero2", description="name in ds_configs/ (zero1, zero2, zero3) or a JSON path"
-    )
+    template: str = Field(default="zero2", description="name in ds_configs/ (zero1, zero2, zero3) or a JSON path")
     zero_stage: Literal[0, 1, 2, 3] | None = Field(default=None, description="override the template's stage")
     offload_optimizer: bool = False
     offload_param: bool = False
@@ -129,9 +125,7 @@ class RunConfig(_Section):
     use_gpu: bool = False
     cpus_per_worker: float = Field(default=1.0, gt=0.0)
     seed: int = 42
-    eval_every: int = Field(
-        default=0, ge=0, description="optimizer steps between dev evaluations; 0 = end only"
-    )
+    eval_every: int = Field(default=0, ge=0, description="optimizer steps between dev evaluations; 0 = end only")
     save_every: int = Field(default=0, ge=0, description="optimizer steps between checkpoints; 0 = end only")
     eval_batch_size: int = Field(default=32, ge=1)
     eval_num_beams: int = Field(default=1, ge=1)

@@ -35,9 +35,7 @@ class QAExample:
             if key not in row:
                 raise DataError(f"{where}: missing field {key!r}")
             if not isinstance(row[key], kind) or (kind is int and isinstance(row[key], bool)):
-                raise DataError(
-                    f"{where}: field {key!r} must be {kind.__name__}, got {type(row[key]).__name__}"
-                )
+                raise DataError(f"{where}: field {key!r} must be {kind.__name__}, got {type(row[key]).__name__}")
         choices = row["choices"]
         if len(choices) < 2 or not all(isinstance(c, str) and c.strip() for c in choices):
             raise DataError(f"{where}: field 'choices' must hold at least two non-empty strings")

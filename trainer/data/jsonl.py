@@ -37,9 +37,7 @@ def read_examples(path: str | Path) -> list[QAExample]:
     for line_no, row in iter_json_rows(path):
         example = QAExample.from_row(row, where=f"{path}:{line_no}")
         if example.id in seen:
-            raise DataError(
-                f"{path}:{line_no}: duplicate id {example.id!r} (first on line {seen[example.id]})"
-            )
+            raise DataError(f"{path}:{line_no}: duplicate id {example.id!r} (first on line {seen[example.id]})")
         seen[example.id] = line_no
         examples.append(example)
     if not examples:

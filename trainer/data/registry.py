@@ -43,9 +43,7 @@ def registered_datasets() -> list[str]:
 
 def data_root(cfg: DataConfig) -> Path:
     """The shared data folder: config, then $REASONDISTILL_DATA_DIR, then ../shared/data beside the repo."""
-    return Path(
-        cfg.data_dir or os.environ.get("REASONDISTILL_DATA_DIR") or REPO_ROOT.parent / "shared" / "data"
-    )
+    return Path(cfg.data_dir or os.environ.get("REASONDISTILL_DATA_DIR") or REPO_ROOT.parent / "shared" / "data")
 
 
 def hash_split(examples: list[QAExample], dev_fraction: float) -> DatasetSplits:
@@ -116,9 +114,7 @@ def _synthetic(cfg: DataConfig) -> DatasetSplits:
 def load_splits(cfg: DataConfig, seed: int) -> DatasetSplits:
     """Load the configured dataset, then apply the low-resource fraction and size caps (seeded)."""
     if cfg.dataset not in _LOADERS:
-        raise DataError(
-            f"data.dataset: unknown dataset {cfg.dataset!r}; known: {', '.join(registered_datasets())}"
-        )
+        raise DataError(f"data.dataset: unknown dataset {cfg.dataset!r}; known: {', '.join(registered_datasets())}")
     splits = _LOADERS[cfg.dataset](cfg)
     train = list(splits.train)
     if cfg.train_fraction < 1.0:

@@ -190,9 +190,7 @@ def _yesno_row(world: _World, entity: int, prop: int, rng: random.Random) -> dic
     }
 
 
-def _choice_row(
-    world: _World, pool: dict[int, tuple[list[int], list[int]]], rng: random.Random
-) -> dict | None:
+def _choice_row(world: _World, pool: dict[int, tuple[list[int], list[int]]], rng: random.Random) -> dict | None:
     """Which of 3-4 properties an entity has (exactly one); None when the pool cannot supply that.
 
     Options are properties rather than entities so every answer string is frequent in train and a model

@@ -78,9 +78,7 @@ def evaluate(
     shard = examples[rank::world]
     per_rank = math.ceil(len(examples) / world)
     padded = shard + [examples[0]] * (per_rank - len(shard))
-    local = generate_predictions(method, model, padded, batch_size, strategy.device, generation_kwargs)[
-        : len(shard)
-    ]
+    local = generate_predictions(method, model, padded, batch_size, strategy.device, generation_kwargs)[: len(shard)]
     model.train(was_training)
     by_id = {p.id: p for part in strategy.all_gather_objects(local) for p in part}
     predictions = [by_id[ex.id] for ex in examples]

@@ -7,7 +7,7 @@ from abc import ABC, abstractmethod
 from typing import Any, ClassVar
 
 import torch
-from transformers import PreTrainedTokenizerBase
+from transformers import PretrainedConfig, PreTrainedTokenizerBase
 
 from trainer.config.schema import ExperimentConfig
 from trainer.data.collate import pad_batch
@@ -71,7 +71,7 @@ class Method(ABC):
     def parse(self, text: str, example: QAExample) -> int | None:
         return parse_choice(text, example.choices)
 
-    def setup(self, strategy: Any, model: torch.nn.Module) -> None:  # noqa: B027 - most methods need nothing
+    def setup(self, strategy: Any, model_config: PretrainedConfig) -> None:  # noqa: B027 - most need nothing
         """Load anything beyond the trained model (KNIFE's frozen teacher) once the process group exists."""
 
 

@@ -7,7 +7,7 @@ import random
 from typing import Any
 
 import torch
-from transformers import AutoModelForSeq2SeqLM
+from transformers import AutoConfig, AutoModelForSeq2SeqLM, PretrainedConfig
 
 from trainer.config.schema import ExperimentConfig
 from trainer.data.example import QAExample
@@ -95,15 +95,19 @@ class KnifeStudent(_KnifeLayout):
             raise ValueError("method.knife.teacher: the KNIFE student needs a teacher model (path or runs:/ URI)")
         return cfg.method.knife.teacher
 
-    def setup(self, strategy: Any, model: torch.nn.Module) -> None:
+    def setup(self, strategy: Any, model_config: PretrainedConfig) -> None:
+        """Load the frozen teacher (partitioned as it loads under ZeRO-3) after checking it fits the student."""
         source = resolve_model_source(self._teacher_source(self.cfg), resolve_tracking_uri(self.cfg.tracking))
-        teacher = AutoModelForSeq2SeqLM.from_pretrained(source)
-        if teacher.config.d_model != model.config.d_model:
+        teacher_config = AutoConfig.from_pretrained(source)
+        if teacher_config.d_model != model_config.d_model:
             raise ValueError(
-                f"method.knife.teacher: teacher d_model {teacher.config.d_model} != student d_model "
-                f"{model.config.d_model}; KNIFE aligns hidden states, so the sizes must match"
+                f"method.knife.teacher: teacher d_model {teacher_config.d_model} != student d_model "
+                f"{model_config.d_model}; KNIFE aligns hidden states, so the sizes must match"
             )
-        self.teacher = strategy.prepare_frozen(teacher, self.cfg.method.knife.teacher_zero_stage)
+        ds_config = strategy.frozen_config(teacher_config.d_model, self.cfg.method.knife.teacher_zero_stage)
+        with strategy.partitioned_init(ds_config):
+            teacher = AutoModelForSeq2SeqLM.from_pretrained(source, config=teacher_config)
+        self.teacher = strategy.prepare_frozen(teacher, ds_config)
 
     def eval_features(self, example: QAExample) -> Features:
         return self.knife_features(example, None, with_labels=False)

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+import torch
 from transformers import (
+    AutoConfig,
     AutoModelForSeq2SeqLM,
     AutoTokenizer,
+    PretrainedConfig,
+    PreTrainedModel,
     PreTrainedTokenizerBase,
     T5Config,
-    T5ForConditionalGeneration,
 )
 
 from trainer.config.schema import ModelConfig
@@ -56,13 +59,13 @@ def build_tokenizer(
     return tokenizer_from_json(broadcast(train_tokenizer_json(corpus(), cfg.tokenizer_vocab_size)))
 
 
-def build_model(
+def build_model_config(
     cfg: ModelConfig, tokenizer: PreTrainedTokenizerBase, tracking_uri: str | None = None
-) -> T5ForConditionalGeneration:
-    """Load any HF seq2seq checkpoint (name or local path) or initialise a preset for the tokenizer."""
+) -> PretrainedConfig:
+    """The architecture, known before any weight exists, so ZeRO-3 can be configured to partition at build."""
     if not is_preset(cfg.name):
-        return AutoModelForSeq2SeqLM.from_pretrained(resolve_model_source(cfg.name, tracking_uri))
-    config = T5Config(
+        return AutoConfig.from_pretrained(resolve_model_source(cfg.name, tracking_uri))
+    return T5Config(
         vocab_size=len(tokenizer),
         pad_token_id=tokenizer.pad_token_id,
         eos_token_id=tokenizer.eos_token_id,
@@ -72,4 +75,18 @@ def build_model(
         tie_word_embeddings=True,
         **TINY_PRESETS[cfg.name],
     )
-    return T5ForConditionalGeneration(config)
+
+
+def build_model(cfg: ModelConfig, config: PretrainedConfig) -> PreTrainedModel:
+    """Pretrained weights from the config's source (name, path, resolved MLflow model), or a fresh preset.
+
+    Both paths honour an active transformers HfDeepSpeedConfig, i.e. build directly partitioned under ZeRO-3.
+    """
+    if is_preset(cfg.name):
+        return AutoModelForSeq2SeqLM.from_config(config)
+    return AutoModelForSeq2SeqLM.from_pretrained(config.name_or_path, config=config)
+
+
+def count_parameters(model: torch.nn.Module) -> int:
+    """Full parameter count, also for ZeRO-3-partitioned parameters (whose local numel is 0)."""
+    return sum(getattr(p, "ds_numel", p.numel()) for p in model.parameters())

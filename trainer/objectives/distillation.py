@@ -29,9 +29,7 @@ def masked_mse(student: Tensor, teacher: Tensor, mask: Tensor) -> Tensor:
     return (squared * weights).sum() / weights.sum().clamp_min(1.0)
 
 
-def masked_kl(
-    student_logits: Tensor, teacher_logits: Tensor, mask: Tensor, temperature: float = 1.0
-) -> Tensor:
+def masked_kl(student_logits: Tensor, teacher_logits: Tensor, mask: Tensor, temperature: float = 1.0) -> Tensor:
     """KL(teacher || student) over the vocab per position, averaged over masked positions, times T^2.
 
     The T^2 factor keeps gradient magnitudes comparable across temperatures (Hinton et al., 2015).

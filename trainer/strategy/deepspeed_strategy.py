@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
 import socket
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +17,7 @@ import torch
 import torch.distributed as dist
 from deepspeed import DeepSpeedEngine
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
+from transformers.integrations.deepspeed import HfDeepSpeedConfig, unset_hf_deepspeed_config
 
 from trainer.config.schema import ExperimentConfig
 from trainer.strategy.ds_config import (
@@ -103,17 +106,44 @@ class DeepSpeedStrategy:
         return tensor.item() / self.world_size
 
     # ---- engines -------------------------------------------------------------------------------
-    def _context(self, model: PreTrainedModel) -> ResolveContext:
-        return ResolveContext(
-            world_size=self.world_size, hidden_size=model.config.d_model, on_gpu=self.on_gpu
+    def _context(self, hidden_size: int) -> ResolveContext:
+        return ResolveContext(world_size=self.world_size, hidden_size=hidden_size, on_gpu=self.on_gpu)
+
+    def configure(self, hidden_size: int) -> dict[str, Any]:
+        """Resolve the training template; done before the model exists so ZeRO-3 can partition at build."""
+        template, _ = load_template(self.cfg.ds.template)
+        self.resolved_config = resolve_training_config(
+            template, self.cfg.ds, self.cfg.optim, self._context(hidden_size)
         )
+        return self.resolved_config
+
+    def frozen_config(self, hidden_size: int, zero_stage: int) -> dict[str, Any] | None:
+        """ZeRO-3 inference config for a frozen model (KNIFE's teacher), or None to replicate it (stage 0)."""
+        if zero_stage == 0:
+            return None
+        template, _ = load_template("zero3_inference")
+        return resolve_inference_config(
+            template, self.cfg.ds, self.cfg.optim.micro_batch_size, self._context(hidden_size)
+        )
+
+    @contextlib.contextmanager
+    def partitioned_init(self, ds_config: dict[str, Any] | None) -> Iterator[None]:
+        """Under ZeRO-3, models built in this block are partitioned as they are created (zero.Init through
+        transformers' HfDeepSpeedConfig), so no rank ever materialises a whole T5-3B."""
+        if ds_config is None or ds_config.get("zero_optimization", {}).get("stage") != 3:
+            yield
+            return
+        hf_deepspeed_config = HfDeepSpeedConfig(ds_config)  # transformers holds only a weak reference
+        try:
+            yield
+        finally:
+            del hf_deepspeed_config
+            unset_hf_deepspeed_config()
 
     def prepare(self, model: PreTrainedModel) -> DeepSpeedEngine:
         """Wrap a model for training with the resolved template (optimizer and schedule included)."""
-        template, _ = load_template(self.cfg.ds.template)
-        self.resolved_config = resolve_training_config(
-            template, self.cfg.ds, self.cfg.optim, self._context(model)
-        )
+        if self.resolved_config is None:
+            raise RuntimeError("DeepSpeedStrategy.configure() must run before prepare()")
         engine, *_ = deepspeed.initialize(
             model=model,
             model_parameters=[p for p in model.parameters() if p.requires_grad],
@@ -121,18 +151,14 @@ class DeepSpeedStrategy:
         )
         return engine
 
-    def prepare_frozen(self, model: PreTrainedModel, zero_stage: int) -> torch.nn.Module:
-        """A frozen model for KNIFE's teacher: ZeRO-3 partitions it across ranks, stage 0 replicates it."""
+    def prepare_frozen(self, model: PreTrainedModel, ds_config: dict[str, Any] | None) -> torch.nn.Module:
+        """A frozen model: a ZeRO-3 inference engine partitions it across ranks; None replicates it."""
         model.requires_grad_(False)
         model.eval()
-        if zero_stage == 0:
+        if ds_config is None:
             dtype = torch.bfloat16 if self.cfg.ds.precision == "bf16" else torch.float32
             return model.to(device=self.device, dtype=dtype)
-        template, _ = load_template("zero3_inference")
-        config = resolve_inference_config(
-            template, self.cfg.ds, self.cfg.optim.micro_batch_size, self._context(model)
-        )
-        engine, *_ = deepspeed.initialize(model=model, config=config)
+        engine, *_ = deepspeed.initialize(model=model, config=ds_config)
         engine.eval()
         return engine.module
 
@@ -153,9 +179,7 @@ class DeepSpeedStrategy:
     # ---- checkpoints ---------------------------------------------------------------------------
     def save_checkpoint(self, engine: DeepSpeedEngine, directory: Path, client_state: dict[str, Any]) -> None:
         """Every rank writes its own shard (model, optimizer, scheduler, our client state) into directory."""
-        engine.save_checkpoint(
-            str(directory), tag="checkpoint", client_state={CLIENT_STATE_KEY: client_state}
-        )
+        engine.save_checkpoint(str(directory), tag="checkpoint", client_state={CLIENT_STATE_KEY: client_state})
 
     def load_checkpoint(self, engine: DeepSpeedEngine, directory: Path) -> dict[str, Any]:
         """Restore every rank's shard; returns the client state saved with it."""
@@ -165,9 +189,7 @@ class DeepSpeedStrategy:
         return client_state[CLIENT_STATE_KEY]
 
     # ---- export --------------------------------------------------------------------------------
-    def export_model(
-        self, engine: DeepSpeedEngine, tokenizer: PreTrainedTokenizerBase, directory: Path
-    ) -> None:
+    def export_model(self, engine: DeepSpeedEngine, tokenizer: PreTrainedTokenizerBase, directory: Path) -> None:
         """Write a consolidated HF model dir (from_pretrained loads it) on rank 0; collective under ZeRO-3."""
         if engine.zero_optimization_partition_weights():
             state_dict = engine._zero3_consolidated_16bit_state_dict()

@@ -57,9 +57,7 @@ def resolve_training_config(
     """Fill batch sizes, precision, optimizer, schedule and ZeRO buckets from the typed config."""
     config = copy.deepcopy(template)
     if config.get("fp16", {}).get("enabled") not in (None, False):
-        raise DeepSpeedConfigError(
-            "fp16 is not supported: T5 overflows in fp16; use ds.precision=bf16 or fp32"
-        )
+        raise DeepSpeedConfigError("fp16 is not supported: T5 overflows in fp16; use ds.precision=bf16 or fp32")
     _fill(config, "train_micro_batch_size_per_gpu", optim.micro_batch_size)
     _fill(config, "gradient_accumulation_steps", optim.gradient_accumulation_steps)
     _fill(

@@ -32,9 +32,7 @@ PYFUNC_SIGNATURE = ModelSignature(
 
 def resolve_tracking_uri(cfg: TrackingConfig) -> str:
     """Config, then MLFLOW_TRACKING_URI, then a SQLite store in the working directory."""
-    return (
-        cfg.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path.cwd() / 'mlflow.db'}"
-    )
+    return cfg.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path.cwd() / 'mlflow.db'}"
 
 
 def resolve_experiment(cfg: TrackingConfig) -> str:
@@ -69,9 +67,7 @@ class MLflowTracker:
             run_tags = {**cfg.tags, **(tags or {})}
             if parent_run_id:
                 run_tags["mlflow.parentRunId"] = parent_run_id
-            self.run_id = self.client.create_run(
-                self.experiment_id, run_name=run_name, tags=run_tags
-            ).info.run_id
+            self.run_id = self.client.create_run(self.experiment_id, run_name=run_name, tags=run_tags).info.run_id
 
     def _experiment_id(self, name: str) -> str:
         experiment = self.client.get_experiment_by_name(name)
@@ -92,9 +88,7 @@ class MLflowTracker:
 
     def log_metrics(self, metrics: Mapping[str, float], step: int) -> None:
         now = get_current_time_millis()
-        self.client.log_batch(
-            self.run_id, metrics=[Metric(k, float(v), now, step) for k, v in metrics.items()]
-        )
+        self.client.log_batch(self.run_id, metrics=[Metric(k, float(v), now, step) for k, v in metrics.items()])
 
     def set_tags(self, tags: Mapping[str, str]) -> None:
         for key, value in tags.items():

@@ -9,8 +9,15 @@ from trainer.data.example import DataError
 from trainer.data.jsonl import read_examples
 from trainer.data.registry import load_splits, registered_datasets
 
-ROW = {"id": "q1", "question": "Is it?", "choices": ["yes", "no"], "answer_index": 0, "answer": "yes",
-       "rationales": ["Because."], "facts": ["A fact."]}
+ROW = {
+    "id": "q1",
+    "question": "Is it?",
+    "choices": ["yes", "no"],
+    "answer_index": 0,
+    "answer": "yes",
+    "rationales": ["Because."],
+    "facts": ["A fact."],
+}
 
 
 def write_rows(path: Path, rows: list[object], gz: bool = False) -> Path:

@@ -14,9 +14,7 @@ from trainer.data.synthetic import (
     write_synthetic_task,
 )
 
-SMALL = SyntheticTaskSpec(
-    num_entities=60, num_categories=6, num_properties=10, num_train=400, num_dev=120, seed=7
-)
+SMALL = SyntheticTaskSpec(num_entities=60, num_categories=6, num_properties=10, num_train=400, num_dev=120, seed=7)
 FIELDS = {
     "id",
     "question",
@@ -160,9 +158,7 @@ def test_passages_cover_every_entity_and_category(task) -> None:
 
 
 def test_vocabulary_stays_small(task) -> None:
-    text = " ".join(
-        r["question"] + " " + " ".join(r["rationales"] + r["choices"]) for r in task.train + task.dev
-    )
+    text = " ".join(r["question"] + " " + " ".join(r["rationales"] + r["choices"]) for r in task.train + task.dev)
     words = set(re.findall(r"\w+", text.lower()))
     assert len(words) < 500
 

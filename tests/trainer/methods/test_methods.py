@@ -1,4 +1,4 @@
-"""Each method's features and loss on a real tiny T5 (no DeepSpeed needed at this level)."""
+"""Each method's features and loss on a real tiny T5 (the KNIFE student through a one-rank DeepSpeedStrategy)."""
 
 import random
 from pathlib import Path
@@ -10,8 +10,9 @@ from trainer.config import load_config
 from trainer.data.example import QAExample
 from trainer.data.formatting import tokenizer_corpus
 from trainer.methods.registry import METHODS, method_class
-from trainer.models.factory import build_model, build_tokenizer
+from trainer.models.factory import build_model, build_model_config, build_tokenizer
 from trainer.objectives.task import token_cross_entropy
+from trainer.strategy.deepspeed_strategy import DeepSpeedStrategy
 
 EXAMPLE = QAExample(
     id="q",
@@ -27,6 +28,10 @@ def make(name: str, *overrides: str):
     cfg = load_config(overrides=[f"method.name={name}", "model.tokenizer_vocab_size=200", *overrides])
     tokenizer = build_tokenizer(cfg.model, lambda: tokenizer_corpus([EXAMPLE] * 4), broadcast=lambda x: x)
     return cfg, method_class(cfg)(cfg, tokenizer), tokenizer
+
+
+def fresh_model(cfg, tokenizer):
+    return build_model(cfg.model, build_model_config(cfg.model, tokenizer))
 
 
 def decode(tokenizer, ids: list[int]) -> str:
@@ -90,7 +95,7 @@ def test_multitask_features_and_weighted_loss() -> None:
     assert [f["task_ids"] for f in features] == [0, 1, 1]
     assert decode(tok, features[0]["input_ids"]).startswith("[answer]")
     assert decode(tok, features[1]["input_ids"]).startswith("[explain]")
-    model = build_model(cfg.model, tok)
+    model = fresh_model(cfg, tok)
     parts = method.loss(model, method.collate(features))
     torch.testing.assert_close(parts["loss"], parts["task_loss"] + parts["rationale_loss"])
     answer_only = method.collate(features[:1])
@@ -107,7 +112,7 @@ def test_knife_teacher_reads_the_rationale_and_student_does_not(tmp_path: Path) 
     assert "fish have no legs" in decode(tok, batch["teacher_input_ids"][0].tolist())
     masked = batch["teacher_input_ids"][0][batch["teacher_cross_attention_mask"][0].bool()].tolist()
     assert "legs" not in decode(tok, masked)  # the decoder sees only the question
-    teacher = build_model(cfg.model, tok)
+    teacher = fresh_model(cfg, tok)
     assert torch.isfinite(teacher_method.loss(teacher, batch)["loss"])
     eval_batch = teacher_method.collate([teacher_method.eval_features(EXAMPLE)])
     out = teacher_method.generate(teacher, eval_batch, max_new_tokens=3)
@@ -121,15 +126,11 @@ def test_knife_teacher_reads_the_rationale_and_student_does_not(tmp_path: Path) 
     )
     assert student_tok.get_vocab() == tok.get_vocab()  # the student takes the teacher's tokenizer
 
-    class OneRank:
-        cfg = student_cfg
-
-        def prepare_frozen(self, model, zero_stage):
-            assert zero_stage == 0
-            return model.requires_grad_(False).eval()
-
-    student = build_model(student_cfg.model, student_tok)
-    student_method.setup(OneRank(), student)
+    strategy = DeepSpeedStrategy(student_cfg)
+    strategy.setup_distributed()  # a one-rank gloo group; teacher_zero_stage=0 replicates the teacher
+    student_config = build_model_config(student_cfg.model, student_tok)
+    student_method.setup(strategy, student_config)
+    student = build_model(student_cfg.model, student_config)
     parts = student_method.loss(
         student, student_method.collate(student_method.train_features(EXAMPLE, random.Random(0)))
     )
@@ -142,12 +143,12 @@ def test_knife_teacher_reads_the_rationale_and_student_does_not(tmp_path: Path) 
 
 def test_knife_student_rejects_a_teacher_of_another_width(tmp_path: Path) -> None:
     cfg, _, tok = make("knife_teacher")
-    teacher = build_model(load_config(overrides=["model.name=t5-mini"]).model, tok)
+    teacher = fresh_model(load_config(overrides=["model.name=t5-mini"]), tok)
     teacher.save_pretrained(tmp_path)
     tok.save_pretrained(tmp_path)
     student_cfg, method, student_tok = make("knife_student", f"method.knife.teacher={tmp_path}")
     with pytest.raises(ValueError, match="teacher d_model 128 != student d_model 64"):
-        method.setup(None, build_model(student_cfg.model, student_tok))
+        method.setup(None, build_model_config(student_cfg.model, student_tok))
 
 
 def test_knife_student_needs_a_teacher() -> None:

@@ -123,9 +123,7 @@ def test_student_forward_matches_plain_model_call(batch: dict[str, torch.Tensor]
 
 
 def _manual_greedy(model, batch: dict[str, torch.Tensor], steps: int) -> torch.Tensor:
-    encoder = model.get_encoder()(
-        input_ids=batch["teacher_input_ids"], attention_mask=batch["teacher_attention_mask"]
-    )
+    encoder = model.get_encoder()(input_ids=batch["teacher_input_ids"], attention_mask=batch["teacher_attention_mask"])
     decoded = torch.full((batch["teacher_input_ids"].shape[0], 1), model.config.decoder_start_token_id)
     finished = torch.zeros(decoded.shape[0], dtype=torch.bool)
     for _ in range(steps):

@@ -6,12 +6,13 @@ import mlflow
 import pytest
 import torch
 from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
+from transformers.integrations.deepspeed import is_deepspeed_zero3_enabled
 
 from trainer.checkpoint_io import LocalCheckpointIO
 from trainer.data.formatting import format_question, tokenizer_corpus
 from trainer.data.registry import load_splits
 from trainer.loop import Trainer
-from trainer.models.factory import build_model, build_tokenizer
+from trainer.models.factory import build_model, build_model_config, build_tokenizer, count_parameters
 from trainer.strategy.deepspeed_strategy import DeepSpeedStrategy
 
 
@@ -25,7 +26,9 @@ def make_engine(cfg):
     strategy.setup_distributed()
     splits = load_splits(cfg.data, cfg.run.seed)
     tokenizer = build_tokenizer(cfg.model, lambda: tokenizer_corpus(splits.train), strategy.broadcast_object)
-    return strategy, strategy.prepare(build_model(cfg.model, tokenizer)), tokenizer
+    model_config = build_model_config(cfg.model, tokenizer)
+    strategy.configure(model_config.d_model)
+    return strategy, strategy.prepare(build_model(cfg.model, model_config)), tokenizer
 
 
 def batch_for(tokenizer):
@@ -106,8 +109,11 @@ def test_bf16_training_runs_and_exports(tiny_config) -> None:
 
 @pytest.mark.parametrize("name", ["ft_ior", "ft_iro", "multitask"])
 def test_rationale_methods_train_end_to_end(tiny_config, name: str) -> None:
-    result = fit(tiny_config(f"method.name={name}", "optim.max_steps=2", "tracking.log_model=false",
-                             "data.max_rationale_length=32"))
+    result = fit(
+        tiny_config(
+            f"method.name={name}", "optim.max_steps=2", "tracking.log_model=false", "data.max_rationale_length=32"
+        )
+    )
     assert result.global_step == 2 and len(result.predictions) == 16
 
 
@@ -124,3 +130,23 @@ def test_zero3_with_cpu_offload_trains_and_exports(tiny_config) -> None:
     assert ds_config["zero_optimization"]["offload_optimizer"]["device"] == "cpu"
     assert ds_config["zero_optimization"]["offload_param"]["device"] == "cpu"
     assert AutoModelForSeq2SeqLM.from_pretrained(result.export_dir).config.d_model == 64
+
+
+def test_zero3_builds_the_model_already_partitioned(tiny_config) -> None:
+    cfg = tiny_config("ds.template=zero3")
+    strategy = DeepSpeedStrategy(cfg)
+    strategy.setup_distributed()
+    splits = load_splits(cfg.data, cfg.run.seed)
+    tokenizer = build_tokenizer(cfg.model, lambda: tokenizer_corpus(splits.train), strategy.broadcast_object)
+    model_config = build_model_config(cfg.model, tokenizer)
+    strategy.configure(model_config.d_model)
+    with strategy.partitioned_init(strategy.resolved_config):
+        assert is_deepspeed_zero3_enabled()
+        model = build_model(cfg.model, model_config)
+    assert not is_deepspeed_zero3_enabled()  # the flag does not leak into later model builds
+    assert all(hasattr(p, "ds_id") and p.numel() == 0 for p in model.parameters())  # never materialised whole
+    reference = build_model(cfg.model, model_config)
+    assert count_parameters(model) == count_parameters(reference) == sum(p.numel() for p in reference.parameters())
+    engine = strategy.prepare(model)
+    batch = batch_for(tokenizer)
+    assert strategy.backward_step(engine, engine(**batch).loss)

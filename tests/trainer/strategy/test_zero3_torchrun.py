@@ -19,8 +19,9 @@ pytestmark = pytest.mark.slow
 def torchrun(cfg_overrides: list[str], cwd: Path) -> dict:
     torchrun_bin = Path(sys.executable).with_name("torchrun")
     command = [str(torchrun_bin), "--standalone", "--nproc-per-node", "2", "-m", "trainer.train", *cfg_overrides]
-    proc = subprocess.run(command, cwd=cwd, capture_output=True, text=True, timeout=600,
-                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    proc = subprocess.run(
+        command, cwd=cwd, capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"}
+    )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
     return json.loads([line for line in proc.stdout.splitlines() if line.startswith("{")][-1])
 
@@ -28,10 +29,19 @@ def torchrun(cfg_overrides: list[str], cwd: Path) -> dict:
 def test_zero3_two_ranks_save_resume_export(tiny_config, tmp_path: Path) -> None:
     cfg = tiny_config("ds.template=zero3", "run.num_workers=2")
     base = [
-        f"data.data_dir={cfg.data.data_dir}", "data.max_train_examples=64", "data.max_dev_examples=10",
-        "data.max_input_length=64", "data.max_target_length=8", "model.tokenizer_vocab_size=600",
-        "optim.micro_batch_size=4", "tracking.log_every=1", f"tracking.tracking_uri={cfg.tracking.tracking_uri}",
-        f"run.output_dir={cfg.run.output_dir}", "ds.template=zero3", "run.save_every=2", "run.name=z3",
+        f"data.data_dir={cfg.data.data_dir}",
+        "data.max_train_examples=64",
+        "data.max_dev_examples=10",
+        "data.max_input_length=64",
+        "data.max_target_length=8",
+        "model.tokenizer_vocab_size=600",
+        "optim.micro_batch_size=4",
+        "tracking.log_every=1",
+        f"tracking.tracking_uri={cfg.tracking.tracking_uri}",
+        f"run.output_dir={cfg.run.output_dir}",
+        "ds.template=zero3",
+        "run.save_every=2",
+        "run.name=z3",
     ]
     first = torchrun([*base, "optim.max_steps=3"], tmp_path)
     checkpoints = Path(cfg.run.output_dir) / "z3" / "checkpoints"
@@ -50,9 +60,13 @@ def test_zero3_two_ranks_save_resume_export(tiny_config, tmp_path: Path) -> None
     # The consolidated export reproduces the predictions the 2 sharded ranks made at the end of training.
     export = Path(cfg.run.output_dir) / "z3" / "export"
     model = AutoModelForSeq2SeqLM.from_pretrained(export).eval()
+    # Built partitioned (zero.Init), yet the logged size is the full model's.
+    logged_size = client.get_run(first["mlflow_run_id"]).data.metrics["model/num_parameters"]
+    assert logged_size == sum(p.numel() for p in model.parameters())
     tokenizer = AutoTokenizer.from_pretrained(export)
-    logged = mlflow.artifacts.download_artifacts(run_id=first["mlflow_run_id"], artifact_path="predictions/dev.jsonl",
-                                                 tracking_uri=cfg.tracking.tracking_uri)
+    logged = mlflow.artifacts.download_artifacts(
+        run_id=first["mlflow_run_id"], artifact_path="predictions/dev.jsonl", tracking_uri=cfg.tracking.tracking_uri
+    )
     predictions = [json.loads(line) for line in Path(logged).read_text().splitlines()]
     dev = load_splits(cfg.data.model_copy(update={"max_dev_examples": 10}), cfg.run.seed).dev
     for example, prediction in zip(dev, predictions, strict=True):
