@@ -14,7 +14,8 @@ from ray_jobs.pipeline import PipelinePlan, PlannedStage
 from ray_jobs.train_job import PAYLOAD_ENV, RESULT_MARKER, run_training_job
 from trainer.tracking.mlflow_tracker import MLflowTracker, resolve_experiment, resolve_tracking_uri
 
-PIPELINE_TAG = "reasondistill.pipeline"
+PIPELINE_TAG = "reasondistill.pipeline"  # on the parent and every stage's run
+ROLE_TAG = "reasondistill.role"  # "pipeline" marks the parent run
 
 
 def encode_plan(plan: PipelinePlan) -> str:
@@ -25,11 +26,13 @@ def decode_plan(blob: str) -> PipelinePlan:
     return PipelinePlan.model_validate_json(base64.urlsafe_b64decode(blob.encode()))
 
 
-def _find_unfinished_parent(client: MlflowClient, experiment_id: str, name: str) -> str | None:
+def find_unfinished_parent(client: MlflowClient, experiment_id: str, name: str) -> str | None:
     """A re-submitted pipeline that did not finish continues its previous parent run."""
     runs = client.search_runs(
         [experiment_id],
-        filter_string=f"tags.`{PIPELINE_TAG}` = '{name}' and attributes.status != 'FINISHED'",
+        filter_string=(
+            f"tags.`{PIPELINE_TAG}` = '{name}' and tags.`{ROLE_TAG}` = 'pipeline' and attributes.status != 'FINISHED'"
+        ),
         order_by=["attributes.start_time DESC"],
         max_results=1,
     )
@@ -58,8 +61,10 @@ def run_pipeline(plan: PipelinePlan) -> dict[str, dict[str, Any]]:
     tracking = plan.stages[0].config.tracking
     client = MlflowClient(resolve_tracking_uri(tracking))
     experiment = client.get_experiment_by_name(resolve_experiment(tracking))
-    resume = _find_unfinished_parent(client, experiment.experiment_id, plan.name) if experiment else None
-    parent = MLflowTracker(tracking, run_name=plan.name, tags={PIPELINE_TAG: plan.name}, resume_run_id=resume)
+    resume = find_unfinished_parent(client, experiment.experiment_id, plan.name) if experiment else None
+    parent = MLflowTracker(
+        tracking, run_name=plan.name, tags={PIPELINE_TAG: plan.name, ROLE_TAG: "pipeline"}, resume_run_id=resume
+    )
     parent.log_params({"pipeline.stages": ",".join(s.name for s in plan.stages)})
     results: dict[str, dict[str, Any]] = {}
     try:

@@ -4,9 +4,10 @@ import pytest
 import yaml
 
 from ray_jobs.pipeline import is_pipeline_file, load_pipeline
-from ray_jobs.pipeline_job import wire_stage
+from ray_jobs.pipeline_job import PIPELINE_TAG, ROLE_TAG, find_unfinished_parent, wire_stage
 from ray_jobs.submit import build_request
-from trainer.config import ConfigError
+from trainer.config import ConfigError, load_config
+from trainer.tracking.mlflow_tracker import MLflowTracker
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -82,3 +83,14 @@ def test_shipped_configs_validate() -> None:
         )
         assert request.sizing.tracking.tracking_uri.startswith("sqlite:///")
         assert Path(request.sizing.run.output_dir).is_absolute()
+
+
+def test_a_resubmitted_pipeline_finds_its_unfinished_parent_not_a_failed_stage(tmp_path: Path) -> None:
+    tracking = load_config(overrides=[f"tracking.tracking_uri=sqlite:///{tmp_path / 'm.db'}"]).tracking
+    parent = MLflowTracker(tracking, "p", tags={PIPELINE_TAG: "p", ROLE_TAG: "pipeline"})
+    parent.finish("FAILED")
+    child = MLflowTracker(tracking, "student", parent_run_id=parent.run_id, tags={PIPELINE_TAG: "p", "stage": "s"})
+    child.finish("FAILED")
+    assert find_unfinished_parent(parent.client, parent.experiment_id, "p") == parent.run_id
+    MLflowTracker(tracking, "p", resume_run_id=parent.run_id).finish()
+    assert find_unfinished_parent(parent.client, parent.experiment_id, "p") is None
