@@ -3,7 +3,6 @@ MLflow parent run; later stages receive earlier stages' model URIs (KNIFE: the s
 
 from __future__ import annotations
 
-import base64
 import json
 import os
 from typing import Any
@@ -11,19 +10,11 @@ from typing import Any
 from mlflow.tracking import MlflowClient
 
 from ray_jobs.pipeline import PipelinePlan, PlannedStage
-from ray_jobs.train_job import PAYLOAD_ENV, RESULT_MARKER, run_training_job
+from ray_jobs.train_job import PAYLOAD_ENV, RESULT_MARKER, decode_payload, run_training_job
 from trainer.tracking.mlflow_tracker import MLflowTracker, resolve_experiment, resolve_tracking_uri
 
 PIPELINE_TAG = "reasondistill.pipeline"  # on the parent and every stage's run
 ROLE_TAG = "reasondistill.role"  # "pipeline" marks the parent run
-
-
-def encode_plan(plan: PipelinePlan) -> str:
-    return base64.urlsafe_b64encode(plan.model_dump_json().encode()).decode()
-
-
-def decode_plan(blob: str) -> PipelinePlan:
-    return PipelinePlan.model_validate_json(base64.urlsafe_b64decode(blob.encode()))
 
 
 def find_unfinished_parent(client: MlflowClient, experiment_id: str, name: str) -> str | None:
@@ -88,7 +79,7 @@ def run_pipeline(plan: PipelinePlan) -> dict[str, dict[str, Any]]:
 
 
 def main() -> None:
-    results = run_pipeline(decode_plan(os.environ[PAYLOAD_ENV]))
+    results = run_pipeline(decode_payload(PipelinePlan, os.environ[PAYLOAD_ENV]))
     print(RESULT_MARKER + json.dumps({"stages": results}, default=str), flush=True)
 
 

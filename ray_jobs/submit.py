@@ -27,8 +27,7 @@ from ray.job_submission import JobStatus, JobSubmissionClient
 
 from ray_jobs.local_cluster import LOCAL_RAY_ENV, LocalRayHead
 from ray_jobs.pipeline import PipelinePlan, is_pipeline_file, load_pipeline
-from ray_jobs.pipeline_job import encode_plan
-from ray_jobs.train_job import PAYLOAD_ENV, RESULT_MARKER, encode_config
+from ray_jobs.train_job import PAYLOAD_ENV, RESULT_MARKER, encode_payload
 from trainer.config import ConfigError, ExperimentConfig, load_config
 from trainer.config.loader import split_config_args
 from trainer.data.registry import data_root
@@ -138,7 +137,7 @@ class JobRequest:
     def for_training(cls, cfg: ExperimentConfig) -> JobRequest:
         return cls(
             "ray_jobs.train_job",
-            encode_config(cfg),
+            encode_payload(cfg),
             cfg,
             {"method": cfg.method.name, "dataset": cfg.data.dataset, "run": cfg.run.name},
         )
@@ -148,7 +147,7 @@ class JobRequest:
         widest = max((stage.config for stage in plan.stages), key=lambda c: c.run.num_workers * c.run.cpus_per_worker)
         return cls(
             "ray_jobs.pipeline_job",
-            encode_plan(plan),
+            encode_payload(plan),
             widest,
             {"pipeline": plan.name, "stages": ",".join(s.name for s in plan.stages)},
         )

@@ -9,8 +9,9 @@ import base64
 import json
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
+from pydantic import BaseModel
 from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchConfig, TorchTrainer
 
@@ -22,14 +23,15 @@ RESULT_MARKER = "REASONDISTILL_RESULT "
 # The config travels in the job's environment (base64 JSON): no quoting, no shared files, and no
 # multi-kilobyte entrypoint echoed into the job log.
 PAYLOAD_ENV = "REASONDISTILL_JOB_PAYLOAD"
+PayloadT = TypeVar("PayloadT", bound=BaseModel)
 
 
-def encode_config(cfg: ExperimentConfig) -> str:
-    return base64.urlsafe_b64encode(cfg.model_dump_json().encode()).decode()
+def encode_payload(payload: BaseModel) -> str:
+    return base64.urlsafe_b64encode(payload.model_dump_json().encode()).decode()
 
 
-def decode_config(blob: str) -> ExperimentConfig:
-    return ExperimentConfig.model_validate_json(base64.urlsafe_b64decode(blob.encode()))
+def decode_payload(kind: type[PayloadT], blob: str) -> PayloadT:
+    return kind.model_validate_json(base64.urlsafe_b64decode(blob.encode()))
 
 
 def _train_worker(loop_config: dict[str, Any]) -> None:
@@ -71,7 +73,7 @@ def run_training_job(
 
 
 def main() -> None:
-    metrics = run_training_job(decode_config(os.environ[PAYLOAD_ENV]))
+    metrics = run_training_job(decode_payload(ExperimentConfig, os.environ[PAYLOAD_ENV]))
     print(RESULT_MARKER + json.dumps(metrics, default=str), flush=True)
 
 
