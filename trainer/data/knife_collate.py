@@ -9,7 +9,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-LABEL_PAD_ID = -100
+from trainer.data.collate import pad_batch
+from trainer.objectives.task import IGNORE_INDEX
 
 
 def build_knife_features(
@@ -31,26 +32,26 @@ def build_knife_features(
     }
 
 
-def _pad(rows: list[list[int]], value: int) -> Tensor:
-    width = max((len(row) for row in rows), default=0)
-    return torch.tensor([row + [value] * (width - len(row)) for row in rows], dtype=torch.long)
+def _length_mask(rows: list[list[int]], width: int) -> Tensor:
+    """1 on each row's real positions, 0 on its right padding."""
+    lengths = torch.tensor([len(row) for row in rows])
+    return (torch.arange(width).unsqueeze(0) < lengths.unsqueeze(1)).long()
 
 
 def collate_knife(features: list[dict], pad_token_id: int) -> dict[str, Tensor]:
     """Right-pad a list of build_knife_features outputs into the aligned teacher/student batch."""
     if not features:
         raise ValueError("cannot collate an empty batch")
-    student = [f["student_input_ids"] for f in features]
-    teacher = [f["teacher_input_ids"] for f in features]
-    student_attention = _pad([[1] * len(row) for row in student], 0)
-    labels = _pad([f["labels"] for f in features], LABEL_PAD_ID)
+    padded = pad_batch(features, pad_token_id)
+    student_attention = _length_mask([f["student_input_ids"] for f in features], padded["student_input_ids"].shape[1])
+    teacher_attention = _length_mask([f["teacher_input_ids"] for f in features], padded["teacher_input_ids"].shape[1])
     return {
-        "student_input_ids": _pad(student, pad_token_id),
+        "student_input_ids": padded["student_input_ids"],
         "student_attention_mask": student_attention,
-        "teacher_input_ids": _pad(teacher, pad_token_id),
-        "teacher_attention_mask": _pad([[1] * len(row) for row in teacher], 0),
-        "teacher_cross_attention_mask": _pad([f["teacher_input_mask"] for f in features], 0),
+        "teacher_input_ids": padded["teacher_input_ids"],
+        "teacher_attention_mask": teacher_attention,
+        "teacher_cross_attention_mask": padded["teacher_input_mask"],
         "input_alignment_mask": student_attention.clone(),
-        "labels": labels,
-        "decoder_mask": (labels != LABEL_PAD_ID).long(),
+        "labels": padded["labels"],
+        "decoder_mask": (padded["labels"] != IGNORE_INDEX).long(),
     }

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 import mlflow
@@ -16,11 +17,13 @@ def is_mlflow_uri(source: str) -> bool:
     return source.startswith(MLFLOW_SCHEMES)
 
 
+@functools.cache
 def resolve_model_source(source: str, tracking_uri: str | None = None) -> str:
     """An MLflow-logged model (our pyfunc wrapper) → its local HF dir; anything else is returned as is.
 
     Lets a student stage name its teacher by the teacher run's model URI, which every node can reach,
-    instead of a path on whichever node trained the teacher.
+    instead of a path on whichever node trained the teacher. Cached: a KNIFE student asks for its
+    teacher's tokenizer and weights, and a multi-GB model should be downloaded once per process.
     """
     if not is_mlflow_uri(source):
         return source

@@ -21,13 +21,19 @@ def fit(cfg):
     return Trainer(cfg, checkpoints).fit()
 
 
-def make_engine(cfg):
+def configured_strategy(cfg):
+    """A one-rank strategy configured for the model, as Trainer.fit does before building it."""
     strategy = DeepSpeedStrategy(cfg)
     strategy.setup_distributed()
     splits = load_splits(cfg.data, cfg.run.seed)
     tokenizer = build_tokenizer(cfg.model, lambda: tokenizer_corpus(splits.train), strategy.broadcast_object)
     model_config = build_model_config(cfg.model, tokenizer)
     strategy.configure(model_config.d_model)
+    return strategy, tokenizer, model_config
+
+
+def make_engine(cfg):
+    strategy, tokenizer, model_config = configured_strategy(cfg)
     return strategy, strategy.prepare(build_model(cfg.model, model_config)), tokenizer
 
 
@@ -134,12 +140,7 @@ def test_zero3_with_cpu_offload_trains_and_exports(tiny_config) -> None:
 
 def test_zero3_builds_the_model_already_partitioned(tiny_config) -> None:
     cfg = tiny_config("ds.template=zero3")
-    strategy = DeepSpeedStrategy(cfg)
-    strategy.setup_distributed()
-    splits = load_splits(cfg.data, cfg.run.seed)
-    tokenizer = build_tokenizer(cfg.model, lambda: tokenizer_corpus(splits.train), strategy.broadcast_object)
-    model_config = build_model_config(cfg.model, tokenizer)
-    strategy.configure(model_config.d_model)
+    strategy, tokenizer, model_config = configured_strategy(cfg)
     with strategy.partitioned_init(strategy.resolved_config):
         assert is_deepspeed_zero3_enabled()
         model = build_model(cfg.model, model_config)
