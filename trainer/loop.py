@@ -18,7 +18,7 @@ from trainer.config.schema import ExperimentConfig
 from trainer.data.example import DataError, QAExample
 from trainer.data.formatting import tokenizer_corpus
 from trainer.data.registry import load_splits
-from trainer.evaluation.generation_eval import EvalResult, evaluate
+from trainer.evaluation.evaluator import EvalResult, EvalSettings, evaluate
 from trainer.methods.base import Features, Method
 from trainer.methods.registry import method_class
 from trainer.models.factory import build_model, build_model_config, build_tokenizer, count_parameters
@@ -146,6 +146,7 @@ class Trainer:
         tracker.log_metrics(final, step=state.global_step)
         predictions = [asdict(p) for p in eval_result.predictions]
         tracker.log_jsonl(predictions, "predictions/dev.jsonl")
+        tracker.log_table(eval_result.table_rows(), "predictions/dev_table.json")
 
         staging = self.checkpoint_io.staging_dir(state.global_step)
         strategy.save_checkpoint(engine, staging, asdict(state))
@@ -179,14 +180,16 @@ class Trainer:
         tracker.log_dict(self.strategy.resolved_config, "config/deepspeed.json")
 
     def _evaluate(self, engine: torch.nn.Module, method: Method, dev: list[QAExample]) -> EvalResult:
-        return evaluate(
-            method,
-            engine.module,
-            dev,
-            self.strategy,
-            self.cfg.run.eval_batch_size,
-            {"num_beams": self.cfg.run.eval_num_beams, **self.strategy.generation_kwargs(engine)},
+        run = self.cfg.run
+        settings = EvalSettings(
+            batch_size=run.eval_batch_size,
+            num_beams=run.eval_num_beams,
+            vote_samples=run.eval_vote_samples,
+            sample_top_k=run.eval_sample_top_k,
+            sample_top_p=run.eval_sample_top_p,
+            seed=run.seed,
         )
+        return evaluate(method, engine.module, dev, self.strategy, settings, self.strategy.generation_kwargs(engine))
 
     def _train(
         self,

@@ -128,7 +128,12 @@ class RunConfig(_Section):
     eval_every: int = Field(default=0, ge=0, description="optimizer steps between dev evaluations; 0 = end only")
     save_every: int = Field(default=0, ge=0, description="optimizer steps between checkpoints; 0 = end only")
     eval_batch_size: int = Field(default=32, ge=1)
-    eval_num_beams: int = Field(default=1, ge=1)
+    eval_num_beams: int = Field(default=1, ge=1, description="beams for the greedy-generation view")
+    eval_vote_samples: int = Field(
+        default=0, ge=0, description="sampled outputs per dev question for a self-consistency vote; 0 = off"
+    )
+    eval_sample_top_k: int = Field(default=50, ge=0)
+    eval_sample_top_p: float = Field(default=0.95, gt=0.0, le=1.0)
     resume: bool = True
     max_failures: int = Field(default=0, ge=-1, description="Ray Train worker-group restarts; -1 = unlimited")
 

@@ -8,12 +8,14 @@ from typing import Any, ClassVar
 
 import torch
 from transformers import PretrainedConfig, PreTrainedTokenizerBase
+from transformers.modeling_outputs import BaseModelOutput
 
 from trainer.config.schema import ExperimentConfig
 from trainer.data.collate import pad_batch
 from trainer.data.example import QAExample
-from trainer.data.formatting import parse_choice
+from trainer.data.formatting import format_choice, parse_choice
 from trainer.data.rationales import select_rationales
+from trainer.models.t5_knife import encode
 from trainer.objectives.task import token_cross_entropy
 
 Features = dict[str, Any]
@@ -62,14 +64,48 @@ class Method(ABC):
         task = token_cross_entropy(out.logits, batch["labels"])
         return {"loss": task, "task_loss": task.detach()}
 
-    def generate(self, model: torch.nn.Module, batch: Batch, **kwargs: Any) -> torch.Tensor:
-        return model.generate(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], **kwargs)
-
     def max_new_tokens(self) -> int:
         return self.cfg.data.max_target_length
 
+    # ---- evaluation hooks (trainer.evaluation.evaluator) ------------------------------------------
+    def encoder_pass(self, model: torch.nn.Module, batch: Batch) -> tuple[BaseModelOutput, torch.Tensor]:
+        """Encoder states for eval features, and the mask the decoder cross-attends through.
+
+        Computed once per batch and shared by greedy decoding, choice scoring and sampling.
+        """
+        return encode(model, batch["input_ids"], batch["attention_mask"]), batch["attention_mask"]
+
+    def encode_plain(self, text: str) -> list[int]:
+        """Token ids of a text piece without EOS; pieces concatenate as the whole target would tokenise."""
+        return self.tokenizer(text, add_special_tokens=False)["input_ids"] if text else []
+
+    def scoring_prefix(self, generated: str) -> str:
+        """What the decoder writes before the answer; choices are scored after it. Answer-first methods: ""."""
+        return ""
+
+    def answer_terminator(self) -> list[int]:
+        """Token ids that follow the answer in this method's target (EOS unless something comes after it)."""
+        return [self.tokenizer.eos_token_id]
+
+    def choice_continuations(self, example: QAExample) -> list[list[int]]:
+        """Per choice, the ids choice scoring rates: the answer text as the target writes it, then the terminator."""
+        return [self.encode_plain(format_choice(choice)) + self.answer_terminator() for choice in example.choices]
+
+    def answer_text(self, generated: str) -> str | None:
+        """The part of a generation that holds the answer; None when it never got to one."""
+        return generated
+
     def parse(self, text: str, example: QAExample) -> int | None:
-        return parse_choice(text, example.choices)
+        """The choice a generation names, or None: only the method's answer part is read."""
+        answer = self.answer_text(text)
+        return None if answer is None else parse_choice(answer, example.choices)
+
+    def check_eval_examples(self, examples: list[QAExample]) -> None:  # noqa: B027 - most methods need nothing
+        """Refuse dev examples that lack what this method reads at evaluation (rather than evaluate something else)."""
+
+    def eval_details(self, example: QAExample) -> dict[str, Any]:
+        """Context worth keeping beside a dev prediction (e.g. the passages a KARD student read)."""
+        return {}
 
     def setup(self, strategy: Any, model_config: PretrainedConfig) -> None:  # noqa: B027 - most need nothing
         """Load anything beyond the trained model (KNIFE's frozen teacher) once the process group exists."""

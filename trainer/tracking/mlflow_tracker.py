@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import mlflow
+import pandas as pd
 from mlflow.entities import Metric, Param, RunStatus
 from mlflow.models import ModelSignature
 from mlflow.tracking import MlflowClient
@@ -106,6 +107,10 @@ class MLflowTracker:
             path.write_text("".join(json.dumps(row) + "\n" for row in rows))
             self.client.log_artifact(self.run_id, str(path), str(Path(artifact_file).parent) or None)
 
+    def log_table(self, rows: list[dict[str, Any]], artifact_file: str) -> None:
+        """Rows as an MLflow table artifact, browsable in the run's Artifacts tab and the Evaluation view."""
+        self.client.log_table(self.run_id, data=pd.DataFrame(rows), artifact_file=artifact_file)
+
     def log_model(self, export_dir: Path) -> str:
         """Log an exported HF dir as a pyfunc model; returns its `runs:/` URI."""
         mlflow.set_tracking_uri(self.tracking_uri)
@@ -136,6 +141,7 @@ class NullTracker:
     def log_dict(self, data: Any, artifact_file: str) -> None: ...
     def log_text(self, text: str, artifact_file: str) -> None: ...
     def log_jsonl(self, rows: list[dict[str, Any]], artifact_file: str) -> None: ...
+    def log_table(self, rows: list[dict[str, Any]], artifact_file: str) -> None: ...
     def log_model(self, export_dir: Path) -> str | None: ...
     def finish(self, status: str = "FINISHED") -> None: ...
 
