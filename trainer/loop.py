@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import random
 import time
 from dataclasses import asdict, dataclass, field
@@ -128,7 +129,11 @@ class Trainer:
         metrics = {**result.metrics(), "eval/wall_time_s": time.perf_counter() - started}
         tracker.log_metrics(metrics, step=0)
         predictions = self._log_predictions(tracker, result)
-        self.checkpoint_io.report({**metrics, "mlflow_run_id": run_id, "model_uri": cfg.model.name}, None)
+        # Reported with a (tiny) checkpoint: Ray Train keeps a run's result metrics only with one.
+        staging = self.checkpoint_io.staging_dir(0)
+        staging.mkdir(parents=True, exist_ok=True)
+        (staging / f"eval_metrics.rank{strategy.rank}.json").write_text(json.dumps(metrics))
+        self.checkpoint_io.report({**metrics, "mlflow_run_id": run_id, "model_uri": cfg.model.name}, staging)
         tracker.finish()
         return TrainingResult(0, metrics, run_id, cfg.model.name, None, predictions)
 

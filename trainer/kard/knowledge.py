@@ -26,9 +26,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from datasets import Dataset, DatasetDict, load_from_disk
+from datasets import Dataset, DatasetDict, Features, List, Value, load_from_disk
 
-from retrieval_service.documents import ScoredDocument
 from trainer.config.schema import ExperimentConfig
 from trainer.data.example import DataError, QAExample
 from trainer.data.registry import DatasetSplits
@@ -40,19 +39,49 @@ from trainer.kard.rationale_filter import (
     filter_rationales,
     parse_filter,
 )
-from trainer.kard.retriever import Retriever, RetrieverSpec
+from trainer.kard.retriever import Hit, Retriever, RetrieverSpec
 
 FORMAT_VERSION = 1
 MANIFEST = "knowledge.json"
+_IDS, _SCORES, _TEXT = List(Value("string")), List(Value("float64")), Value("string")
+SPLIT_FEATURES = {
+    "train": Features(
+        example_id=_TEXT, rationale_index=Value("int32"), rationale=_TEXT, passage_ids=_IDS, candidate_ids=_IDS,
+        candidate_rho=_SCORES,
+    ),
+    "dev": Features(
+        example_id=_TEXT, candidate_ids=_IDS, candidate_scores=_SCORES, oracle_rationale=_TEXT, oracle_ids=_IDS
+    ),
+    "passages": Features(id=_TEXT, title=_TEXT, text=_TEXT),
+}  # fmt: skip
 Judge = Callable[[Sequence[RationaleCandidate]], list[str]]
+SearchRequest = tuple[str, int]  # query, k
 
 
 class QueryExecutor(Protocol):
-    """Runs retrieval (and verifier) work in bulk, in order."""
+    """Runs retrieval (and verifier) work in bulk, results in input order."""
 
-    def search(self, queries: list[str], k: int) -> list[list[ScoredDocument]]: ...
+    def search(self, requests: list[SearchRequest]) -> list[list[Hit]]: ...
     def score(self, queries: list[str], ids: list[list[str]]) -> list[dict[str, float]]: ...
+    def fetch(self, ids: list[str]) -> dict[str, Passage]: ...
     def verify(self, candidates: list[RationaleCandidate]) -> list[str]: ...
+
+
+def batched(items: list[Any], size: int) -> list[list[Any]]:
+    return [items[i : i + size] for i in range(0, len(items), size)]
+
+
+def search_grouped(retriever: Retriever, requests: list[SearchRequest], batch_size: int) -> list[list[Hit]]:
+    """search_batch calls per distinct k, answers back in request order."""
+    answers: list[list[Hit]] = [[] for _ in requests]
+    by_k: dict[int, list[int]] = {}
+    for index, (_, k) in enumerate(requests):
+        by_k.setdefault(k, []).append(index)
+    for k, indices in by_k.items():
+        for chunk in batched(indices, batch_size):
+            for index, hits in zip(chunk, retriever.search_batch([requests[i][0] for i in chunk], k), strict=True):
+                answers[index] = hits
+    return answers
 
 
 class LocalQueries:
@@ -66,19 +95,22 @@ class LocalQueries:
     def retriever(self) -> Retriever:
         return self.spec.open()
 
-    def search(self, queries: list[str], k: int) -> list[list[ScoredDocument]]:
-        size = self.spec.batch_size
-        return [
-            hits for i in range(0, len(queries), size) for hits in self.retriever.search_batch(queries[i : i + size], k)
-        ]
+    def search(self, requests: list[SearchRequest]) -> list[list[Hit]]:
+        return search_grouped(self.retriever, requests, self.spec.batch_size)
 
     def score(self, queries: list[str], ids: list[list[str]]) -> list[dict[str, float]]:
         size = self.spec.batch_size
         return [
             row
-            for i in range(0, len(queries), size)
-            for row in self.retriever.score_batch(queries[i : i + size], ids[i : i + size])
+            for q, i in zip(batched(queries, size), batched(ids, size), strict=True)
+            for row in self.retriever.score_batch(q, i)
         ]
+
+    def fetch(self, ids: list[str]) -> dict[str, Passage]:
+        found: dict[str, Passage] = {}
+        for chunk in batched(ids, self.spec.batch_size):
+            found.update({d.id: Passage(d.id, d.title, d.text) for d in self.retriever.get(chunk).values()})
+        return found
 
     def verify(self, candidates: list[RationaleCandidate]) -> list[str]:
         if not self.verifier_source:
@@ -243,60 +275,59 @@ def build_knowledge(
             f"{cfg.data.rationale_filter!r} ({report.metrics()})"
         )
     k, per_query = request.train_k, request.candidates_per_query
-    rationale_hits = executor.search([c.text for c in kept], max(k, per_query))
-    question_hits = dict(
-        zip(
-            [ex.id for ex in splits.train],
-            executor.search([question_query(ex) for ex in splits.train], per_query),
-            strict=True,
-        )
+    oracle_texts = [_oracle_rationale(ex) for ex in splits.dev]
+    with_oracle = [i for i, text in enumerate(oracle_texts) if text]
+    # Every search of the build in one bulk call (one Ray Data pass), sliced back per purpose below.
+    searches = (
+        [(c.text, max(k, per_query)) for c in kept]
+        + [(question_query(ex), per_query) for ex in splits.train]
+        + [(question_query(ex), request.dev_candidates) for ex in splits.dev]
+        + [(oracle_texts[i], request.dev_oracle_k) for i in with_oracle]
     )
-    passages: dict[str, Passage] = {}
-    only_by_question: list[list[str]] = []
+    answers = iter(executor.search(searches))
+    rationale_hits = [next(answers) for _ in kept]
+    question_hits = {ex.id: next(answers) for ex in splits.train}
+    dev_hits = [next(answers) for _ in splits.dev]
+    oracle_hits = {i: next(answers) for i in with_oracle}
+    only_by_question = []
     for hits_r, candidate in zip(rationale_hits, kept, strict=True):
-        seen = {h.id for h in hits_r}
-        only_by_question.append([h.id for h in question_hits[candidate.example.id] if h.id not in seen])
+        seen = {i for i, _ in hits_r}
+        only_by_question.append([i for i, _ in question_hits[candidate.example.id] if i not in seen])
     extra_rho = executor.score([c.text for c in kept], only_by_question)
     train_rows = []
     question_recall = 0.0
     for candidate, hits_r, q_only, rho_q in zip(kept, rationale_hits, only_by_question, extra_rho, strict=True):
-        for hit in [*hits_r, *question_hits[candidate.example.id]]:
-            passages.setdefault(hit.id, Passage(hit.id, hit.title, hit.text))
-        rho = {h.id: h.score for h in hits_r[:per_query]}
+        rho = dict(hits_r[:per_query])
         rho.update({i: rho_q.get(i, 0.0) for i in q_only})
-        ranked_q = [h.id for h in question_hits[candidate.example.id]]
-        if hits_r:
-            question_recall += _recall([h.id for h in hits_r[:k]], ranked_q, k)
+        top = [i for i, _ in hits_r[:k]]
+        if top:
+            question_recall += _recall(top, [i for i, _ in question_hits[candidate.example.id]], k)
         train_rows.append(
             {
                 "example_id": candidate.example.id,
                 "rationale_index": candidate.index,
                 "rationale": candidate.text,
-                "passage_ids": [h.id for h in hits_r[:k]],
+                "passage_ids": top,
                 "candidate_ids": list(rho),
                 "candidate_rho": list(rho.values()),
             }
         )
-    oracle_texts = [_oracle_rationale(ex) for ex in splits.dev]
-    dev_hits = executor.search([question_query(ex) for ex in splits.dev], request.dev_candidates)
-    with_oracle = [i for i, text in enumerate(oracle_texts) if text]
-    oracle_hits = dict(
-        zip(with_oracle, executor.search([oracle_texts[i] for i in with_oracle], request.dev_oracle_k), strict=True)
-    )
-    dev_rows = []
-    for index, (example, hits) in enumerate(zip(splits.dev, dev_hits, strict=True)):
-        oracle = oracle_hits.get(index, [])
-        for hit in [*hits, *oracle]:
-            passages.setdefault(hit.id, Passage(hit.id, hit.title, hit.text))
-        dev_rows.append(
-            {
-                "example_id": example.id,
-                "candidate_ids": [h.id for h in hits],
-                "candidate_scores": [h.score for h in hits],
-                "oracle_rationale": oracle_texts[index],
-                "oracle_ids": [h.id for h in oracle],
-            }
-        )
+    dev_rows = [
+        {
+            "example_id": example.id,
+            "candidate_ids": [i for i, _ in hits],
+            "candidate_scores": [score for _, score in hits],
+            "oracle_rationale": oracle_texts[index],
+            "oracle_ids": [i for i, _ in oracle_hits.get(index, [])],
+        }
+        for index, (example, hits) in enumerate(zip(splits.dev, dev_hits, strict=True))
+    ]
+    referenced = {i for row in train_rows for i in row["candidate_ids"] + row["passage_ids"]}
+    referenced |= {i for row in dev_rows for i in row["candidate_ids"] + row["oracle_ids"]}
+    passages = executor.fetch(sorted(referenced))
+    missing = referenced - set(passages)
+    if missing:
+        raise DataError(f"retrieval: {len(missing)} retrieved passages could not be fetched (first: {min(missing)!r})")
     metrics = {
         **report.metrics(),
         "knowledge/train_rows": float(len(train_rows)),
@@ -308,7 +339,7 @@ def build_knowledge(
         **dev_bm25_recall(dev_rows, cfg.method.reranker.eval_k, k),
     }
     manifest = {"key": request.key, "request": asdict(request), "metrics": metrics, "created": time.time()}
-    _write(out, train_rows, dev_rows, list(passages.values()), manifest)
+    _write(out, train_rows, dev_rows, [passages[i] for i in sorted(passages)], manifest)
     return KnowledgeBuild(out, False, manifest)
 
 
@@ -318,7 +349,7 @@ def dev_bm25_recall(dev_rows: Sequence[dict[str, Any]], cutoffs: Sequence[int], 
     if not rows:
         return {}
     return {
-        f"retrieval/bm25_recall_at_{k}": sum(_recall(r["oracle_ids"][:targets_k], r["candidate_ids"], k) for r in rows)
+        f"dev/bm25_recall_at_{k}": sum(_recall(r["oracle_ids"][:targets_k], r["candidate_ids"], k) for r in rows)
         / len(rows)
         for k in cutoffs
     }
@@ -334,12 +365,9 @@ def _write(
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}."))
     try:
+        rows = {"train": train_rows, "dev": dev_rows, "passages": [asdict(p) for p in passages]}
         DatasetDict(
-            {
-                "train": Dataset.from_list(train_rows),
-                "dev": Dataset.from_list(dev_rows),
-                "passages": Dataset.from_list([asdict(p) for p in passages]),
-            }
+            {split: Dataset.from_list(rows[split], features=SPLIT_FEATURES[split]) for split in rows}
         ).save_to_disk(str(staging))
         (staging / MANIFEST).write_text(json.dumps(manifest, indent=2))
         try:

@@ -13,18 +13,19 @@ import os
 import shutil
 import tempfile
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
 from retrieval_service.backends import SearchBackend, create_backend
 from retrieval_service.backends.base import BM25_K1
 from retrieval_service.client import RetrievalClient
-from retrieval_service.documents import ScoredDocument
+from retrieval_service.documents import Document
 from retrieval_service.indexer import index_files
 from trainer.config.schema import RetrievalConfig
 
 TANTIVY_SCALE = 1.0 / (1.0 + BM25_K1)
+Hit = tuple[str, float]  # passage id, BM25 score
 
 
 class RetrievalSetupError(ValueError):
@@ -40,6 +41,7 @@ class RetrieverSpec:
     timeout_s: float = 30.0
     retries: int = 3
     batch_size: int = 64
+    corpus_version: str | None = None  # embedded index built from a corpus file: that file's content hash
 
     def open(self) -> Retriever:
         if self.mode == "embedded":
@@ -66,12 +68,15 @@ class Retriever:
         self.source = source
         self.score_scale = score_scale
 
-    def search_batch(self, queries: Sequence[str], k: int) -> list[list[ScoredDocument]]:
+    def search_batch(self, queries: Sequence[str], k: int) -> list[list[Hit]]:
+        """(id, score) per hit, best first; passage texts are fetched once per id with get()."""
         scale = self.score_scale
-        return [
-            [ScoredDocument(d.id, d.title, d.text, d.score * scale) for d in hits]
-            for hits in self.source.search_batch(list(queries), k)
-        ]
+        return [[(d.id, d.score * scale) for d in hits] for hits in self.source.search_batch(list(queries), k)]
+
+    def get(self, ids: Sequence[str]) -> dict[str, Document]:
+        if isinstance(self.source, RetrievalClient):
+            return {d.id: d for d in self.source.get(list(ids)) if d is not None}
+        return self.source.get(list(ids))
 
     def score_batch(self, queries: Sequence[str], ids: Sequence[Sequence[str]]) -> list[dict[str, float]]:
         scale = self.score_scale
@@ -142,6 +147,7 @@ def resolve_retriever(cfg: RetrievalConfig, cache_dir: Path, default_corpus: Pat
             f"retrieval.corpus: {corpus or 'no corpus'} not found; give an id/title/text JSONL(.gz) file "
             "(or retrieval.index, an existing index directory)"
         )
-    index_dir = Path(cfg.index) if cfg.index else cache_dir / "indexes" / f"{corpus.stem}-{file_fingerprint(corpus)}"
+    fingerprint = file_fingerprint(corpus)
+    index_dir = Path(cfg.index) if cfg.index else cache_dir / "indexes" / f"{corpus.stem}-{fingerprint}"
     built = build_embedded_index(corpus.resolve(), index_dir.resolve())
-    return replace(RetrieverSpec("embedded", str(built)), **common)
+    return RetrieverSpec("embedded", str(built), corpus_version=f"corpus-{fingerprint}", **common)

@@ -153,4 +153,3 @@ class LateInteractionScorer:
 def passage_text(title: str, text: str) -> str:
     """How a passage reads to the reranker, in training and at inference alike."""
     return f"{title}. {text}" if title else text
-
