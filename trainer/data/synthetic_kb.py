@@ -123,7 +123,7 @@ def generate_synthetic_kb_task(spec: SyntheticKBSpec) -> SyntheticKBTask:
             index = len(out)
             out.append(
                 {
-                    "id": f"synthetic-kb-{split}-{index:05d}",
+                    "id": f"synthetic-kb-s{spec.seed}-{split}-{index:05d}",
                     "question": question,
                     "choices": choices,
                     "answer_index": answer,

@@ -41,16 +41,17 @@ from trainer.kard.rationale_filter import (
 )
 from trainer.kard.retriever import Hit, Retriever, RetrieverSpec
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 MANIFEST = "knowledge.json"
 _IDS, _SCORES, _TEXT = List(Value("string")), List(Value("float64")), Value("string")
 SPLIT_FEATURES = {
     "train": Features(
-        example_id=_TEXT, rationale_index=Value("int32"), rationale=_TEXT, passage_ids=_IDS, candidate_ids=_IDS,
-        candidate_rho=_SCORES,
+        example_id=_TEXT, question=_TEXT, rationale_index=Value("int32"), rationale=_TEXT, passage_ids=_IDS,
+        candidate_ids=_IDS, candidate_rho=_SCORES,
     ),
     "dev": Features(
-        example_id=_TEXT, candidate_ids=_IDS, candidate_scores=_SCORES, oracle_rationale=_TEXT, oracle_ids=_IDS
+        example_id=_TEXT, question=_TEXT, candidate_ids=_IDS, candidate_scores=_SCORES, oracle_rationale=_TEXT,
+        oracle_ids=_IDS,
     ),
     "passages": Features(id=_TEXT, title=_TEXT, text=_TEXT),
 }  # fmt: skip
@@ -175,6 +176,7 @@ class KnowledgeRequest:
 @dataclass(frozen=True)
 class TrainKnowledge:
     example_id: str
+    question: str
     rationale_index: int
     rationale: str
     passage_ids: list[str]
@@ -185,6 +187,7 @@ class TrainKnowledge:
 @dataclass(frozen=True)
 class DevKnowledge:
     example_id: str
+    question: str
     candidate_ids: list[str]
     candidate_scores: list[float]
     oracle_rationale: str
@@ -215,15 +218,24 @@ class KnowledgeBase:
     def lookup(self, ids: Sequence[str]) -> list[Passage]:
         return [self.passages[i] for i in ids]
 
-    def check_covers(self, examples: Sequence[QAExample], split: str) -> None:
-        """A knowledge dataset built for other questions would silently give no passages: refuse it."""
-        table = self.dev if split == "dev" else self.train
-        missing = [ex.id for ex in examples if ex.id not in table]
-        if split == "dev" and missing:
+    def check_covers(self, examples: Sequence[QAExample]) -> None:
+        """Dev knowledge built for other questions would silently give wrong passages: refuse it (ids and text)."""
+        missing = [ex.id for ex in examples if ex.id not in self.dev or self.dev[ex.id].question != ex.question]
+        if missing:
             raise DataError(
                 f"method.kard.knowledge: {self.path} has no dev knowledge for {len(missing)} of {len(examples)} "
                 f"dev questions (first: {missing[0]!r}); it was built for another dataset or split"
             )
+
+    def train_rows(self, example: QAExample) -> list[TrainKnowledge]:
+        """The kept rationales of a training question (none when the filter dropped them all)."""
+        rows = self.train.get(example.id, [])
+        if rows and rows[0].question != example.question:
+            raise DataError(
+                f"method.kard.knowledge: {self.path} holds another question under id {example.id!r}; "
+                "it was built for another dataset"
+            )
+        return rows
 
 
 def _judge(cfg: ExperimentConfig, executor: QueryExecutor) -> Judge:
@@ -305,6 +317,7 @@ def build_knowledge(
         train_rows.append(
             {
                 "example_id": candidate.example.id,
+                "question": candidate.example.question,
                 "rationale_index": candidate.index,
                 "rationale": candidate.text,
                 "passage_ids": top,
@@ -315,6 +328,7 @@ def build_knowledge(
     dev_rows = [
         {
             "example_id": example.id,
+            "question": example.question,
             "candidate_ids": [i for i, _ in hits],
             "candidate_scores": [score for _, score in hits],
             "oracle_rationale": oracle_texts[index],

@@ -3,8 +3,8 @@
     <instruction> question: <question> options: (A) .. (B) .. knowledge: [1] <title>. <text> [2] ...
 
 The question and its options come first and are never cut; the passages share what is left of the token budget
-(each gets an equal share, and what one leaves unused flows to the next), so a long passage is cut, never the
-question. Built in token space, so the budget is exact for any tokenizer.
+(equal shares, and what a short passage leaves unused goes to the longer ones), so a long passage is cut, never
+the question. Built in token space, so the budget is exact for any tokenizer.
 """
 
 from __future__ import annotations
@@ -50,9 +50,10 @@ def build_prompt_ids(
         if len(cue) < room:
             body, room = list(cue), room - len(cue)
             pieces = [encode_plain(p.render(i + 1)) for i, p in enumerate(passages)]
-            for index, piece in enumerate(pieces):
-                share = room // (len(pieces) - index)
-                taken = piece[:share]
-                body += taken
-                room -= len(taken)
+            allowed = [0] * len(pieces)
+            for rank, index in enumerate(sorted(range(len(pieces)), key=lambda i: len(pieces[i]))):
+                allowed[index] = min(len(pieces[index]), room // (len(pieces) - rank))
+                room -= allowed[index]
+            for piece, size in zip(pieces, allowed, strict=True):
+                body += piece[:size]
     return head + body + [eos_token_id]

@@ -84,7 +84,7 @@ class KardStudent(FinetuneIRO):
         if self.knowledge is not None:
             return [
                 (row.rationale, self.knowledge.lookup(row.passage_ids[:k]))
-                for row in self.knowledge.train.get(example.id, [])
+                for row in self.knowledge.train_rows(example)
             ]
         rationales = self.rationales(example, rng)
         if self.cfg.data.rationale_filter == "parse":
@@ -136,7 +136,7 @@ class KardStudent(FinetuneIRO):
         if not self.reads_passages or kard.inference == "none":
             return
         assert self.knowledge is not None
-        self.knowledge.check_covers(examples, "dev")
+        self.knowledge.check_covers(examples)
         shard = examples[strategy.rank :: strategy.world_size]
         local = {ex.id: self._ranking(ex) for ex in shard}
         rankings = {i: r for part in strategy.all_gather_objects(local) for i, r in part.items()}

@@ -118,7 +118,7 @@ class KardReranker(Method):
         assert self.knowledge is not None
         size = self.cfg.method.reranker.sampled_candidates
         features = []
-        for row in self.knowledge.train.get(example.id, []):
+        for row in self.knowledge.train_rows(example):
             if len(row.candidate_ids) < 2:
                 continue
             best = max(range(len(row.candidate_ids)), key=lambda i: row.candidate_rho[i])
@@ -209,7 +209,7 @@ class KardReranker(Method):
     ) -> RerankEvalResult:
         """One forward per question on every rank (padded shards), so ZeRO-3 ranks stay in lock-step."""
         assert self.knowledge is not None
-        self.knowledge.check_covers(examples, "dev")
+        self.knowledge.check_covers(examples)
         was_training = model.training
         model.eval()
         shard = examples[strategy.rank :: strategy.world_size]
