@@ -42,6 +42,10 @@ def resolve_model_source(source: str, tracking_uri: str | None = None) -> str:
     """
     if not is_mlflow_uri(source):
         return _packaged(source) or source
+    if tracking_uri:
+        # MLflow 3 resolves runs:/.../model through the logged-model registry of the *global* tracking store,
+        # whatever tracking_uri download_artifacts is given: point it at the run's store.
+        mlflow.set_tracking_uri(tracking_uri)
     local = Path(mlflow.artifacts.download_artifacts(artifact_uri=source, tracking_uri=tracking_uri))
     mlmodel = yaml.safe_load((local / "MLmodel").read_text()) if (local / "MLmodel").is_file() else {}
     artifacts = mlmodel.get("flavors", {}).get("python_function", {}).get("artifacts", {})
