@@ -70,3 +70,26 @@ def test_rerank_on_a_service_without_a_reranker_is_a_400_naming_the_field(server
     response = httpx.post(f"{server.url}/search", json={"query": "river", "k": 3, "rerank": True})
     assert response.status_code == 400
     assert response.json()["detail"] == [{"field": "rerank", "message": "this service was started without a reranker"}]
+
+
+def test_the_service_loads_its_reranker_from_an_mlflow_model_uri(
+    corpus_index: Path, reranker_dir: Path, tmp_path: Path
+) -> None:
+    """What a deployment does: --reranker runs:/<training run>/model, resolved through the tracking server's store."""
+    from trainer.config.schema import TrackingConfig
+    from trainer.tracking.mlflow_tracker import RERANKER_PYFUNC, MLflowTracker
+
+    store = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    tracker = MLflowTracker(TrackingConfig(tracking_uri=store, experiment="rerank"), run_name="reranker")
+    model_uri = tracker.log_model(reranker_dir, RERANKER_PYFUNC)
+    tracker.finish()
+    args = ["--index", str(corpus_index), "--reranker", model_uri, "--rerank-candidates", str(CANDIDATES)]
+    proc = ServerProcess(args, env={"MLFLOW_TRACKING_URI": store}, workers=1).wait_live(timeout=120)
+    try:
+        with RetrievalClient(proc.url, timeout=120) as client, RetrievalClient(proc.url) as plain:
+            reranked = client.search("river ocean tiger", k=3, rerank=True)
+            assert len(reranked) == 3 and {h.id for h in reranked} <= {
+                h.id for h in plain.search("river ocean tiger", CANDIDATES)
+            }
+    finally:
+        proc.stop()

@@ -94,3 +94,30 @@ def test_a_knowledge_dataset_for_other_questions_is_refused(kard_knowledge) -> N
         KnowledgeBase(path).train_rows(replace(load_splits(cfg.data, 0).train[0], question="Is it something else?"))
     with pytest.raises(DataError, match="is not a knowledge dataset"):
         KnowledgeBase(path.parent)
+
+
+def test_a_users_own_question_file_and_corpus_run_with_an_index_built_on_the_fly(tmp_path: Path) -> None:
+    """data.dataset=jsonl + retrieval.corpus: any question file in the shared schema, any id/title/text JSONL."""
+    from trainer.data.jsonl import write_jsonl_gz
+    from trainer.data.synthetic_kb import SyntheticKBSpec, generate_synthetic_kb_task
+
+    task = generate_synthetic_kb_task(SyntheticKBSpec(seed=4))
+    questions, corpus = tmp_path / "mine.jsonl.gz", tmp_path / "kb.jsonl.gz"
+    write_jsonl_gz(task.train[:40], questions)
+    write_jsonl_gz(task.passages, corpus)
+    cfg = load_config(
+        overrides=[
+            "data.dataset=jsonl", f"data.train_path={questions}", "data.dev_fraction=0.2",
+            f"retrieval.corpus={corpus}", f"run.output_dir={tmp_path / 'runs'}", "method.kard.candidates=4",
+        ]
+    )  # fmt: skip
+    build = prepare_knowledge(cfg)
+    assert (knowledge_cache_dir(cfg) / "indexes").is_dir()  # the index was built from the corpus
+    knowledge = KnowledgeBase(build.path)
+    assert len(knowledge.dev) == 8 and sum(len(r) for r in knowledge.train.values()) == 64
+    assert build.manifest["request"]["retriever_version"].startswith("corpus-")
+    missing = cfg.retrieval.model_copy(update={"corpus": str(tmp_path / "nope.jsonl")})
+    from trainer.kard.retriever import RetrievalSetupError
+
+    with pytest.raises(RetrievalSetupError, match="retrieval.corpus: .*nope.jsonl not found"):
+        prepare_knowledge(cfg.model_copy(update={"retrieval": missing}))
