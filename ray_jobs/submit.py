@@ -224,15 +224,34 @@ def submit(
         return status, result
 
 
+HEADLINE_METRICS = (
+    "dev/accuracy", "dev/vote_accuracy", "dev/reranker_recall_at_1", "dev/bm25_recall_at_1", "knowledge/train_rows",
+    "train/steps", "train/wall_time_s",
+)  # fmt: skip
+
+
+def stage_headline(metrics: dict[str, Any]) -> str:
+    """The metrics a stage has, of those worth a line: accuracy for students, recall for rerankers, rows for data."""
+    parts = []
+    for key in HEADLINE_METRICS:
+        value = metrics.get(key)
+        if isinstance(value, int | float):
+            unit = "s" if key.endswith("_s") else ""
+            parts.append(
+                f"{key} {value:.0f}{unit}" if key.startswith(("train/", "knowledge/")) else f"{key} {value:.4f}"
+            )
+    return "  ".join(parts)
+
+
 def print_summary(result: dict[str, Any], cfg: ExperimentConfig) -> None:
     print("\n==== ReasonDistill result ====")
     stages = result.get("stages", {"run": result})
     for stage, metrics in stages.items():
-        print(
-            f"  [{stage}] dev/accuracy {metrics.get('dev/accuracy'):.4f}  steps {metrics.get('train/steps'):.0f}  "
-            f"wall {metrics.get('train/wall_time_s', 0.0):.0f}s"
+        print(f"  [{stage}] {stage_headline(metrics)}")
+        produced = (
+            f"model {metrics['model_uri']}" if metrics.get("model_uri") else f"data {metrics.get('knowledge_path')}"
         )
-        print(f"      mlflow run {metrics.get('mlflow_run_id')}  model {metrics.get('model_uri')}")
+        print(f"      mlflow run {metrics.get('mlflow_run_id')}  {produced}")
     tracking_uri = cfg.tracking.tracking_uri or ""
     if tracking_uri.startswith("sqlite:"):
         print(

@@ -77,6 +77,8 @@ def test_kard_pipeline_on_ray_with_the_retrieval_service(tmp_path: Path) -> None
     assert proc.returncode == 0, proc.stdout[-6000:] + proc.stderr[-3000:]
     for stage in ("knowledge", "reranker", "kard", "kard_reranker"):
         assert f"[pipeline kard-e2e] stage {stage}:" in proc.stdout
+    assert "[kard_reranker] dev/accuracy" in proc.stdout and "[reranker] dev/reranker_recall_at_1" in proc.stdout
+    assert "[knowledge] dev/bm25_recall_at_1" in proc.stdout
 
     tracking_uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     client = mlflow.MlflowClient(tracking_uri)
