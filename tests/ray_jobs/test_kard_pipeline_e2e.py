@@ -40,7 +40,7 @@ def test_kard_pipeline_on_ray_with_the_retrieval_service(tmp_path: Path) -> None
                 "model": {"name": "t5-tiny", "tokenizer_vocab_size": 300},
                 "data": {
                     "dataset": "synthetic_kb", "rationale_filter": "parse", "max_train_examples": 96,
-                    "max_dev_examples": 12, "max_input_length": 80, "max_rationale_length": 24, "max_target_length": 4,
+                    "max_dev_examples": 12, "max_input_length": 96, "max_rationale_length": 24, "max_target_length": 4,
                 },
                 "method": {
                     "kard": {"candidates": 6},
