@@ -17,6 +17,7 @@ from trainer.config.loader import flatten
 from trainer.config.schema import ExperimentConfig
 from trainer.data.example import DataError, QAExample
 from trainer.data.formatting import tokenizer_corpus
+from trainer.data.rationales import answer_leakage
 from trainer.data.registry import load_splits
 from trainer.evaluation.evaluator import EvalResult, EvalSettings, evaluate
 from trainer.methods.base import Features, Method
@@ -131,6 +132,8 @@ class Trainer:
         state.mlflow_run_id = strategy.broadcast_object(tracker.run_id)
         if resumed_from == 0:
             self._log_run_setup(tracker, len(splits.train), len(features), len(splits.dev), num_parameters)
+            if method.uses_rationales:
+                tracker.log_metrics(answer_leakage(splits.train, cfg.data.rationale_source, cfg.run.seed), step=0)
         else:
             tracker.set_tags({"resumed_from_step": str(resumed_from)})
 
