@@ -94,7 +94,7 @@ class Trainer:
         with strategy.partitioned_init(strategy.resolved_config):
             model = build_model(cfg.model, model_config)
         num_parameters = count_parameters(model)
-        engine = strategy.prepare(model)
+        engine = strategy.prepare(model, method.auxiliary_modules())
 
         sampler = DistributedSampler(
             features,
