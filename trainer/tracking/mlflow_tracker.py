@@ -20,7 +20,8 @@ from mlflow.utils.time import get_current_time_millis
 from trainer.config.schema import TrackingConfig
 
 DEFAULT_EXPERIMENT = "reasondistill"
-MODEL_ARTIFACT_PATH = "model"
+MODEL_ARTIFACT_PATH = "model"  # the selected model: what later stages and users load
+FINAL_MODEL_ARTIFACT_PATH = "model_final"  # the last step's model, when selection picked an earlier one
 HF_MODEL_ARTIFACT = "hf_model"  # the artifact key seq2seq_pyfunc.py loads the HF directory from
 PYFUNC_FILE = Path(__file__).with_name("seq2seq_pyfunc.py")
 _PARAM_BATCH = 100
@@ -111,12 +112,12 @@ class MLflowTracker:
         """Rows as an MLflow table artifact, browsable in the run's Artifacts tab and the Evaluation view."""
         self.client.log_table(self.run_id, data=pd.DataFrame(rows), artifact_file=artifact_file)
 
-    def log_model(self, export_dir: Path) -> str:
+    def log_model(self, export_dir: Path, name: str = MODEL_ARTIFACT_PATH) -> str:
         """Log an exported HF dir as a pyfunc model; returns its `runs:/` URI."""
         mlflow.set_tracking_uri(self.tracking_uri)
         with mlflow.start_run(run_id=self.run_id, experiment_id=self.experiment_id):
             mlflow.pyfunc.log_model(
-                name=MODEL_ARTIFACT_PATH,
+                name=name,
                 python_model=str(PYFUNC_FILE),
                 artifacts={HF_MODEL_ARTIFACT: str(export_dir)},
                 signature=PYFUNC_SIGNATURE,
@@ -124,7 +125,7 @@ class MLflowTracker:
             )
         # Leaving the fluent context marks the run finished; training still owns its status.
         self.client.update_run(self.run_id, status=RunStatus.to_string(RunStatus.RUNNING))
-        return f"runs:/{self.run_id}/{MODEL_ARTIFACT_PATH}"
+        return f"runs:/{self.run_id}/{name}"
 
     def finish(self, status: str = "FINISHED") -> None:
         self.client.set_terminated(self.run_id, status=status)
@@ -142,7 +143,7 @@ class NullTracker:
     def log_text(self, text: str, artifact_file: str) -> None: ...
     def log_jsonl(self, rows: list[dict[str, Any]], artifact_file: str) -> None: ...
     def log_table(self, rows: list[dict[str, Any]], artifact_file: str) -> None: ...
-    def log_model(self, export_dir: Path) -> str | None: ...
+    def log_model(self, export_dir: Path, name: str = MODEL_ARTIFACT_PATH) -> str | None: ...
     def finish(self, status: str = "FINISHED") -> None: ...
 
 
