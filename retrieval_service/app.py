@@ -24,6 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from retrieval_service import __version__
 from retrieval_service.backends import BackendError, SearchBackend, create_backend
 from retrieval_service.documents import Document, ScoredDocument
+from retrieval_service.reranking import PassageReranker
 from retrieval_service.settings import Limits, ServiceSettings
 
 log = logging.getLogger(__name__)
@@ -54,7 +55,7 @@ class DocumentOut(BaseModel):
 
 
 class Hit(DocumentOut):
-    score: float
+    score: float  # BM25, or the reranker's score when the request asked to rerank
 
 
 class SearchResponse(BaseModel):
@@ -72,6 +73,16 @@ class MgetResponse(BaseModel):
     missing: list[str]
 
 
+class ScoreResponse(BaseModel):
+    scores: dict[str, float]
+    took_ms: float
+
+
+class ScoreBatchResponse(BaseModel):
+    scores: list[dict[str, float]]
+    took_ms: float
+
+
 def _hits(docs: list[ScoredDocument]) -> list[Hit]:
     return [Hit(id=d.id, title=d.title, text=d.text, score=d.score) for d in docs]
 
@@ -86,7 +97,7 @@ def _non_blank(value: str, field: str) -> str:
     return value
 
 
-def _request_models(limits: Limits) -> tuple[type[BaseModel], type[BaseModel], type[BaseModel]]:
+def _request_models(limits: Limits) -> tuple[type[BaseModel], ...]:
     """Request models with this deployment's limits baked in, so OpenAPI documents the real bounds."""
     query_type = Annotated[str, Field(min_length=1, max_length=limits.max_query_chars)]
     k_type = Annotated[int, Field(ge=1, le=limits.max_k, description="number of passages to return")]
@@ -95,6 +106,7 @@ def _request_models(limits: Limits) -> tuple[type[BaseModel], type[BaseModel], t
         model_config = ConfigDict(extra="forbid")
         query: query_type
         k: k_type = 10
+        rerank: bool = Field(default=False, description="order BM25's top candidates with the KARD reranker")
 
         @field_validator("query")
         @classmethod
@@ -105,6 +117,7 @@ def _request_models(limits: Limits) -> tuple[type[BaseModel], type[BaseModel], t
         model_config = ConfigDict(extra="forbid")
         queries: Annotated[list[query_type], Field(min_length=1, max_length=limits.max_batch)]
         k: k_type = 10
+        rerank: bool = Field(default=False, description="order BM25's top candidates with the KARD reranker")
 
         @field_validator("queries")
         @classmethod
@@ -121,7 +134,21 @@ def _request_models(limits: Limits) -> tuple[type[BaseModel], type[BaseModel], t
             Field(min_length=1, max_length=limits.max_batch),
         ]
 
-    return SearchRequest, BatchSearchRequest, MgetRequest
+    id_list = Annotated[
+        list[Annotated[str, Field(min_length=1, max_length=512)]],
+        Field(min_length=1, max_length=limits.max_batch),
+    ]
+
+    class ScoreRequest(BaseModel):
+        model_config = ConfigDict(extra="forbid")
+        query: query_type
+        ids: id_list
+
+    class ScoreBatchRequest(BaseModel):
+        model_config = ConfigDict(extra="forbid")
+        items: Annotated[list[ScoreRequest], Field(min_length=1, max_length=limits.max_batch)]
+
+    return SearchRequest, BatchSearchRequest, MgetRequest, ScoreRequest, ScoreBatchRequest
 
 
 class BackendHolder:
@@ -166,7 +193,7 @@ def create_app(backend: SearchBackend | None = None, settings: ServiceSettings |
     """Build the app around ``backend`` (or the one named in ``settings``, opened lazily)."""
     settings = settings or ServiceSettings.from_env()
     holder = BackendHolder(settings, backend)
-    SearchRequest, BatchSearchRequest, MgetRequest = _request_models(settings.limits)
+    SearchRequest, BatchSearchRequest, MgetRequest, ScoreRequest, ScoreBatchRequest = _request_models(settings.limits)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -229,18 +256,27 @@ def create_app(backend: SearchBackend | None = None, settings: ServiceSettings |
 
     protected = [Depends(require_token)]
 
+    reranker = PassageReranker(settings.reranker, settings.rerank_candidates) if settings.reranker else None
+
+    def ranked(queries: list[str], k: int, rerank: bool) -> list[list[ScoredDocument]]:
+        if not rerank:
+            return holder.get().search_batch(queries, k)
+        if reranker is None:
+            raise ApiError(400, "rerank_unavailable", "rerank", "this service was started without a reranker")
+        return reranker.search(holder.get(), queries, k)
+
     @app.post("/search", response_model=SearchResponse, dependencies=protected)
     def search(request: SearchRequest) -> SearchResponse:  # type: ignore[valid-type]
-        """Top-k passages for one query, best first."""
+        """Top-k passages for one query, best first (BM25, or BM25's top candidates reranked)."""
         start = time.perf_counter()
-        results = holder.get().search(request.query, request.k)  # type: ignore[attr-defined]
+        [results] = ranked([request.query], request.k, request.rerank)  # type: ignore[attr-defined]
         return SearchResponse(results=_hits(results), took_ms=(time.perf_counter() - start) * 1000)
 
     @app.post("/search/batch", response_model=BatchResponse, dependencies=protected)
     def search_batch(request: BatchSearchRequest) -> BatchResponse:  # type: ignore[valid-type]
         """Top-k passages for each query, one list per query in request order."""
         start = time.perf_counter()
-        results = holder.get().search_batch(request.queries, request.k)  # type: ignore[attr-defined]
+        results = ranked(request.queries, request.k, request.rerank)  # type: ignore[attr-defined]
         return BatchResponse(
             results=[_hits(r) for r in results], took_ms=(time.perf_counter() - start) * 1000
         )
@@ -267,6 +303,21 @@ def create_app(backend: SearchBackend | None = None, settings: ServiceSettings |
             documents=[_doc(found[i]) for i in ids if i in found],
             missing=[i for i in ids if i not in found],
         )
+
+    @app.post("/score", response_model=ScoreResponse, dependencies=protected)
+    def score(request: ScoreRequest) -> ScoreResponse:  # type: ignore[valid-type]
+        """BM25 scores of the listed passages for the query, ranked or not (0.0: no shared term; unknown: absent)."""
+        start = time.perf_counter()
+        scores = holder.get().score(request.query, request.ids)  # type: ignore[attr-defined]
+        return ScoreResponse(scores=scores, took_ms=(time.perf_counter() - start) * 1000)
+
+    @app.post("/score/batch", response_model=ScoreBatchResponse, dependencies=protected)
+    def score_batch(request: ScoreBatchRequest) -> ScoreBatchResponse:  # type: ignore[valid-type]
+        """One score map per item, in request order."""
+        start = time.perf_counter()
+        items = request.items  # type: ignore[attr-defined]
+        scores = holder.get().score_batch([i.query for i in items], [i.ids for i in items])
+        return ScoreBatchResponse(scores=scores, took_ms=(time.perf_counter() - start) * 1000)
 
     @app.get("/healthz")
     def healthz() -> dict[str, str]:

@@ -86,19 +86,36 @@ class RetrievalClient:
     def _scored(rows: list[dict[str, Any]]) -> list[ScoredDocument]:
         return [ScoredDocument(r["id"], r["title"], r["text"], float(r["score"])) for r in rows]
 
-    def search(self, query: str, k: int = 10) -> list[ScoredDocument]:
-        """Top-k passages for ``query``, best first."""
-        body = self._request("POST", "/search", {"query": query, "k": k})
+    def search(self, query: str, k: int = 10, rerank: bool = False) -> list[ScoredDocument]:
+        """Top-k passages for ``query``, best first; ``rerank`` asks for the service's KARD reranker order."""
+        body = self._request("POST", "/search", {"query": query, "k": k, "rerank": rerank})
         return self._scored(body["results"])
 
-    def search_batch(self, queries: Sequence[str], k: int = 10) -> list[list[ScoredDocument]]:
+    def search_batch(self, queries: Sequence[str], k: int = 10, rerank: bool = False) -> list[list[ScoredDocument]]:
         """One result list per query, sent ``batch_size`` queries per request."""
         results: list[list[ScoredDocument]] = []
         for start in range(0, len(queries), self.batch_size):
             chunk = list(queries[start : start + self.batch_size])
-            body = self._request("POST", "/search/batch", {"queries": chunk, "k": k})
+            body = self._request("POST", "/search/batch", {"queries": chunk, "k": k, "rerank": rerank})
             results.extend(self._scored(rows) for rows in body["results"])
         return results
+
+    def score(self, query: str, ids: Sequence[str]) -> dict[str, float]:
+        """BM25 scores of the listed passages for ``query`` (see SearchBackend.score)."""
+        return self._request("POST", "/score", {"query": query, "ids": list(ids)})["scores"]
+
+    def score_batch(self, queries: Sequence[str], ids: Sequence[Sequence[str]]) -> list[dict[str, float]]:
+        """One score map per (query, ids) pair, sent ``batch_size`` pairs per request."""
+        items = [{"query": q, "ids": list(i)} for q, i in zip(queries, ids, strict=True)]
+        scores: list[dict[str, float]] = []
+        for start in range(0, len(items), self.batch_size):
+            chunk = items[start : start + self.batch_size]
+            scores.extend(self._request("POST", "/score/batch", {"items": chunk})["scores"])
+        return scores
+
+    def version(self) -> str:
+        """The served index's content version (see SearchBackend.version)."""
+        return str(self.health()["version"])
 
     def get(self, ids: Sequence[str]) -> list[Document | None]:
         """Documents aligned with ``ids``; None where the id is unknown."""

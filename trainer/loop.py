@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import random
 import shutil
 import time
@@ -12,6 +13,7 @@ from typing import Any
 import torch
 import yaml
 from torch.utils.data import DataLoader, DistributedSampler
+from transformers import PretrainedConfig
 
 from trainer.checkpoint_io import CheckpointIO
 from trainer.config.loader import flatten
@@ -19,12 +21,12 @@ from trainer.config.schema import ExperimentConfig
 from trainer.data.example import DataError, QAExample
 from trainer.data.formatting import tokenizer_corpus
 from trainer.data.rationales import answer_leakage
-from trainer.data.registry import load_splits
-from trainer.evaluation.evaluator import EvalResult, EvalSettings, evaluate
+from trainer.data.registry import DatasetSplits, load_splits
+from trainer.evaluation.evaluator import EvalResult, EvalSettings
 from trainer.methods.base import Features, Method
 from trainer.methods.registry import method_class
 from trainer.model_selection import replace_dir, restore_selected, stash_selected
-from trainer.models.factory import build_model, build_model_config, build_tokenizer, count_parameters
+from trainer.models.factory import build_model_config, build_tokenizer, count_parameters, model_hidden_size
 from trainer.strategy.deepspeed_strategy import DeepSpeedStrategy
 from trainer.tracking.mlflow_tracker import FINAL_MODEL_ARTIFACT_PATH, Tracker, create_tracker, resolve_tracking_uri
 
@@ -89,7 +91,8 @@ class Trainer:
         self.export_dir = run_dir / "export"  # the selected model
         self.final_export_dir = run_dir / "export_final"  # the last step's model when selection picked another
 
-    def fit(self) -> TrainingResult:
+    def _prepare(self) -> tuple[DatasetSplits, Method, PretrainedConfig]:
+        """What training and evaluation share: process group, data, tokenizer, method, model architecture."""
         cfg, strategy = self.cfg, self.strategy
         strategy.setup_distributed()
         splits = load_splits(cfg.data, cfg.run.seed)
@@ -103,15 +106,63 @@ class Trainer:
             tracking_uri=tracking_uri,
         )
         method = method_cls(cfg, tokenizer)
-        features = build_features(method, splits.train, cfg.run.seed)
         model_config = build_model_config(cfg.model, tokenizer, tracking_uri)
-        strategy.configure(model_config.d_model)
+        strategy.configure(model_hidden_size(model_config))
         method.setup(strategy, model_config)
+        return splits, method, model_config
+
+    def _tracker(self, method: Method, resume_run_id: str | None, tags: dict[str, str] | None = None) -> Tracker:
+        return create_tracker(
+            self.cfg.tracking,
+            self.strategy.is_rank_zero,
+            run_name=self.cfg.tracking.run_name or self.cfg.run.name,
+            resume_run_id=resume_run_id,
+            parent_run_id=self.parent_run_id,
+            tags={
+                "method": method.run_label,
+                "dataset": self.cfg.data.dataset,
+                "model": self.cfg.model.name,
+                **self.run_tags,
+                **(tags or {}),
+            },
+        )
+
+    def evaluate_model(self) -> TrainingResult:
+        """Evaluate an already trained model (model.name: its dir or runs:/ URI) in a run of its own, e.g. one KARD
+        student under each inference-time knowledge source. ZeRO-3 configs evaluate it partitioned."""
+        cfg, strategy = self.cfg, self.strategy
+        splits, method, model_config = self._prepare()
+        zero_stage = 3 if strategy.resolved_config["zero_optimization"].get("stage") == 3 else 0
+        frozen = strategy.frozen_config(model_hidden_size(model_config), zero_stage)
+        with strategy.partitioned_init(frozen):
+            model = strategy.prepare_frozen(method.build_model(model_config), frozen)
+        method.prepare_evaluation(strategy, splits.dev)
+        tracker = self._tracker(method, None, {"evaluates_model": cfg.model.name})
+        run_id = strategy.broadcast_object(tracker.run_id)
+        tracker.log_params({**flatten(cfg), "data.num_dev_examples": len(splits.dev), "run.mode": "evaluate"})
+        self._log_inputs(tracker, method)
+        started = time.perf_counter()
+        result = method.evaluate(model, splits.dev, strategy, self._eval_settings(), strategy.generation_kwargs(model))
+        metrics = {**result.metrics(), "eval/wall_time_s": time.perf_counter() - started}
+        tracker.log_metrics(metrics, step=0)
+        predictions = self._log_predictions(tracker, result)
+        # Reported with a (tiny) checkpoint: Ray Train keeps a run's result metrics only with one.
+        staging = self.checkpoint_io.staging_dir(0)
+        staging.mkdir(parents=True, exist_ok=True)
+        (staging / f"eval_metrics.rank{strategy.rank}.json").write_text(json.dumps(metrics))
+        self.checkpoint_io.report({**metrics, "mlflow_run_id": run_id, "model_uri": cfg.model.name}, staging)
+        tracker.finish()
+        return TrainingResult(0, metrics, run_id, cfg.model.name, None, predictions)
+
+    def fit(self) -> TrainingResult:
+        cfg, strategy = self.cfg, self.strategy
+        splits, method, model_config = self._prepare()
+        features = build_features(method, splits.train, cfg.run.seed)
         with strategy.partitioned_init(strategy.resolved_config):
-            model = build_model(cfg.model, model_config)
+            model = method.build_model(model_config)
         num_parameters = count_parameters(model)
         engine = strategy.prepare(model, method.auxiliary_modules())
-        engine.module.generation_config.max_new_tokens = method.max_new_tokens()  # exported with the model
+        method.prepare_evaluation(strategy, splits.dev)
 
         sampler = DistributedSampler(
             features,
@@ -135,22 +186,11 @@ class Trainer:
                 if not restore_selected(checkpoint_dir, self.export_dir if strategy.is_rank_zero else None):
                     state.best_step = state.best_accuracy = None  # a selection without its export is not kept
         resumed_from = state.global_step
-        tracker = create_tracker(
-            cfg.tracking,
-            strategy.is_rank_zero,
-            run_name=cfg.tracking.run_name or cfg.run.name,
-            resume_run_id=state.mlflow_run_id,
-            parent_run_id=self.parent_run_id,
-            tags={
-                "method": cfg.method.name,
-                "dataset": cfg.data.dataset,
-                "model": cfg.model.name,
-                **self.run_tags,
-            },
-        )
+        tracker = self._tracker(method, state.mlflow_run_id)
         state.mlflow_run_id = strategy.broadcast_object(tracker.run_id)
         if resumed_from == 0:
             self._log_run_setup(tracker, len(splits.train), len(features), len(splits.dev), num_parameters)
+            self._log_inputs(tracker, method)
             if method.uses_rationales:
                 tracker.log_metrics(answer_leakage(splits.train, cfg.data.rationale_source, cfg.run.seed), step=0)
         else:
@@ -161,7 +201,7 @@ class Trainer:
             eval_result = self._evaluate(engine, method, splits.dev)
         final_selected = state.offer(eval_result.accuracy, always=not cfg.run.eval_every)
         final_dir = self.export_dir if final_selected else self.final_export_dir
-        self._export(engine, tokenizer, final_dir)
+        self._export(engine, method, final_dir)
         if final_selected and strategy.is_rank_zero:
             shutil.rmtree(self.final_export_dir, ignore_errors=True)  # an earlier run's last step, now superseded
         final = {
@@ -173,16 +213,16 @@ class Trainer:
             "model/num_parameters": float(num_parameters),
         }
         tracker.log_metrics(final, step=state.global_step)
-        predictions = [asdict(p) for p in eval_result.predictions]
-        tracker.log_jsonl(predictions, "predictions/dev.jsonl")
-        tracker.log_table(eval_result.table_rows(), "predictions/dev_table.json")
+        predictions = self._log_predictions(tracker, eval_result)
 
         staging = self.checkpoint_io.staging_dir(state.global_step)
         self._save_checkpoint(engine, staging, state)
         log_model = cfg.tracking.log_model
-        model_uri = tracker.log_model(self.export_dir) if log_model else None
+        model_uri = tracker.log_model(self.export_dir, method.pyfunc) if log_model else None
         final_model_uri = (
-            tracker.log_model(final_dir, FINAL_MODEL_ARTIFACT_PATH) if log_model and not final_selected else None
+            tracker.log_model(final_dir, method.pyfunc, FINAL_MODEL_ARTIFACT_PATH)
+            if log_model and not final_selected
+            else None
         )
         self.checkpoint_io.report(
             {**final, "mlflow_run_id": state.mlflow_run_id, "model_uri": model_uri, "final_model_uri": final_model_uri},
@@ -201,12 +241,13 @@ class Trainer:
             final_dir if rank_zero else None,
         )
 
-    def _export(self, engine: Any, tokenizer: Any, directory: Path) -> None:
+    def _export(self, engine: Any, method: Method, directory: Path) -> None:
         """A consolidated HF directory (a collective under ZeRO-3: every rank calls it), swapped in whole."""
         partial = directory.with_name(f"{directory.name}.partial")
         if self.strategy.is_rank_zero:
             shutil.rmtree(partial, ignore_errors=True)
-        self.strategy.export_model(engine, tokenizer, partial)
+        method.prepare_export(engine.module)
+        self.strategy.export_model(engine, method.tokenizer, partial)
         if self.strategy.is_rank_zero:
             replace_dir(partial, directory)
 
@@ -231,9 +272,20 @@ class Trainer:
         tracker.log_text(yaml.safe_dump(self.cfg.model_dump(mode="json"), sort_keys=False), "config/config.yaml")
         tracker.log_dict(self.strategy.resolved_config, "config/deepspeed.json")
 
-    def _evaluate(self, engine: torch.nn.Module, method: Method, dev: list[QAExample]) -> EvalResult:
+    def _log_inputs(self, tracker: Tracker, method: Method) -> None:
+        for dataset, context in method.logged_inputs():
+            tracker.log_input(dataset, context)
+
+    @staticmethod
+    def _log_predictions(tracker: Tracker, result: EvalResult) -> list[dict[str, Any]]:
+        predictions = [asdict(p) for p in result.predictions]
+        tracker.log_jsonl(predictions, "predictions/dev.jsonl")
+        tracker.log_table(result.table_rows(), "predictions/dev_table.json")
+        return predictions
+
+    def _eval_settings(self) -> EvalSettings:
         run = self.cfg.run
-        settings = EvalSettings(
+        return EvalSettings(
             batch_size=run.eval_batch_size,
             num_beams=run.eval_num_beams,
             vote_samples=run.eval_vote_samples,
@@ -241,7 +293,10 @@ class Trainer:
             sample_top_p=run.eval_sample_top_p,
             seed=run.seed,
         )
-        return evaluate(method, engine.module, dev, self.strategy, settings, self.strategy.generation_kwargs(engine))
+
+    def _evaluate(self, engine: torch.nn.Module, method: Method, dev: list[QAExample]) -> EvalResult:
+        model = engine.module
+        return method.evaluate(model, dev, self.strategy, self._eval_settings(), self.strategy.generation_kwargs(model))
 
     def _train(
         self,
@@ -267,6 +322,7 @@ class Trainer:
                 if index < skip:
                     continue
                 batch = {k: v.to(strategy.device) for k, v in batch.items()}
+                method.progress = state.global_step / cfg.optim.max_steps
                 parts = method.loss(engine, batch)
                 for key, value in parts.items():
                     running[key] = running.get(key, 0.0) + float(value.detach())
@@ -296,7 +352,7 @@ class Trainer:
                     last_eval = self._evaluate(engine, method, dev)
                     tracker.log_metrics(last_eval.metrics(), step=step)
                     if step < cfg.optim.max_steps and state.offer(last_eval.accuracy):  # the last step: in fit
-                        self._export(engine, method.tokenizer, self.export_dir)
+                        self._export(engine, method, self.export_dir)
                 if cfg.run.save_every and step % cfg.run.save_every == 0 and step < cfg.optim.max_steps:
                     staging = self.checkpoint_io.staging_dir(step)
                     self._save_checkpoint(engine, staging, state)

@@ -40,7 +40,7 @@ from scipy.stats import t as student_t
 
 from trainer.config.schema import DataConfig
 from trainer.data.registry import load_splits
-from trainer.tracking.compare import METHOD_ORDER, Row, compare_runs, format_table
+from trainer.tracking.compare import KNIFE_METHODS, Row, compare_runs, format_table
 
 EXPERIMENT = "knife-benchmark"
 TEACHER, STUDENT, IO = "knife_teacher", "knife_student", "ft_io"
@@ -258,7 +258,7 @@ class PairedDifference:
         return "no difference from I→O detectable (95% interval contains 0)"
 
 
-LABELS = (*METHOD_ORDER, *(f"{STUDENT}/{variant}" for variant in ABLATIONS))  # the report's row order
+LABELS = (*KNIFE_METHODS, *(f"{STUDENT}/{variant}" for variant in ABLATIONS))  # the report's row order
 
 
 def _reading(
@@ -281,11 +281,11 @@ def _reading(
         f"{s.verdict()}.",
     ]
     ablations = [
-        f"{label.split('/', 1)[1]} {paired[label].cell()}" for label in LABELS[len(METHOD_ORDER) :] if label in paired
+        f"{label.split('/', 1)[1]} {paired[label].cell()}" for label in LABELS[len(KNIFE_METHODS) :] if label in paired
     ]
     if ablations:
         text.append(f"Ablations − I→O: {'; '.join(ablations)}.")
-    others = [m for m in (*BASELINES[1:], *LABELS[len(METHOD_ORDER) :]) if m in paired and paired[m].ci95]
+    others = [m for m in (*BASELINES[1:], *LABELS[len(KNIFE_METHODS) :]) if m in paired and paired[m].ci95]
     if clear := [
         f"{m} ({paired[m].verdict().split(' (')[0]})" for m in others if "detectable" not in paired[m].verdict()
     ]:

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from ray_jobs.benchmarks.knife_benchmark import LABELS, PairedDifference
-from trainer.tracking.compare import METHOD_ORDER
+from trainer.tracking.compare import KNIFE_METHODS
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -53,7 +53,7 @@ def test_quick_benchmark_writes_table_json_and_plot(tmp_path: Path) -> None:
 
     results = json.loads((out / "results.json").read_text())
     per_seed = results["per_seed_accuracy"]["synthetic"]
-    assert set(per_seed) == set(LABELS) and set(METHOD_ORDER) < set(LABELS)
+    assert set(per_seed) == set(LABELS) and set(KNIFE_METHODS) < set(LABELS)
     assert all(set(seeds) == {"0"} and 0.0 <= seeds["0"] <= 1.0 for seeds in per_seed.values())
     generation = results["per_seed_generation_accuracy"]["synthetic"]
     assert all(0.0 <= seeds["0"] <= 1.0 for seeds in generation.values())
