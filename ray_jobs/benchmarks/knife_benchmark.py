@@ -22,11 +22,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
 import statistics
-import subprocess
-import sys
 import time
 from collections import Counter
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
@@ -38,6 +35,7 @@ from typing import Any
 from mlflow.tracking import MlflowClient
 from scipy.stats import t as student_t
 
+from ray_jobs.benchmarks.trainer_runs import run_trainer_process
 from trainer.config.schema import DataConfig
 from trainer.data.registry import load_splits
 from trainer.tracking.compare import KNIFE_METHODS, Row, compare_runs, format_table
@@ -143,26 +141,8 @@ def _run(job: Job, out: Path) -> RunResult:
         f"tracking.tags.bench_seed='{job.seed}'",  # quoted: override values are YAML
         *([f"tracking.tags.variant={job.variant}"] if job.variant else []),
     ]
-    env = {
-        **os.environ,
-        "OMP_NUM_THREADS": "1",
-        "MLFLOW_DISABLE_TELEMETRY": "true",
-        "DO_NOT_TRACK": "true",
-        "TOKENIZERS_PARALLELISM": "false",
-        "DS_ACCELERATOR": os.environ.get("DS_ACCELERATOR", "cpu"),
-    }
-    log = out / "logs" / f"{job.run_name}.log"
-    start = time.perf_counter()
-    with log.open("w") as handle:
-        code = subprocess.run(
-            [sys.executable, "-m", "trainer.train", *args], stdout=handle, stderr=subprocess.STDOUT, env=env
-        ).returncode
-    elapsed = time.perf_counter() - start
-    lines = log.read_text().splitlines()
-    if code != 0:
-        raise RuntimeError(f"{job.run_name} failed (exit {code}); see {log}:\n" + "\n".join(lines[-20:]))
-    final = json.loads(next(line for line in reversed(lines) if line.startswith("{")))
-    metrics = final["metrics"]
+    process = run_trainer_process(args, out / "logs" / f"{job.run_name}.log")
+    final, metrics, elapsed = process.final, process.metrics, process.wall_s
     print(
         f"[{elapsed:6.0f} s] {job.run_name}: dev/accuracy {metrics['dev/accuracy']:.3f} "
         f"generation {metrics['dev/generation_accuracy']:.3f}",
