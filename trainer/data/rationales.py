@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import argparse
 import random
 import re
 from typing import Literal
 
+from trainer.config.schema import DataConfig
 from trainer.data.example import QAExample
 from trainer.data.formatting import OPTION_LETTERS, mentions_option, parse_choice
+from trainer.data.registry import load_splits
 
 RationaleSource = Literal["facts", "llm_first", "llm_random", "llm_all"]
 
@@ -60,3 +63,25 @@ def answer_leakage(examples: list[QAExample], source: RationaleSource, seed: int
         "data/ftr_answer_leak_rate": sum(mentions_option(ftr, ex.answer) for ftr, ex in pairs) / count,
         "data/ftr_states_answer_rate": sum(states_answer(ftr, ex) for ftr, ex in pairs) / count,
     }
+
+
+def main(argv: list[str] | None = None) -> None:
+    """`python -m trainer.data.rationales --dataset obqa`: answer_leakage of a dataset's training split, per
+    rationale source that has any FTR there."""
+    parser = argparse.ArgumentParser(description="FTR answer leakage of a dataset's training split")
+    parser.add_argument("--dataset", default="strategyqa")
+    parser.add_argument("--seed", type=int, default=0, help="run.seed: the train/dev split and llm_random's draws")
+    args = parser.parse_args(argv)
+    train = load_splits(DataConfig(dataset=args.dataset), args.seed).train
+    for source in ("facts", "llm_first", "llm_random", "llm_all"):
+        stats = answer_leakage(train, source, args.seed)
+        if stats["data/num_train_ftrs"]:
+            print(
+                f"{args.dataset} {source}: {stats['data/num_train_ftrs']:.0f} FTRs, "
+                f"{stats['data/ftr_answer_leak_rate']:.1%} contain the gold answer, "
+                f"{stats['data/ftr_states_answer_rate']:.1%} end by stating it"
+            )
+
+
+if __name__ == "__main__":
+    main()

@@ -6,7 +6,7 @@ import pytest
 
 from trainer.data.example import QAExample
 from trainer.data.formatting import mentions_option
-from trainer.data.rationales import answer_leakage, select_rationales, states_answer
+from trainer.data.rationales import answer_leakage, main, select_rationales, states_answer
 
 YES_NO = QAExample(id="y", question="Can fish climb?", choices=("yes", "no"), answer_index=1)
 TREES = QAExample(id="t", question="What grows?", choices=("tree", "rock", "big tree"), answer_index=2)
@@ -65,3 +65,11 @@ def test_answer_leakage_counts_the_ftrs_the_run_trains_on() -> None:
     expected = sum(mentions_option(f, ex.answer) for f, ex in zip(drawn, examples, strict=False)) / len(drawn)
     assert answer_leakage(examples, "llm_random", seed=5)["data/ftr_answer_leak_rate"] == pytest.approx(expected)
     assert answer_leakage([], "facts", seed=0)["data/num_train_ftrs"] == 0.0
+
+
+def test_cli_prints_the_leakage_of_each_source_with_ftrs(capsys: pytest.CaptureFixture[str]) -> None:
+    main(["--dataset", "synthetic"])
+    lines = capsys.readouterr().out.splitlines()
+    sources = ("facts", "llm_first", "llm_random", "llm_all")
+    assert [line.split(":")[0] for line in lines] == [f"synthetic {source}" for source in sources]
+    assert all("contain the gold answer" in line and "end by stating it" in line for line in lines)
