@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import random
+import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -19,13 +20,15 @@ from trainer.config.loader import flatten
 from trainer.config.schema import ExperimentConfig
 from trainer.data.example import DataError, QAExample
 from trainer.data.formatting import tokenizer_corpus
+from trainer.data.rationales import answer_leakage
 from trainer.data.registry import DatasetSplits, load_splits
 from trainer.evaluation.evaluator import EvalResult, EvalSettings
 from trainer.methods.base import Features, Method
 from trainer.methods.registry import method_class
+from trainer.model_selection import replace_dir, restore_selected, stash_selected
 from trainer.models.factory import build_model_config, build_tokenizer, count_parameters, model_hidden_size
 from trainer.strategy.deepspeed_strategy import DeepSpeedStrategy
-from trainer.tracking.mlflow_tracker import Tracker, create_tracker, resolve_tracking_uri
+from trainer.tracking.mlflow_tracker import FINAL_MODEL_ARTIFACT_PATH, Tracker, create_tracker, resolve_tracking_uri
 
 
 @dataclass
@@ -35,6 +38,15 @@ class TrainState:
     global_step: int = 0
     mlflow_run_id: str | None = None
     wall_time_s: float = 0.0
+    best_step: int | None = None  # the step whose model the run exports as `model` (model selection on dev)
+    best_accuracy: float | None = None
+
+    def offer(self, accuracy: float, always: bool = False) -> bool:
+        """Is the model at the current step (now) the selected one, given its dev accuracy? A tie keeps the earlier
+        step; the selected step evaluated again (a run resumed at its end) stays selected; `always`: no selection."""
+        if always or self.best_accuracy is None or accuracy > self.best_accuracy:
+            self.best_step, self.best_accuracy = self.global_step, accuracy
+        return self.best_step == self.global_step
 
 
 @dataclass
@@ -42,9 +54,11 @@ class TrainingResult:
     global_step: int
     metrics: dict[str, float]
     mlflow_run_id: str | None
-    model_uri: str | None
-    export_dir: Path | None
-    predictions: list[dict[str, Any]] = field(default_factory=list)
+    model_uri: str | None  # the selected model (the best dev step with run.eval_every, else the last step)
+    export_dir: Path | None  # its HF directory (rank 0)
+    predictions: list[dict[str, Any]] = field(default_factory=list)  # the last step's dev predictions
+    final_model_uri: str | None = None  # the last step's model, when it is not the selected one
+    final_export_dir: Path | None = None
 
 
 def build_features(method: Method, examples: list[QAExample], seed: int) -> list[Features]:
@@ -73,6 +87,9 @@ class Trainer:
         self.parent_run_id = parent_run_id
         self.run_tags = run_tags or {}
         self.strategy = DeepSpeedStrategy(cfg)
+        run_dir = Path(cfg.run.output_dir) / cfg.run.name
+        self.export_dir = run_dir / "export"  # the selected model
+        self.final_export_dir = run_dir / "export_final"  # the last step's model when selection picked another
 
     def _prepare(self) -> tuple[DatasetSplits, Method, PretrainedConfig]:
         """What training and evaluation share: process group, data, tokenizer, method, model architecture."""
@@ -144,7 +161,7 @@ class Trainer:
         with strategy.partitioned_init(strategy.resolved_config):
             model = method.build_model(model_config)
         num_parameters = count_parameters(model)
-        engine = strategy.prepare(model)
+        engine = strategy.prepare(model, method.auxiliary_modules())
         method.prepare_evaluation(strategy, splits.dev)
 
         sampler = DistributedSampler(
@@ -166,20 +183,31 @@ class Trainer:
         with self.checkpoint_io.latest() as checkpoint_dir:
             if checkpoint_dir is not None and cfg.run.resume:
                 state = TrainState(**strategy.load_checkpoint(engine, checkpoint_dir))
+                if not restore_selected(checkpoint_dir, self.export_dir if strategy.is_rank_zero else None):
+                    state.best_step = state.best_accuracy = None  # a selection without its export is not kept
         resumed_from = state.global_step
         tracker = self._tracker(method, state.mlflow_run_id)
         state.mlflow_run_id = strategy.broadcast_object(tracker.run_id)
         if resumed_from == 0:
             self._log_run_setup(tracker, len(splits.train), len(features), len(splits.dev), num_parameters)
             self._log_inputs(tracker, method)
+            if method.uses_rationales:
+                tracker.log_metrics(answer_leakage(splits.train, cfg.data.rationale_source, cfg.run.seed), step=0)
         else:
             tracker.set_tags({"resumed_from_step": str(resumed_from)})
 
         eval_result = self._train(engine, method, loader, sampler, splits.dev, state, tracker)
         if eval_result is None:  # resumed at max_steps, or the last step was not an eval step
             eval_result = self._evaluate(engine, method, splits.dev)
+        final_selected = state.offer(eval_result.accuracy, always=not cfg.run.eval_every)
+        final_dir = self.export_dir if final_selected else self.final_export_dir
+        self._export(engine, method, final_dir)
+        if final_selected and strategy.is_rank_zero:
+            shutil.rmtree(self.final_export_dir, ignore_errors=True)  # an earlier run's last step, now superseded
         final = {
             **eval_result.metrics(),
+            "dev/best_accuracy": state.best_accuracy,
+            "dev/best_step": float(state.best_step),
             "train/steps": float(state.global_step),
             "train/wall_time_s": state.wall_time_s,
             "model/num_parameters": float(num_parameters),
@@ -188,21 +216,47 @@ class Trainer:
         predictions = self._log_predictions(tracker, eval_result)
 
         staging = self.checkpoint_io.staging_dir(state.global_step)
-        strategy.save_checkpoint(engine, staging, asdict(state))
-        export_dir = Path(cfg.run.output_dir) / cfg.run.name / "export"
-        method.prepare_export(engine.module)
-        strategy.export_model(engine, method.tokenizer, export_dir)
-        model_uri = tracker.log_model(export_dir, method.pyfunc) if cfg.tracking.log_model else None
-        self.checkpoint_io.report({**final, "mlflow_run_id": state.mlflow_run_id, "model_uri": model_uri}, staging)
+        self._save_checkpoint(engine, staging, state)
+        log_model = cfg.tracking.log_model
+        model_uri = tracker.log_model(self.export_dir, method.pyfunc) if log_model else None
+        final_model_uri = (
+            tracker.log_model(final_dir, method.pyfunc, FINAL_MODEL_ARTIFACT_PATH)
+            if log_model and not final_selected
+            else None
+        )
+        self.checkpoint_io.report(
+            {**final, "mlflow_run_id": state.mlflow_run_id, "model_uri": model_uri, "final_model_uri": final_model_uri},
+            staging,
+        )
         tracker.finish()
+        rank_zero = strategy.is_rank_zero
         return TrainingResult(
             state.global_step,
             final,
             state.mlflow_run_id,
             model_uri,
-            export_dir if strategy.is_rank_zero else None,
+            self.export_dir if rank_zero else None,
             predictions,
+            final_model_uri,
+            final_dir if rank_zero else None,
         )
+
+    def _export(self, engine: Any, method: Method, directory: Path) -> None:
+        """A consolidated HF directory (a collective under ZeRO-3: every rank calls it), swapped in whole."""
+        partial = directory.with_name(f"{directory.name}.partial")
+        if self.strategy.is_rank_zero:
+            shutil.rmtree(partial, ignore_errors=True)
+        method.prepare_export(engine.module)
+        self.strategy.export_model(engine, method.tokenizer, partial)
+        if self.strategy.is_rank_zero:
+            replace_dir(partial, directory)
+
+    def _save_checkpoint(self, engine: Any, staging: Path, state: TrainState) -> None:
+        """Every rank's shard, plus (rank 0, with model selection) the selected model's export, so a run resumed
+        where that export directory is gone still logs the step it selected."""
+        self.strategy.save_checkpoint(engine, staging, asdict(state))
+        if self.cfg.run.eval_every and state.best_step is not None and self.strategy.is_rank_zero:
+            stash_selected(self.export_dir, staging)
 
     def _log_run_setup(self, tracker: Tracker, n_examples: int, n_features: int, n_dev: int, n_params: int) -> None:
         tracker.log_params(
@@ -297,9 +351,11 @@ class Trainer:
                 if cfg.run.eval_every and step % cfg.run.eval_every == 0:
                     last_eval = self._evaluate(engine, method, dev)
                     tracker.log_metrics(last_eval.metrics(), step=step)
+                    if step < cfg.optim.max_steps and state.offer(last_eval.accuracy):  # the last step: in fit
+                        self._export(engine, method, self.export_dir)
                 if cfg.run.save_every and step % cfg.run.save_every == 0 and step < cfg.optim.max_steps:
                     staging = self.checkpoint_io.staging_dir(step)
-                    strategy.save_checkpoint(engine, staging, asdict(state))
+                    self._save_checkpoint(engine, staging, state)
                     self.checkpoint_io.report({"train/step": step}, staging)
                 if step >= cfg.optim.max_steps:
                     break

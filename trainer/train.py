@@ -35,6 +35,9 @@ def main(argv: list[str] | None = None) -> None:
                     "metrics": result.metrics,
                     "mlflow_run_id": result.mlflow_run_id,
                     "model_uri": result.model_uri,
+                    "final_model_uri": result.final_model_uri,
+                    "export_dir": str(result.export_dir),
+                    "final_export_dir": str(result.final_export_dir),
                 }
             ),
             flush=True,

@@ -76,6 +76,11 @@ class KnifeConfig(_Section):
     decoder_layers: list[int] = Field(default_factory=lambda: [-1])
     output_loss: Literal["mse", "kl"] = "mse"
     kl_temperature: float = Field(default=1.0, gt=0.0)
+    projection: bool = Field(
+        default=False,
+        description="align hidden states through a learned linear map from the student's width to the teacher's "
+        "(a wider teacher, e.g. T5-Large -> T5-Base); trained and checkpointed with the student, never exported",
+    )
     teacher_zero_stage: Literal[0, 3] = 3
 
 

@@ -150,6 +150,11 @@ class Method(ABC):
     def setup(self, strategy: Any, model_config: PretrainedConfig) -> None:  # noqa: B027 - most need nothing
         """Load anything beyond the trained model (KNIFE's frozen teacher) once the process group exists."""
 
+    def auxiliary_modules(self) -> dict[str, torch.nn.Module]:
+        """Trainable modules the method adds beside the model, by name (after setup); the strategy trains and
+        checkpoints them with the model and never exports them. Most methods have none."""
+        return {}
+
 
 def encoder_inputs(method: Method, source: str) -> Features:
     """The task input as encoder features (what generation needs)."""

@@ -6,7 +6,7 @@ the scale, and detaches the teacher so no gradient ever reaches it through these
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -56,17 +56,21 @@ def _resolve_layer(index: int, num_layers: int, side: str) -> int:
 
 
 def layerwise_alignment(
-    student_states: Sequence[Tensor], teacher_states: Sequence[Tensor], mask: Tensor, layers: Sequence[int]
+    student_states: Sequence[Tensor],
+    teacher_states: Sequence[Tensor],
+    mask: Tensor,
+    layers: Sequence[int],
+    project: Callable[[Tensor], Tensor] | None = None,
 ) -> Tensor:
-    """Mean masked MSE over the chosen layers; negative indices count from each side's last state."""
+    """Mean masked MSE over the chosen layers; negative indices count from each side's last state.
+
+    `project` maps each chosen student state into the teacher's space first (a learned map to a wider teacher).
+    """
     if not layers:
         raise ValueError("layers must name at least one hidden-state index")
-    losses = [
-        masked_mse(
-            student_states[_resolve_layer(layer, len(student_states), "student")],
-            teacher_states[_resolve_layer(layer, len(teacher_states), "teacher")],
-            mask,
-        )
-        for layer in layers
-    ]
+    losses = []
+    for layer in layers:
+        student = student_states[_resolve_layer(layer, len(student_states), "student")]
+        teacher = teacher_states[_resolve_layer(layer, len(teacher_states), "teacher")]
+        losses.append(masked_mse(project(student) if project is not None else student, teacher, mask))
     return torch.stack(losses).mean()

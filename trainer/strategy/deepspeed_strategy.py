@@ -7,7 +7,7 @@ import json
 import os
 import random
 import socket
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +47,7 @@ class DeepSpeedStrategy:
         self.cfg = cfg
         self.on_gpu = torch.cuda.is_available() and cfg.run.use_gpu
         self.resolved_config: dict[str, Any] | None = None
+        self.auxiliary_names: tuple[str, ...] = ()
 
     # ---- process group -------------------------------------------------------------------------
     def setup_distributed(self) -> None:
@@ -140,10 +141,22 @@ class DeepSpeedStrategy:
             del hf_deepspeed_config
             unset_hf_deepspeed_config()
 
-    def prepare(self, model: PreTrainedModel) -> DeepSpeedEngine:
-        """Wrap a model for training with the resolved template (optimizer and schedule included)."""
+    def prepare(
+        self, model: PreTrainedModel, auxiliary: Mapping[str, torch.nn.Module] | None = None
+    ) -> DeepSpeedEngine:
+        """Wrap a model for training with the resolved template (optimizer and schedule included).
+
+        `auxiliary` modules (KNIFE's student→teacher projection) become submodules of the model under their names,
+        so the same engine and optimizer train them (partitioned like the rest under ZeRO-3) and checkpoints carry
+        them; export_model leaves them out of the HF directory.
+        """
         if self.resolved_config is None:
             raise RuntimeError("DeepSpeedStrategy.configure() must run before prepare()")
+        for name, module in (auxiliary or {}).items():
+            if hasattr(model, name):
+                raise ValueError(f"auxiliary module name {name!r} clashes with an attribute of the model")
+            model.add_module(name, module)
+        self.auxiliary_names = tuple(auxiliary or ())
         engine, *_ = deepspeed.initialize(
             model=model,
             model_parameters=[p for p in model.parameters() if p.requires_grad],
@@ -198,6 +211,9 @@ class DeepSpeedStrategy:
             state_dict = {k: v.detach().cpu().clone() for k, v in engine.module.state_dict().items()}
         else:
             state_dict = None
+        if state_dict is not None:
+            auxiliary = tuple(f"{name}." for name in self.auxiliary_names)
+            state_dict = {k: v for k, v in state_dict.items() if not k.startswith(auxiliary)}
         if self.is_rank_zero:
             directory.mkdir(parents=True, exist_ok=True)
             engine.module.save_pretrained(directory, state_dict=state_dict)

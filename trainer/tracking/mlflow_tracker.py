@@ -24,7 +24,8 @@ from mlflow.utils.time import get_current_time_millis
 from trainer.config.schema import TrackingConfig
 
 DEFAULT_EXPERIMENT = "reasondistill"
-MODEL_ARTIFACT_PATH = "model"
+MODEL_ARTIFACT_PATH = "model"  # the selected model: what later stages and users load
+FINAL_MODEL_ARTIFACT_PATH = "model_final"  # the last step's model, when selection picked an earlier one
 HF_MODEL_ARTIFACT = "hf_model"  # the artifact key every pyfunc loads the exported HF directory from
 _PARAM_BATCH = 100
 
@@ -143,13 +144,13 @@ class MLflowTracker:
         tags = [InputTag(MLFLOW_DATASET_CONTEXT, context)]
         self.client.log_inputs(self.run_id, datasets=[DatasetInput(dataset._to_mlflow_entity(), tags)])
 
-    def log_model(self, export_dir: Path, spec: PyfuncSpec = SEQ2SEQ_PYFUNC) -> str:
+    def log_model(self, export_dir: Path, spec: PyfuncSpec = SEQ2SEQ_PYFUNC, name: str = MODEL_ARTIFACT_PATH) -> str:
         """Log an exported HF dir as a pyfunc model; returns its `runs:/` URI."""
         mlflow.set_tracking_uri(self.tracking_uri)
         artifacts = {HF_MODEL_ARTIFACT: str(export_dir), **{k: str(v) for k, v in spec.artifacts.items()}}
         with mlflow.start_run(run_id=self.run_id, experiment_id=self.experiment_id):
             mlflow.pyfunc.log_model(
-                name=MODEL_ARTIFACT_PATH,
+                name=name,
                 python_model=str(spec.python_model),
                 artifacts=artifacts,
                 signature=spec.signature,
@@ -157,7 +158,7 @@ class MLflowTracker:
             )
         # Leaving the fluent context marks the run finished; training still owns its status.
         self.client.update_run(self.run_id, status=RunStatus.to_string(RunStatus.RUNNING))
-        return f"runs:/{self.run_id}/{MODEL_ARTIFACT_PATH}"
+        return f"runs:/{self.run_id}/{name}"
 
     def finish(self, status: str = "FINISHED") -> None:
         self.client.set_terminated(self.run_id, status=status)
@@ -176,7 +177,9 @@ class NullTracker:
     def log_jsonl(self, rows: list[dict[str, Any]], artifact_file: str) -> None: ...
     def log_table(self, rows: list[dict[str, Any]], artifact_file: str) -> None: ...
     def log_input(self, dataset: Dataset, context: str) -> None: ...
-    def log_model(self, export_dir: Path, spec: PyfuncSpec = SEQ2SEQ_PYFUNC) -> str | None: ...
+    def log_model(
+        self, export_dir: Path, spec: PyfuncSpec = SEQ2SEQ_PYFUNC, name: str = MODEL_ARTIFACT_PATH
+    ) -> str | None: ...
     def finish(self, status: str = "FINISHED") -> None: ...
 
 

@@ -106,3 +106,18 @@ def test_layerwise_alignment_names_the_bad_layer_index() -> None:
         layerwise_alignment(states, states, torch.ones(1, 2), [-4])
     with pytest.raises(ValueError, match="at least one"):
         layerwise_alignment(states, states, torch.ones(1, 2), [])
+
+
+def test_layerwise_alignment_projects_only_the_chosen_student_states() -> None:
+    student = [torch.full((1, 2, 2), 9.0), torch.ones(1, 2, 2)]  # the first state would fail to project (unused)
+    teacher = [torch.zeros(1, 2, 4), torch.full((1, 2, 4), 2.0)]
+    seen = []
+
+    def widen(state: torch.Tensor) -> torch.Tensor:
+        seen.append(state)
+        return torch.cat([state, state], dim=-1)
+
+    loss = layerwise_alignment(student, teacher, torch.ones(1, 2), [-1], project=widen)
+    assert loss.item() == pytest.approx(1.0) and len(seen) == 1 and seen[0] is student[1]
+    with pytest.raises(ValueError, match="shapes differ"):
+        layerwise_alignment(student, teacher, torch.ones(1, 2), [-1])
