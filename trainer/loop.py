@@ -22,6 +22,7 @@ from trainer.evaluation.evaluator import EvalResult, EvalSettings, evaluate
 from trainer.methods.base import Features, Method
 from trainer.methods.registry import method_class
 from trainer.models.factory import build_model, build_model_config, build_tokenizer, count_parameters
+from trainer.models.presets import weights_tags
 from trainer.strategy.deepspeed_strategy import DeepSpeedStrategy
 from trainer.tracking.mlflow_tracker import Tracker, create_tracker, resolve_tracking_uri
 
@@ -125,6 +126,7 @@ class Trainer:
                 "method": cfg.method.name,
                 "dataset": cfg.data.dataset,
                 "model": cfg.model.name,
+                **weights_tags(cfg.model),
                 **self.run_tags,
             },
         )

@@ -14,12 +14,13 @@ from trainer.checkpoint_io import LocalCheckpointIO
 from trainer.config import load_config
 from trainer.config.loader import split_config_args
 from trainer.loop import Trainer
+from trainer.planning.from_config import resolve_auto_zero
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("args", nargs="*", help="[CONFIG.yaml] then dotted overrides, e.g. ds.zero_stage=3")
-    cfg = load_config(*split_config_args(parser.parse_args(argv).args))
+    cfg = resolve_auto_zero(load_config(*split_config_args(parser.parse_args(argv).args)))
     checkpoints = LocalCheckpointIO(Path(cfg.run.output_dir) / cfg.run.name / "checkpoints")
     result = Trainer(cfg, checkpoints).fit()
     if result.export_dir is not None:
