@@ -10,7 +10,8 @@ from trainer.config.loader import ConfigError
 from trainer.config.schema import ExperimentConfig
 from trainer.planning.architecture import ArchitectureError, T5Architecture, resolve_architecture
 from trainer.planning.memory import GIB, Workload, ZeroSetup
-from trainer.planning.planner import Hardware, Plan, PlanRequest, Teacher, make_plan
+from trainer.planning.planner import Estimate, Hardware, Plan, PlanRequest, Teacher, estimate, make_plan
+from trainer.strategy.ds_config import DeepSpeedConfigError, load_template
 
 BUILTIN_TEMPLATES = ("zero1", "zero2", "zero3")
 
@@ -80,6 +81,25 @@ def plan_request(cfg: ExperimentConfig) -> PlanRequest:
 
 def plan_for_config(cfg: ExperimentConfig) -> Plan:
     return make_plan(plan_request(cfg))
+
+
+def configured_setup(cfg: ExperimentConfig) -> ZeroSetup:
+    """The setup a (resolved) config runs with: its stage override, else its template's stage."""
+    stage = cfg.ds.zero_stage
+    if stage == "auto":
+        raise ConfigError("ds.zero_stage=auto: resolve it first (resolve_auto_zero)")
+    if stage is None:
+        try:
+            template, _ = load_template(cfg.ds.template)
+        except DeepSpeedConfigError as exc:
+            raise ConfigError(str(exc)) from None
+        stage = int(template.get("zero_optimization", {}).get("stage", 0))
+    return ZeroSetup(stage, cfg.ds.offload_optimizer, cfg.ds.offload_param, cfg.model.gradient_checkpointing)
+
+
+def estimate_for_config(cfg: ExperimentConfig) -> Estimate:
+    """Per-device and host memory of a config as configured (what a RayJob's pods are sized from)."""
+    return estimate(plan_request(cfg), configured_setup(cfg))
 
 
 def resolve_auto_zero(cfg: ExperimentConfig) -> ExperimentConfig:
