@@ -69,11 +69,21 @@ def localize(cfg: ExperimentConfig) -> ExperimentConfig:
     for key in ("train_path", "dev_path"):
         if getattr(data, key):
             data = data.model_copy(update={key: str(Path(getattr(data, key)).expanduser().resolve())})
+    retrieval = cfg.retrieval.model_copy(
+        update={
+            key: str(Path(getattr(cfg.retrieval, key)).expanduser().resolve())
+            for key in ("corpus", "cache_dir")
+            if getattr(cfg.retrieval, key) and "://" not in getattr(cfg.retrieval, key)
+        }
+    )
+    if cfg.retrieval.mode == "embedded" and cfg.retrieval.index:
+        retrieval = retrieval.model_copy(update={"index": str(Path(cfg.retrieval.index).expanduser().resolve())})
     return cfg.model_copy(
         update={
             "run": cfg.run.model_copy(update={"output_dir": str(output_dir), "storage_path": storage}),
             "tracking": tracking,
             "data": data,
+            "retrieval": retrieval,
         }
     )
 
@@ -160,6 +170,19 @@ class JobRequest:
         )
 
 
+def submit_when_agent_ready(client: JobSubmissionClient, wait_s: float = 120.0, **job: Any) -> str:
+    """Submit, retrying while the head answers "No available agent" (its job agent starts after the dashboard
+    does, later still on a busy machine); any other error is raised at once."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            return client.submit_job(**job)
+        except RuntimeError as exc:
+            if "No available agent" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(2.0)
+
+
 def submit(
     request: JobRequest,
     address: str | None,
@@ -182,7 +205,8 @@ def submit(
             )
         client = JobSubmissionClient(resolved)
         python = python or (sys.executable if local else "python")
-        job_id = client.submit_job(
+        job_id = submit_when_agent_ready(
+            client,
             entrypoint=f"{python} -m {request.entrypoint_module}",
             runtime_env={
                 "working_dir": str(REPO_ROOT),

@@ -36,19 +36,27 @@ def decode_payload(kind: type[PayloadT], blob: str) -> PayloadT:
 
 def _train_worker(loop_config: dict[str, Any]) -> None:
     cfg = ExperimentConfig.model_validate(loop_config["config"])
-    Trainer(
+    trainer = Trainer(
         cfg,
         RayCheckpointIO(),
         parent_run_id=loop_config.get("parent_run_id"),
         run_tags=loop_config.get("run_tags"),
-    ).fit()
+    )
+    if loop_config.get("evaluate_only"):
+        trainer.evaluate_model()
+    else:
+        trainer.fit()
 
 
 def run_training_job(
-    cfg: ExperimentConfig, parent_run_id: str | None = None, run_tags: dict[str, str] | None = None
+    cfg: ExperimentConfig,
+    parent_run_id: str | None = None,
+    run_tags: dict[str, str] | None = None,
+    evaluate_only: bool = False,
 ) -> dict[str, Any]:
-    """Fit one config across the cluster; a run with the same name and storage resumes from its latest
-    checkpoint. Returns rank 0's final metrics (with the MLflow run id and model URI)."""
+    """Fit one config across the cluster (or, evaluate_only, evaluate the model it names); a run with the same
+    name and storage resumes from its latest checkpoint. Returns rank 0's final metrics (with the MLflow run id
+    and model URI)."""
     storage = cfg.run.storage_path or str(Path(cfg.run.output_dir) / "ray")
     resources = {"CPU": cfg.run.cpus_per_worker, **({"GPU": 1} if cfg.run.use_gpu else {})}
     trainer = TorchTrainer(
@@ -57,6 +65,7 @@ def run_training_job(
             "config": cfg.model_dump(mode="json"),
             "parent_run_id": parent_run_id,
             "run_tags": run_tags or {},
+            "evaluate_only": evaluate_only,
         },
         scaling_config=ScalingConfig(
             num_workers=cfg.run.num_workers, use_gpu=cfg.run.use_gpu, resources_per_worker=resources

@@ -73,6 +73,8 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         (cfg.ENV_MAX_K, args.max_k),
         (cfg.ENV_MAX_BATCH, args.max_batch),
         (cfg.ENV_MAX_QUERY_CHARS, args.max_query_chars),
+        (cfg.ENV_RERANKER, args.reranker),
+        (cfg.ENV_RERANK_CANDIDATES, args.rerank_candidates),
     ):
         if value is not None:
             os.environ[env] = str(value)
@@ -148,6 +150,11 @@ def build_parser() -> argparse.ArgumentParser:
     p_serve.add_argument("--max-k", type=int)
     p_serve.add_argument("--max-batch", type=int)
     p_serve.add_argument("--max-query-chars", type=int)
+    p_serve.add_argument(
+        "--reranker",
+        help="KARD reranker (dir or MLflow runs:/ URI) for requests with rerank=true (env: RETRIEVAL_RERANKER)",
+    )
+    p_serve.add_argument("--rerank-candidates", type=int, help="BM25 hits the reranker orders (default 100)")
     p_serve.add_argument(
         "--allow-missing-index",
         action="store_true",

@@ -86,17 +86,17 @@ class RetrievalClient:
     def _scored(rows: list[dict[str, Any]]) -> list[ScoredDocument]:
         return [ScoredDocument(r["id"], r["title"], r["text"], float(r["score"])) for r in rows]
 
-    def search(self, query: str, k: int = 10) -> list[ScoredDocument]:
-        """Top-k passages for ``query``, best first."""
-        body = self._request("POST", "/search", {"query": query, "k": k})
+    def search(self, query: str, k: int = 10, rerank: bool = False) -> list[ScoredDocument]:
+        """Top-k passages for ``query``, best first; ``rerank`` asks for the service's KARD reranker order."""
+        body = self._request("POST", "/search", {"query": query, "k": k, "rerank": rerank})
         return self._scored(body["results"])
 
-    def search_batch(self, queries: Sequence[str], k: int = 10) -> list[list[ScoredDocument]]:
+    def search_batch(self, queries: Sequence[str], k: int = 10, rerank: bool = False) -> list[list[ScoredDocument]]:
         """One result list per query, sent ``batch_size`` queries per request."""
         results: list[list[ScoredDocument]] = []
         for start in range(0, len(queries), self.batch_size):
             chunk = list(queries[start : start + self.batch_size])
-            body = self._request("POST", "/search/batch", {"queries": chunk, "k": k})
+            body = self._request("POST", "/search/batch", {"queries": chunk, "k": k, "rerank": rerank})
             results.extend(self._scored(rows) for rows in body["results"])
         return results
 

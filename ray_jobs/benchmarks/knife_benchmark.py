@@ -32,7 +32,7 @@ from mlflow.tracking import MlflowClient
 
 from trainer.config.schema import DataConfig
 from trainer.data.registry import load_splits
-from trainer.tracking.compare import METHOD_ORDER, Row, compare_runs, format_table
+from trainer.tracking.compare import KNIFE_METHODS, Row, compare_runs, format_table
 
 EXPERIMENT = "knife-benchmark"
 TEACHER, STUDENT, IO = "knife_teacher", "knife_student", "ft_io"
@@ -263,7 +263,7 @@ def write_plot(rows: list[Row], majority: dict[str, float], path: Path) -> None:
     fig, axes = plt.subplots(1, len(datasets), figsize=(6 * len(datasets), 4), squeeze=False)
     for ax, dataset in zip(axes[0], datasets, strict=True):
         by_method = {r.method: r for r in rows if r.dataset == dataset}
-        methods = [m for m in METHOD_ORDER if m in by_method]
+        methods = [m for m in KNIFE_METHODS if m in by_method]
         for x, method in enumerate(methods):
             row = by_method[method]
             ax.bar(x, row.accuracy_mean, yerr=row.accuracy_std or 0.0, capsize=4, color=f"C{x}", alpha=0.7)
@@ -320,7 +320,7 @@ def write_report(
         *[
             f"| {d} | {m} | " + " | ".join(f"{acc[d, m, s]:.3f}" if (d, m, s) in acc else "–" for s in seeds) + " |"
             for d in datasets
-            for m in METHOD_ORDER
+            for m in KNIFE_METHODS
         ],
         "",
         "## KNIFE student − I→O (paired by seed)",
@@ -353,7 +353,7 @@ def write_report(
         "majority_class_accuracy": majority,
         "runs": [asdict(r) for r in results],
         "per_seed_accuracy": {
-            d: {m: {str(s): acc[d, m, s] for s in seeds if (d, m, s) in acc} for m in METHOD_ORDER} for d in datasets
+            d: {m: {str(s): acc[d, m, s] for s in seeds if (d, m, s) in acc} for m in KNIFE_METHODS} for d in datasets
         },
         "summary": [asdict(r) for r in rows],
         "knife_student_minus_ft_io": {

@@ -7,6 +7,7 @@ from abc import ABC, abstractmethod
 from typing import Any, ClassVar
 
 import torch
+from mlflow.data.dataset import Dataset
 from transformers import PretrainedConfig, PreTrainedTokenizerBase
 from transformers.modeling_outputs import BaseModelOutput
 
@@ -15,22 +16,61 @@ from trainer.data.collate import pad_batch
 from trainer.data.example import QAExample
 from trainer.data.formatting import format_choice, parse_choice
 from trainer.data.rationales import select_rationales
+from trainer.evaluation.evaluator import EvalResult, EvalSettings, evaluate
+from trainer.models.factory import build_model
 from trainer.models.t5_knife import encode
 from trainer.objectives.task import token_cross_entropy
+from trainer.tracking.mlflow_tracker import SEQ2SEQ_PYFUNC, PyfuncSpec
 
 Features = dict[str, Any]
 Batch = dict[str, torch.Tensor]
 
 
 class Method(ABC):
-    """A named training recipe (config `method.name`); subclasses register in trainer.methods.registry."""
+    """A named training recipe (config `method.name`); subclasses register in trainer.methods.registry.
+
+    Defaults describe a seq2seq (T5) student evaluated by choice scoring; a method with another kind of model
+    (KARD's reranker) overrides the model hooks: build_model, evaluate, prepare_export and pyfunc.
+    """
 
     name: ClassVar[str]
     uses_rationales: ClassVar[bool] = False
+    pyfunc: ClassVar[PyfuncSpec] = SEQ2SEQ_PYFUNC
 
     def __init__(self, cfg: ExperimentConfig, tokenizer: PreTrainedTokenizerBase) -> None:
         self.cfg = cfg
         self.tokenizer = tokenizer
+        self.progress = 0.0  # share of optimizer steps done; schedules inside objectives read it
+
+    @property
+    def run_label(self) -> str:
+        """What this run is called in comparisons (the `method` tag)."""
+        return self.name
+
+    def build_model(self, model_config: PretrainedConfig) -> torch.nn.Module:
+        """The trained model, built inside the strategy's partitioned-init context."""
+        return build_model(self.cfg.model, model_config)
+
+    def prepare_evaluation(self, strategy: Any, examples: list[QAExample]) -> None:  # noqa: B027 - most need nothing
+        """Once, before the first dev evaluation: precompute what evaluation reads (KARD: the dev passages)."""
+
+    def evaluate(
+        self,
+        model: torch.nn.Module,
+        examples: list[QAExample],
+        strategy: Any,
+        settings: EvalSettings,
+        generation_kwargs: dict[str, Any],
+    ) -> EvalResult:
+        return evaluate(self, model, examples, strategy, settings, generation_kwargs)
+
+    def prepare_export(self, model: torch.nn.Module) -> None:
+        """Make the exported model self-describing: the generation budget its answers need."""
+        model.generation_config.max_new_tokens = self.max_new_tokens()
+
+    def logged_inputs(self) -> list[tuple[Dataset, str]]:
+        """Datasets (beyond the question set) this run trains or evaluates on, with their MLflow context."""
+        return []
 
     @classmethod
     def tokenizer_source(cls, cfg: ExperimentConfig) -> str | None:

@@ -22,7 +22,9 @@ from mlflow.tracking import MlflowClient
 from trainer.config.schema import TrackingConfig
 from trainer.tracking.mlflow_tracker import resolve_experiment, resolve_tracking_uri
 
-METHOD_ORDER = ("ft_io", "ft_ior", "ft_iro", "multitask", "knife_teacher", "knife_student")
+KNIFE_METHODS = ("ft_io", "ft_ior", "ft_iro", "multitask", "knife_teacher", "knife_student")
+KARD_METHODS = ("ft_io", "rd", "kard_bm25", "kard_reranker", "kard_oracle")
+METHOD_ORDER = tuple(dict.fromkeys(KNIFE_METHODS + KARD_METHODS))
 ACCURACY = "dev/accuracy"
 _PAGE = 1000
 
@@ -122,7 +124,10 @@ def format_table(rows: list[Row]) -> str:
     """Markdown: methods as rows (fixed order, then any others), one accuracy column per dataset,
     then a cost table with the same layout (mean steps, mean train wall time, model size)."""
     datasets = sorted({r.dataset for r in rows})
-    methods = sorted({r.method for r in rows} | set(METHOD_ORDER), key=lambda m: (_method_rank(m), m))
+    present = {r.method for r in rows}
+    # A comparison lists every method of the families it holds (KNIFE's, KARD's), so a missing run shows as "–".
+    families = [set(f) for f in (KNIFE_METHODS, KARD_METHODS) if present & (set(f) - {"ft_io"})]
+    methods = sorted(present.union(*families), key=lambda m: (_method_rank(m), m))
     by_key = {(r.dataset, r.method): r for r in rows}
 
     def table(title: str, cell: Callable[[Row | None], str]) -> list[str]:

@@ -39,7 +39,9 @@ def decode(tokenizer, ids: list[int]) -> str:
 
 
 def test_every_configured_method_is_registered() -> None:
-    assert set(METHODS) == {"ft_io", "ft_ior", "ft_iro", "multitask", "knife_teacher", "knife_student"}
+    assert set(METHODS) == {
+        "ft_io", "ft_ior", "ft_iro", "multitask", "knife_teacher", "knife_student", "rd", "kard", "kard_reranker"
+    }  # fmt: skip
 
 
 def test_io_targets_the_answer_text() -> None:
