@@ -21,7 +21,7 @@ from ray_jobs.pipeline import PipelinePlan
 from ray_jobs.submit import JobRequest, build_request, job_env
 from ray_jobs.train_job import decode_payload
 from trainer.config import ConfigError, ExperimentConfig
-from trainer.planning.from_config import estimate_for_config, hardware
+from trainer.planning.from_config import ModelNotPlannable, estimate_for_config, hardware
 from trainer.planning.memory import GIB
 from trainer.planning.planner import Estimate
 
@@ -86,13 +86,23 @@ def size_for(cfg: ExperimentConfig, estimate: Estimate) -> WorkerSize:
     return WorkerSize("cpu", hw.num_nodes, 1, ray_cpus, ray_cpus + 1, memory, 0, shm, object_store)
 
 
-def size_workers(configs: Sequence[ExperimentConfig]) -> tuple[WorkerSize, list[Estimate]]:
-    """The worker group that fits every stage: the most pods, CPUs and memory any stage needs."""
+def size_workers(configs: Sequence[ExperimentConfig]) -> tuple[WorkerSize, dict[str, Estimate]]:
+    """The worker group that fits every stage the planner can size (T5s): the most pods, CPUs and memory any
+    needs. Other stages (KARD's encoder reranker) are small next to the T5 students and ride along."""
     if len({cfg.run.use_gpu for cfg in configs}) > 1:
         raise ConfigError("run.use_gpu differs between the pipeline's stages; one RayJob has one worker shape")
-    estimates = [estimate_for_config(cfg) for cfg in configs]
-    sizes = [size_for(cfg, est) for cfg, est in zip(configs, estimates, strict=True)]
-    for cfg, size in zip(configs, sizes, strict=True):
+    estimates: dict[str, Estimate] = {}
+    skipped = []
+    for cfg in configs:
+        try:
+            estimates[cfg.run.name] = estimate_for_config(cfg)
+        except ModelNotPlannable as exc:
+            skipped.append(f"{cfg.run.name} ({exc})")
+    if not estimates:
+        raise ConfigError("no stage's model can be sized offline: " + "; ".join(skipped))
+    planned = [cfg for cfg in configs if cfg.run.name in estimates]
+    sizes = [size_for(cfg, estimates[cfg.run.name]) for cfg in planned]
+    for cfg, size in zip(planned, sizes, strict=True):
         limit = cfg.cluster.node_memory_gib * GIB
         if size.memory_bytes > limit:
             raise ConfigError(
@@ -229,12 +239,16 @@ class Rendered:
     manifest: dict[str, Any]
     request: JobRequest
     size: WorkerSize | None
-    estimates: list[Estimate]
+    estimates: dict[str, Estimate]  # by run name; stages the planner cannot size are absent
 
     def summary(self) -> str:
         meta = self.manifest["metadata"]
         lines = [f"[render] RayJob {meta['namespace']}/{meta['name']}: {self.manifest['spec']['entrypoint']}"]
-        for cfg, est in zip(_configs(self.request), self.estimates, strict=True):
+        for cfg in _configs(self.request):
+            est = self.estimates.get(cfg.run.name)
+            if est is None:
+                lines.append(f"[render]   {cfg.run.name}: {cfg.model.name} is not a T5 the planner sizes; not sized")
+                continue
             lines.append(
                 f"[render]   {cfg.run.name}: {est.setup.describe()}, {cfg.run.num_workers} worker(s), "
                 f"{est.device_bytes / GIB:.1f} GiB per {'GPU' if cfg.run.use_gpu else 'worker'}"
@@ -266,9 +280,7 @@ def render(
     job["metadata"]["namespace"] = namespace
     job["metadata"].setdefault("labels", {})["reasondistill.io/run"] = job["metadata"]["name"]
     job["metadata"]["annotations"] = {
-        "reasondistill.io/plan": "; ".join(
-            f"{cfg.run.name}: {est.setup.describe()}" for cfg, est in zip(configs, estimates, strict=True)
-        )
+        "reasondistill.io/plan": "; ".join(f"{run}: {est.setup.describe()}" for run, est in estimates.items())
     }
     job_spec = job["spec"]
     job_spec["entrypoint"] = f"python -m {request.entrypoint_module}"

@@ -90,7 +90,7 @@ def test_gpu_run_is_sized_from_the_plan(crd_dir: Path) -> None:
     limits = group["template"]["spec"]["containers"][0]["resources"]["limits"]
     assert limits["nvidia.com/gpu"] == "8" and limits["cpu"] == "33"
     assert group["rayStartParams"]["num-cpus"] == "32" and group["rayStartParams"]["num-gpus"] == "8"
-    estimate = rendered.estimates[0]
+    (estimate,) = rendered.estimates.values()
     memory_gib = int(limits["memory"].removesuffix("Gi"))
     assert memory_gib * 2**30 >= estimate.host_bytes_per_node
     dshm = next(v for v in group["template"]["spec"]["volumes"] if v["name"] == "dshm")
@@ -175,3 +175,11 @@ def test_stdout_is_only_the_manifest() -> None:
     )
     docs = list(yaml.safe_load_all(result.stdout))
     assert len(docs) == 1 and docs[0]["kind"] == "RayJob"
+
+
+def test_kard_pipeline_sizes_from_its_t5_stages(crd_dir: Path) -> None:
+    """KARD's reranker is an encoder the planner does not size; the T5 stages size the cluster."""
+    rendered = render([str(REPO_ROOT / "ray_jobs" / "configs" / "kard_strategyqa.yaml")], image=IMAGE)
+    checked(rendered.manifest, crd_dir)
+    assert "kard-strategyqa-reranker" not in rendered.estimates and "kard-strategyqa-kard" in rendered.estimates
+    assert "not a T5 the planner sizes" in rendered.summary()

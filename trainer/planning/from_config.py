@@ -16,6 +16,10 @@ from trainer.strategy.ds_config import DeepSpeedConfigError, load_template
 BUILTIN_TEMPLATES = ("zero1", "zero2", "zero3")
 
 
+class ModelNotPlannable(ConfigError):
+    """The model's architecture cannot be sized offline (not a T5, or only named by a hub name or URI)."""
+
+
 def workload(cfg: ExperimentConfig) -> Workload:
     """Padded source and target lengths of the method's training features."""
     data, method = cfg.data, cfg.method.name
@@ -51,7 +55,7 @@ def _architecture(model: str, field: str, cfg: ExperimentConfig) -> T5Architectu
     try:
         return resolve_architecture(model, cfg.model.tokenizer_vocab_size)
     except ArchitectureError as exc:
-        raise ConfigError(f"{field}: {exc}") from None
+        raise ModelNotPlannable(f"{field}: {exc}") from None
 
 
 def plan_request(cfg: ExperimentConfig) -> PlanRequest:
