@@ -20,7 +20,7 @@ from trainer.config.loader import split_config_args
 from trainer.models.presets import PRESETS
 from trainer.planning.architecture import ArchitectureError, resolve_architecture
 from trainer.planning.from_config import plan_for_config
-from trainer.planning.memory import GIB, Workload, ZeroSetup
+from trainer.planning.memory import GIB, Precision, Workload, ZeroSetup
 from trainer.planning.planner import Estimate, Hardware, Plan, PlanRequest, Teacher, make_plan
 
 TABLE_PRESETS = [name for name, preset in PRESETS.items() if preset.published]
@@ -128,7 +128,7 @@ def format_table(
     gpus_per_node: int,
     gpu_memory_gib: float,
     node_memory_gib: float,
-    precision: str,
+    precision: Precision,
     work: Workload,
     presets: Sequence[str] = TABLE_PRESETS,
 ) -> str:
@@ -140,7 +140,7 @@ def format_table(
         cells = []
         for count in gpu_counts:
             hardware = hardware_for(count, gpus_per_node, gpu_memory_gib, node_memory_gib)
-            chosen = make_plan(PlanRequest(arch, hardware, precision, work)).chosen  # type: ignore[arg-type]
+            chosen = make_plan(PlanRequest(arch, hardware, precision, work)).chosen
             cells.append(
                 "does not fit" if chosen is None else f"{_short(chosen.setup)} {chosen.device_bytes / GIB:.1f}"
             )
