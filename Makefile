@@ -41,6 +41,7 @@ bench: $(STAMP)
 	$(PY) -m retrieval_service.benchmark --out bench_results/retrieval
 	$(PY) -m ray_jobs.benchmarks.knife_benchmark --out bench_results/knife
 	$(PY) -m ray_jobs.benchmarks.kard_benchmark --out bench_results/kard
+	$(PY) -m ray_jobs.benchmarks.memory_benchmark --out bench_results/memory --models t5-tiny,t5-small,t5-base
 
 clean:
 	rm -rf runs mlruns mlartifacts mlflow.db bench_results .pytest_cache

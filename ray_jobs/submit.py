@@ -17,7 +17,7 @@ import json
 import os
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,6 +31,7 @@ from ray_jobs.train_job import PAYLOAD_ENV, RESULT_MARKER, encode_payload
 from trainer.config import ConfigError, ExperimentConfig, load_config
 from trainer.config.loader import split_config_args
 from trainer.data.registry import data_root
+from trainer.planning.from_config import resolve_auto_zero
 from trainer.tracking.mlflow_tracker import resolve_experiment, resolve_tracking_uri
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -47,6 +48,9 @@ UPLOAD_EXCLUDES = [
     ".pytest_cache",
     ".ruff_cache",
 ]
+
+
+CREDENTIAL_ENV = ("MLFLOW_TRACKING_TOKEN", "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "HF_TOKEN")
 
 
 def localize(cfg: ExperimentConfig) -> ExperimentConfig:
@@ -84,8 +88,11 @@ def localize(cfg: ExperimentConfig) -> ExperimentConfig:
     )
 
 
-def job_env(local: bool, request: JobRequest) -> dict[str, str]:
-    """The job's environment: its payload, thread count, and the run's MLflow store for every process."""
+def job_env(local: bool, request: JobRequest, forward_credentials: bool = True) -> dict[str, str]:
+    """The job's environment: its payload, thread count, and the run's MLflow store for every process.
+
+    `forward_credentials` copies the submitter's MLflow/HF tokens; a written manifest must not carry them
+    (Kubernetes pods read them from Secrets instead)."""
     env = {
         PAYLOAD_ENV: request.payload,
         "MLFLOW_TRACKING_URI": resolve_tracking_uri(request.sizing.tracking),
@@ -95,8 +102,8 @@ def job_env(local: bool, request: JobRequest) -> dict[str, str]:
         "MLFLOW_DISABLE_TELEMETRY": "true",
         "DO_NOT_TRACK": "true",
     }
-    for key in ("MLFLOW_TRACKING_TOKEN", "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "HF_TOKEN"):
-        if key in os.environ:
+    for key in CREDENTIAL_ENV:
+        if forward_credentials and key in os.environ:
             env[key] = os.environ[key]
     if local:
         env.update(LOCAL_RAY_ENV)
@@ -262,12 +269,22 @@ def print_summary(result: dict[str, Any], cfg: ExperimentConfig) -> None:
         print(f"  MLflow: {tracking_uri}")
 
 
-def build_request(args: Sequence[str]) -> JobRequest:
-    """A training config, or a pipeline file (top-level `pipeline:`); overrides apply to the run / the base."""
+def build_request(
+    args: Sequence[str], place: Callable[[ExperimentConfig], ExperimentConfig] = localize
+) -> JobRequest:
+    """A training config, or a pipeline file (top-level `pipeline:`); overrides apply to the run / the base.
+
+    `place` points the config's paths and URIs at where the job runs (this machine's by default); then
+    `ds.zero_stage=auto` is resolved by the memory planner, so the job receives the planned stage.
+    """
     path, overrides = split_config_args(args)
+
+    def prepare(cfg: ExperimentConfig) -> ExperimentConfig:
+        return resolve_auto_zero(place(cfg))
+
     if is_pipeline_file(path):
-        return JobRequest.for_pipeline(load_pipeline(path, overrides).with_configs(localize))
-    return JobRequest.for_training(localize(load_config(path, overrides)))
+        return JobRequest.for_pipeline(load_pipeline(path, overrides).with_configs(prepare))
+    return JobRequest.for_training(prepare(load_config(path, overrides)))
 
 
 def main(argv: list[str] | None = None) -> int:

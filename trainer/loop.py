@@ -27,6 +27,7 @@ from trainer.methods.base import Features, Method
 from trainer.methods.registry import method_class
 from trainer.model_selection import replace_dir, restore_selected, stash_selected
 from trainer.models.factory import build_model_config, build_tokenizer, count_parameters, model_hidden_size
+from trainer.models.presets import weights_tags
 from trainer.strategy.deepspeed_strategy import DeepSpeedStrategy
 from trainer.tracking.mlflow_tracker import FINAL_MODEL_ARTIFACT_PATH, Tracker, create_tracker, resolve_tracking_uri
 
@@ -122,6 +123,7 @@ class Trainer:
                 "method": method.run_label,
                 "dataset": self.cfg.data.dataset,
                 "model": self.cfg.model.name,
+                **weights_tags(self.cfg.model),
                 **self.run_tags,
                 **(tags or {}),
             },

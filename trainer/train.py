@@ -16,6 +16,7 @@ from trainer.checkpoint_io import LocalCheckpointIO
 from trainer.config import load_config
 from trainer.config.loader import split_config_args
 from trainer.loop import Trainer
+from trainer.planning.from_config import resolve_auto_zero
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -23,7 +24,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("args", nargs="*", help="[CONFIG.yaml] then dotted overrides, e.g. ds.zero_stage=3")
     parser.add_argument("--evaluate", action="store_true", help="evaluate model.name without training")
     args = parser.parse_args(argv)
-    cfg = load_config(*split_config_args(args.args))
+    cfg = resolve_auto_zero(load_config(*split_config_args(args.args)))
     checkpoints = LocalCheckpointIO(Path(cfg.run.output_dir) / cfg.run.name / "checkpoints")
     trainer = Trainer(cfg, checkpoints)
     result = trainer.evaluate_model() if args.evaluate else trainer.fit()
