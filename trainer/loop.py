@@ -11,6 +11,7 @@ from typing import Any
 import torch
 import yaml
 from torch.utils.data import DataLoader, DistributedSampler
+from transformers import PretrainedConfig, PreTrainedModel
 
 from trainer.checkpoint_io import CheckpointIO
 from trainer.config.loader import flatten
@@ -43,6 +44,20 @@ class TrainingResult:
     model_uri: str | None
     export_dir: Path | None
     predictions: list[dict[str, Any]] = field(default_factory=list)
+
+
+def build_trained_model(
+    cfg: ExperimentConfig, model_config: PretrainedConfig, strategy: DeepSpeedStrategy
+) -> PreTrainedModel:
+    """The model to train: partitioned as it is built under ZeRO-3, with activation checkpointing if configured.
+
+    The GPU benchmark builds its models here too, so what it measures is what a run trains.
+    """
+    with strategy.partitioned_init(strategy.resolved_config):
+        model = build_model(cfg.model, model_config)
+    if cfg.model.gradient_checkpointing:
+        model.activation_checkpointing_enable()  # torch's non-reentrant checkpoint, one T5 block at a time
+    return model
 
 
 def build_features(method: Method, examples: list[QAExample], seed: int) -> list[Features]:
@@ -90,8 +105,7 @@ class Trainer:
         model_config = build_model_config(cfg.model, tokenizer, tracking_uri)
         strategy.configure(model_config.d_model)
         method.setup(strategy, model_config)
-        with strategy.partitioned_init(strategy.resolved_config):
-            model = build_model(cfg.model, model_config)
+        model = build_trained_model(cfg, model_config, strategy)
         num_parameters = count_parameters(model)
         engine = strategy.prepare(model)
 

@@ -23,6 +23,11 @@ class ModelConfig(_Section):
         "Presets build a word-level tokenizer offline from the training data.",
     )
     tokenizer_vocab_size: int = Field(default=4000, ge=64)
+    gradient_checkpointing: bool = Field(
+        default=False,
+        description="recompute each T5 block's activations in backward: about a third more compute per step "
+        "for activation memory that no longer grows with the number of layers",
+    )
 
 
 class DataConfig(_Section):
