@@ -10,7 +10,7 @@ export DO_NOT_TRACK := true
 export TOKENIZERS_PARALLELISM := false
 export DS_ACCELERATOR ?= cpu
 
-.PHONY: venv demo test test-fast lint bench clean
+.PHONY: venv demo test test-fast lint bench gpu-env bench-gpu clean
 
 venv: $(STAMP)
 
@@ -39,6 +39,19 @@ lint: $(STAMP)
 bench: $(STAMP)
 	$(PY) -m retrieval_service.benchmark --out bench_results/retrieval
 	$(PY) -m ray_jobs.benchmarks.knife_benchmark --out bench_results/knife
+
+# A GPU machine with registry access: CUDA torch first, then every pin constrained to it, then a verification
+# (scripts/install_gpu.py; `python3 scripts/install_gpu.py plan` prints the commands). Not part of `make test`.
+GPU_STAMP := $(VENV)/.installed-gpu
+
+gpu-env: $(GPU_STAMP)
+
+$(GPU_STAMP): requirements.txt constraints.txt pyproject.toml scripts/install_gpu.py
+	$(PYTHON) scripts/install_gpu.py install --venv $(VENV)
+
+# DeepSpeed must see the GPU: override the CPU default exported above.
+bench-gpu: $(GPU_STAMP)
+	DS_ACCELERATOR=cuda $(PY) -m ray_jobs.benchmarks.gpu --out bench_results/gpu
 
 clean:
 	rm -rf runs mlruns mlartifacts mlflow.db bench_results .pytest_cache

@@ -213,6 +213,11 @@ class DeepSpeedStrategy:
     def current_lr(self, engine: DeepSpeedEngine) -> float:
         return float(engine.get_lr()[0])
 
+    def optimizer_name(self, engine: DeepSpeedEngine) -> str:
+        """The optimizer DeepSpeed built from the template: FusedAdam, DeepSpeedCPUAdam (offload) or torch's
+        AdamW, depending on the device and offload; benchmarks record which one ran."""
+        return type(engine.basic_optimizer).__name__
+
     def generation_kwargs(self, engine: DeepSpeedEngine) -> dict[str, Any]:
         """ZeRO-3 shards weights: every rank must join every forward, so generation stays in lock-step."""
         return {"synced_gpus": self.world_size > 1 and engine.zero_optimization_partition_weights()}
