@@ -61,6 +61,8 @@ class GpuBenchmark:
             "MLFLOW_DISABLE_TELEMETRY": "true",
             "DO_NOT_TRACK": "true",
             "PYTHONUNBUFFERED": "1",
+            # Random weights by design: never wait on a model hub (the lent machines cannot reach one).
+            "HF_HUB_OFFLINE": "1",
         }
         os.environ.update(self.env)  # the Ray head of the end-to-end run inherits it
         self.summary = self._load_previous()
@@ -85,9 +87,18 @@ class GpuBenchmark:
     def _probe(self) -> dict[str, Any]:
         probe = self.out / "work" / "device.json"
         probe.parent.mkdir(parents=True, exist_ok=True)
-        command = [sys.executable, "-m", "ray_jobs.benchmarks.gpu_step", "--probe", str(probe)]
-        subprocess.run([*command, *([] if self.settings.use_gpu else ["--cpu"])], check=True, env=self.env)
-        return json.loads(probe.read_text())
+        s = self.settings
+        models = sorted({*s.models, *s.knife_models, *s.checkpointing_models, s.detail_model, s.e2e_model})
+        command = [sys.executable, "-m", "ray_jobs.benchmarks.gpu_step", "--probe", str(probe), "--models", *models]
+        subprocess.run([*command, *([] if s.use_gpu else ["--cpu"])], check=True, env=self.env)
+        device = json.loads(probe.read_text())
+        unknown = {name: check["error"] for name, check in device["models"].items() if "error" in check}
+        if unknown:
+            raise SystemExit(
+                "these models cannot be built here (no weights are downloaded: presets or local paths only): "
+                + "; ".join(f"{name}: {error}" for name, error in unknown.items())
+            )
+        return device
 
     def write(self) -> None:
         summary = self.summary

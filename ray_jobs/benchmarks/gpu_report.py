@@ -193,6 +193,17 @@ def render_markdown(summary: dict[str, Any]) -> str:
         f"- bf16 peak for MFU: {_num(peak.get('bf16_dense_tflops'), '.1f')} TFLOP/s ({peak.get('name')}; "
         f"{peak.get('source')}). Measured bf16 matmul ceiling (8192³, median of 10): "
         f"{_num(device.get('matmul_bf16_tflops'), '.1f')} TFLOP/s.",
+        "- Models (randomly initialised): "
+        + (
+            ", ".join(
+                f"{name} {check['parameters'] / 1e6:,.1f}M parameters (d_model {check['shape']['d_model']}, "
+                f"{check['shape']['num_layers']}+{check['shape']['num_decoder_layers']} layers)"
+                for name, check in sorted(device.get("models", {}).items())
+                if "parameters" in check
+            )
+            or "–"
+        )
+        + ".",
         "- A step is one optimizer step of one micro batch on one GPU; random token ids of the lengths shown "
         "(in→out; KNIFE: input+rationale→answer), randomly initialised weights. Step time is the median of the "
         "timed steps after warm-up. tokens/s counts the trained model's encoder and decoder tokens; TFLOP/s and "

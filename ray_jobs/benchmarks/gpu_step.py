@@ -244,12 +244,14 @@ def _first_id(tokenizer: Any) -> int:
 def run_case(case: StepCase, work_dir: Path) -> dict[str, Any]:
     """Build, warm up, time; never raises: failures (out of memory first of all) become the result's status."""
     result: dict[str, Any] = {"key": case.key, "case": case.to_json(), "status": "ok", "reason": None}
-    if case.use_gpu:
-        torch.cuda.reset_peak_memory_stats()
-    started = time.perf_counter()
     built: dict[str, Any] = {}
     try:
         teacher_dir = ensure_teacher(case, work_dir) if case.method == "knife_student" else None
+        gc.collect()
+        if case.use_gpu:  # the teacher's one-off creation is no part of the case's memory
+            torch.cuda.empty_cache()
+            torch.cuda.reset_peak_memory_stats()
+        started = time.perf_counter()
         cfg = case_config(case, work_dir, teacher_dir)
         built = _plain_steps(cfg, case) if case.engine == "plain" else _strategy_steps(cfg, case)
         result["setup_s"] = time.perf_counter() - started
@@ -314,12 +316,31 @@ def probe_device(use_gpu: bool) -> dict[str, Any]:
         num_gpus=torch.cuda.device_count(),
         capability=f"{props.major}.{props.minor}",
         memory_gib=props.total_memory / GIB,
-        nccl=".".join(map(str, torch.cuda.nccl.version())),
+        nccl=".".join(map(str, _as_tuple(torch.cuda.nccl.version()))),
         cudnn=torch.backends.cudnn.version(),
         bf16_supported=torch.cuda.is_bf16_supported(),
         matmul_bf16_tflops=_matmul_tflops(),
     )
     return info
+
+
+def _as_tuple(version: Any) -> tuple:
+    return version if isinstance(version, tuple) else (version,)
+
+
+def check_models(models: list[str]) -> dict[str, dict[str, Any]]:
+    """Each model name resolved the way a case resolves it (offline), so a name that cannot be built fails the
+    benchmark before any device time is spent on it; for the ones that resolve, their size."""
+    checked: dict[str, dict[str, Any]] = {}
+    for name in models:
+        try:
+            cfg = load_config(overrides=[f"model.name={name}"])
+            tokenizer = build_tokenizer(cfg.model, _corpus, broadcast=lambda blob: blob)
+            shape = T5Shape.from_config(build_model_config(cfg.model, tokenizer))
+            checked[name] = {"parameters": parameter_count(shape), "shape": asdict(shape)}
+        except Exception as exc:  # noqa: BLE001 - any failure to resolve is reported by name
+            checked[name] = {"error": f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"}
+    return checked
 
 
 def _matmul_tflops(n: int = 8192, repeats: int = 10) -> float:
@@ -346,9 +367,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--work-dir", type=Path, help="templates and KNIFE teachers are written here")
     parser.add_argument("--probe", type=Path, help="write the device description here and exit")
     parser.add_argument("--cpu", action="store_true", help="probe the CPU even if a GPU is visible")
+    parser.add_argument("--models", nargs="*", default=[], help="with --probe: check these names resolve")
     args = parser.parse_args(argv)
     if args.probe:
-        args.probe.write_text(json.dumps(probe_device(use_gpu=not args.cpu and torch.cuda.is_available()), indent=2))
+        device = probe_device(use_gpu=not args.cpu and torch.cuda.is_available())
+        args.probe.write_text(json.dumps({**device, "models": check_models(args.models)}, indent=2))
         return
     cases = [StepCase(**fields) for fields in json.loads(args.cases.read_text())]
     for case in cases:
