@@ -10,7 +10,7 @@ export DO_NOT_TRACK := true
 export TOKENIZERS_PARALLELISM := false
 export DS_ACCELERATOR ?= cpu
 
-.PHONY: venv demo test test-fast lint bench clean
+.PHONY: venv demo test test-fast lint bench gpu-env bench-gpu clean
 
 venv: $(STAMP)
 
@@ -42,6 +42,19 @@ bench: $(STAMP)
 	$(PY) -m ray_jobs.benchmarks.knife_benchmark --out bench_results/knife
 	$(PY) -m ray_jobs.benchmarks.kard_benchmark --out bench_results/kard
 	$(PY) -m ray_jobs.benchmarks.memory_benchmark --out bench_results/memory --models t5-tiny,t5-small,t5-base
+
+# A GPU machine with registry access: CUDA torch first, then every pin constrained to it, then a verification
+# (scripts/install_gpu.py; `python3 scripts/install_gpu.py plan` prints the commands). Not part of `make test`.
+GPU_STAMP := $(VENV)/.installed-gpu
+
+gpu-env: $(GPU_STAMP)
+
+$(GPU_STAMP): requirements.txt constraints.txt pyproject.toml scripts/install_gpu.py
+	$(PYTHON) scripts/install_gpu.py install --venv $(VENV)
+
+# DeepSpeed must see the GPU: override the CPU default exported above.
+bench-gpu: $(GPU_STAMP)
+	DS_ACCELERATOR=cuda $(PY) -m ray_jobs.benchmarks.gpu --out bench_results/gpu
 
 clean:
 	rm -rf runs mlruns mlartifacts mlflow.db bench_results .pytest_cache

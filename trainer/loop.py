@@ -62,6 +62,14 @@ class TrainingResult:
     final_export_dir: Path | None = None
 
 
+def build_trained_model(method: Method, model_config: PretrainedConfig, strategy: DeepSpeedStrategy) -> torch.nn.Module:
+    """The model to train, partitioned as it is built under ZeRO-3 (the factory turns on activation checkpointing
+    when model.gradient_checkpointing is set). The GPU benchmark builds its models here too, so what it measures
+    is what a run trains."""
+    with strategy.partitioned_init(strategy.resolved_config):
+        return method.build_model(model_config)
+
+
 def build_features(method: Method, examples: list[QAExample], seed: int) -> list[Features]:
     rng = random.Random(seed)
     features = [f for ex in examples for f in method.train_features(ex, rng)]
@@ -160,8 +168,7 @@ class Trainer:
         cfg, strategy = self.cfg, self.strategy
         splits, method, model_config = self._prepare()
         features = build_features(method, splits.train, cfg.run.seed)
-        with strategy.partitioned_init(strategy.resolved_config):
-            model = method.build_model(model_config)
+        model = build_trained_model(method, model_config, strategy)
         num_parameters = count_parameters(model)
         engine = strategy.prepare(model, method.auxiliary_modules())
         method.prepare_evaluation(strategy, splits.dev)

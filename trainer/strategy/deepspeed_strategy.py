@@ -16,6 +16,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 from deepspeed import DeepSpeedEngine
+from deepspeed.accelerator import get_accelerator
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from transformers.integrations.deepspeed import HfDeepSpeedConfig, unset_hf_deepspeed_config
 
@@ -36,6 +37,34 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
+def check_accelerator(on_gpu: bool, accelerator: str) -> None:
+    """DeepSpeed picks its accelerator once, at import (DS_ACCELERATOR, else CUDA when it sees a GPU); a
+    mismatch with run.use_gpu would put the engine and our batches on different devices."""
+    expected = "cuda" if on_gpu else "cpu"
+    if accelerator == expected:
+        return
+    if on_gpu:
+        raise RuntimeError(
+            f"run.use_gpu=true but DeepSpeed's accelerator is {accelerator!r} "
+            f"(DS_ACCELERATOR={os.environ.get('DS_ACCELERATOR', '<unset>')}); unset DS_ACCELERATOR or set it to cuda"
+        )
+    raise RuntimeError(
+        f"run.use_gpu=false but DeepSpeed picked the {accelerator!r} accelerator (it auto-detects a GPU); "
+        "set DS_ACCELERATOR=cpu for a CPU run on a GPU machine"
+    )
+
+
+def cuda_device_index(local_rank: int, device_count: int) -> int:
+    """The GPU of a rank started by torchrun/deepspeed (one process per visible GPU, in LOCAL_RANK order)."""
+    if not 0 <= local_rank < device_count:
+        raise RuntimeError(
+            f"LOCAL_RANK={local_rank} but this process sees {device_count} CUDA device(s) "
+            f"(CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES', '<unset>')}); "
+            "start at most one rank per GPU"
+        )
+    return local_rank
+
+
 class DeepSpeedStrategy:
     """Owns every DeepSpeed call so the training loop and methods stay framework-agnostic.
 
@@ -44,13 +73,27 @@ class DeepSpeedStrategy:
     """
 
     def __init__(self, cfg: ExperimentConfig) -> None:
+        if cfg.run.use_gpu and not torch.cuda.is_available():
+            raise RuntimeError(
+                f"run.use_gpu=true but torch {torch.__version__} sees no CUDA device (built for CUDA "
+                f"{torch.version.cuda}); install a CUDA torch (scripts/install_gpu.py) or set run.use_gpu=false"
+            )
         self.cfg = cfg
-        self.on_gpu = torch.cuda.is_available() and cfg.run.use_gpu
+        self.on_gpu = cfg.run.use_gpu
         self.resolved_config: dict[str, Any] | None = None
         self.auxiliary_names: tuple[str, ...] = ()
 
     # ---- process group -------------------------------------------------------------------------
     def setup_distributed(self) -> None:
+        """Join (Ray Train) or create (torchrun, a plain process) the process group, on this rank's GPU.
+
+        The GPU is chosen before the group exists, so NCCL binds each rank to its own device. Ray Train creates
+        the group itself and has already made its worker's GPU current (ray.train.torch.get_device()); that
+        choice is kept, since Ray may share several GPUs among a node's workers in an order of its own.
+        """
+        check_accelerator(self.on_gpu, get_accelerator().device_name())
+        if self.on_gpu and not dist.is_initialized():
+            torch.cuda.set_device(cuda_device_index(int(os.environ.get("LOCAL_RANK", 0)), torch.cuda.device_count()))
         if not dist.is_initialized() and "RANK" not in os.environ:
             os.environ.update(
                 {
@@ -62,8 +105,6 @@ class DeepSpeedStrategy:
                 }
             )
         deepspeed.init_distributed(dist_backend="nccl" if self.on_gpu else "gloo")
-        if self.on_gpu:
-            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
         self.seed_everything(self.cfg.run.seed)
 
     @property
@@ -184,6 +225,11 @@ class DeepSpeedStrategy:
 
     def current_lr(self, engine: DeepSpeedEngine) -> float:
         return float(engine.get_lr()[0])
+
+    def optimizer_name(self, engine: DeepSpeedEngine) -> str:
+        """The optimizer DeepSpeed built from the template: FusedAdam, DeepSpeedCPUAdam (offload) or torch's
+        AdamW, depending on the device and offload; benchmarks record which one ran."""
+        return type(engine.basic_optimizer).__name__
 
     def generation_kwargs(self, model: torch.nn.Module) -> dict[str, Any]:
         """ZeRO-3 shards weights: every rank must join every forward, so generation stays in lock-step."""
