@@ -8,6 +8,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import uuid
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -24,6 +25,7 @@ RESULT_MARKER = "REASONDISTILL_RESULT "
 # multi-kilobyte entrypoint echoed into the job log.
 PAYLOAD_ENV = "REASONDISTILL_JOB_PAYLOAD"
 PayloadT = TypeVar("PayloadT", bound=BaseModel)
+LAUNCH_ID = uuid.uuid4().hex  # this driver process: Ray Train restarts inside it share it, a re-submission does not
 
 
 def encode_payload(payload: BaseModel) -> str:
@@ -41,6 +43,7 @@ def _train_worker(loop_config: dict[str, Any]) -> None:
         RayCheckpointIO(),
         parent_run_id=loop_config.get("parent_run_id"),
         run_tags=loop_config.get("run_tags"),
+        launch_id=loop_config.get("launch_id"),
     ).fit()
 
 
@@ -57,6 +60,7 @@ def run_training_job(
             "config": cfg.model_dump(mode="json"),
             "parent_run_id": parent_run_id,
             "run_tags": run_tags or {},
+            "launch_id": f"{LAUNCH_ID}:{cfg.run.name}",
         },
         scaling_config=ScalingConfig(
             num_workers=cfg.run.num_workers, use_gpu=cfg.run.use_gpu, resources_per_worker=resources

@@ -13,12 +13,14 @@ import yaml
 from torch.utils.data import DataLoader, DistributedSampler
 
 from trainer.checkpoint_io import CheckpointIO
+from trainer.checkpoint_shard import load_rank_state, save_rank_state, seal
 from trainer.config.loader import flatten
 from trainer.config.schema import ExperimentConfig
 from trainer.data.example import DataError, QAExample
 from trainer.data.formatting import tokenizer_corpus
 from trainer.data.registry import load_splits
 from trainer.evaluation.generation_eval import EvalResult, evaluate
+from trainer.failpoints import failpoint
 from trainer.methods.base import Features, Method
 from trainer.methods.registry import method_class
 from trainer.models.factory import build_model, build_model_config, build_tokenizer, count_parameters
@@ -33,6 +35,7 @@ class TrainState:
     global_step: int = 0
     mlflow_run_id: str | None = None
     wall_time_s: float = 0.0
+    pending_metrics: list[list[Any]] = field(default_factory=list)  # undelivered to MLflow when saved
 
 
 @dataclass
@@ -65,11 +68,13 @@ class Trainer:
         checkpoint_io: CheckpointIO,
         parent_run_id: str | None = None,
         run_tags: dict[str, str] | None = None,
+        launch_id: str | None = None,
     ) -> None:
         self.cfg = cfg
         self.checkpoint_io = checkpoint_io
         self.parent_run_id = parent_run_id
         self.run_tags = run_tags or {}
+        self.launch_id = launch_id  # one per job submission: tells a worker-group restart from a re-submission
         self.strategy = DeepSpeedStrategy(cfg)
 
     def fit(self) -> TrainingResult:
@@ -114,6 +119,7 @@ class Trainer:
         with self.checkpoint_io.latest() as checkpoint_dir:
             if checkpoint_dir is not None and cfg.run.resume:
                 state = TrainState(**strategy.load_checkpoint(engine, checkpoint_dir))
+                load_rank_state(checkpoint_dir, strategy.rank)
         resumed_from = state.global_step
         tracker = create_tracker(
             cfg.tracking,
@@ -127,12 +133,14 @@ class Trainer:
                 "model": cfg.model.name,
                 **self.run_tags,
             },
+            launch_id=self.launch_id,
         )
         state.mlflow_run_id = strategy.broadcast_object(tracker.run_id)
+        tracker.requeue_metrics(state.pending_metrics)
+        if tracker.resumed:
+            tracker.record_restart(resumed_from, self.launch_id)
         if resumed_from == 0:
             self._log_run_setup(tracker, len(splits.train), len(features), len(splits.dev), num_parameters)
-        else:
-            tracker.set_tags({"resumed_from_step": str(resumed_from)})
 
         eval_result = self._train(engine, method, loader, sampler, splits.dev, state, tracker)
         if eval_result is None:  # resumed at max_steps, or the last step was not an eval step
@@ -147,8 +155,7 @@ class Trainer:
         predictions = [asdict(p) for p in eval_result.predictions]
         tracker.log_jsonl(predictions, "predictions/dev.jsonl")
 
-        staging = self.checkpoint_io.staging_dir(state.global_step)
-        strategy.save_checkpoint(engine, staging, asdict(state))
+        staging = self._save_checkpoint(engine, state, tracker)
         export_dir = Path(cfg.run.output_dir) / cfg.run.name / "export"
         engine.module.generation_config.max_new_tokens = method.max_new_tokens()
         strategy.export_model(engine, tokenizer, export_dir)
@@ -163,6 +170,18 @@ class Trainer:
             export_dir if strategy.is_rank_zero else None,
             predictions,
         )
+
+    def _save_checkpoint(self, engine: Any, state: TrainState, tracker: Tracker) -> Path:
+        """Every rank writes its shard (DeepSpeed state, RNG streams), then seals it once all ranks wrote."""
+        strategy, step = self.strategy, state.global_step
+        state.pending_metrics = tracker.pending_metrics()
+        staging = self.checkpoint_io.staging_dir(step)
+        strategy.save_checkpoint(engine, staging, asdict(state))
+        save_rank_state(staging, strategy.rank)
+        failpoint("checkpoint.save", step=step, rank=strategy.rank)
+        strategy.barrier()
+        seal(staging, strategy.rank, strategy.world_size)
+        return staging
 
     def _log_run_setup(self, tracker: Tracker, n_examples: int, n_features: int, n_dev: int, n_params: int) -> None:
         tracker.log_params(
@@ -221,6 +240,7 @@ class Trainer:
                 state.global_step += 1
                 last_eval = None
                 step = state.global_step
+                failpoint("train.step", step=step, rank=strategy.rank)
                 if step % cfg.tracking.log_every == 0 or step == cfg.optim.max_steps:
                     elapsed = time.perf_counter() - window_start
                     state.wall_time_s += elapsed
@@ -241,8 +261,7 @@ class Trainer:
                     last_eval = self._evaluate(engine, method, dev)
                     tracker.log_metrics(last_eval.metrics(), step=step)
                 if cfg.run.save_every and step % cfg.run.save_every == 0 and step < cfg.optim.max_steps:
-                    staging = self.checkpoint_io.staging_dir(step)
-                    strategy.save_checkpoint(engine, staging, asdict(state))
+                    staging = self._save_checkpoint(engine, state, tracker)
                     self.checkpoint_io.report({"train/step": step}, staging)
                 if step >= cfg.optim.max_steps:
                     break
