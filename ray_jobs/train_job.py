@@ -16,6 +16,7 @@ from pydantic import BaseModel
 from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchConfig, TorchTrainer
 
+from ray_jobs.failure_report import print_failure
 from ray_jobs.ray_checkpoint_io import RayCheckpointIO
 from trainer.config.schema import ExperimentConfig
 from trainer.loop import Trainer
@@ -77,7 +78,12 @@ def run_training_job(
 
 
 def main() -> None:
-    metrics = run_training_job(decode_payload(ExperimentConfig, os.environ[PAYLOAD_ENV]))
+    cfg = decode_payload(ExperimentConfig, os.environ[PAYLOAD_ENV])
+    try:
+        metrics = run_training_job(cfg)
+    except BaseException as exc:
+        print_failure(exc, cfg.run.name)
+        raise
     print(RESULT_MARKER + json.dumps(metrics, default=str), flush=True)
 
 

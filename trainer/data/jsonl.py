@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import zlib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, TextIO
@@ -20,8 +21,19 @@ def iter_json_rows(path: str | Path) -> Iterator[tuple[int, Any]]:
     path = Path(path)
     if not path.is_file():
         raise DataError(f"data file not found: {path}")
+    line_no = 0
     with open_text(path) as handle:
-        for line_no, line in enumerate(handle, start=1):
+        lines = iter(handle)
+        while True:
+            try:
+                line = next(lines)
+            except StopIteration:
+                return
+            except (EOFError, OSError, zlib.error) as exc:  # truncated or corrupt gzip
+                raise DataError(f"{path}:{line_no + 1}: unreadable (corrupt or truncated gzip?): {exc}") from None
+            except UnicodeDecodeError as exc:
+                raise DataError(f"{path}:{line_no + 1}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+            line_no += 1
             if not line.strip():
                 continue
             try:
