@@ -178,7 +178,7 @@ class Trainer:
         staging = self.checkpoint_io.staging_dir(step)
         strategy.save_checkpoint(engine, staging, asdict(state))
         save_rank_state(staging, strategy.rank)
-        failpoint("checkpoint.save", step=step, rank=strategy.rank)
+        failpoint("checkpoint.save", step=step, rank=strategy.rank, run=self.cfg.run.name)
         strategy.barrier()
         seal(staging, strategy.rank, strategy.world_size)
         return staging
@@ -240,7 +240,7 @@ class Trainer:
                 state.global_step += 1
                 last_eval = None
                 step = state.global_step
-                failpoint("train.step", step=step, rank=strategy.rank)
+                failpoint("train.step", step=step, rank=strategy.rank, run=cfg.run.name)
                 if step % cfg.tracking.log_every == 0 or step == cfg.optim.max_steps:
                     elapsed = time.perf_counter() - window_start
                     state.wall_time_s += elapsed

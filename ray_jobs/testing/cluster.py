@@ -16,6 +16,7 @@ import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import psutil
 
@@ -51,8 +52,16 @@ class RayNode:
 class FaultCluster:
     """A head plus `workers` Ray nodes with `cpus_per_node` CPUs each, an S3 store and an MLflow server."""
 
-    def __init__(self, workdir: Path, workers: int = 1, cpus_per_node: int = 1, force_loopback: bool = False) -> None:
+    def __init__(
+        self,
+        workdir: Path,
+        workers: int = 1,
+        cpus_per_node: int = 1,
+        force_loopback: bool = False,
+        extra_env: dict[str, str] | None = None,
+    ) -> None:
         self.workdir = workdir
+        self.extra_env = extra_env or {}
         self.cpus_per_node = cpus_per_node
         self.node_names = [HEAD, *(f"node{i + 1}" for i in range(workers))]
         reason = "forced by the caller" if force_loopback else namespaces_unavailable_reason()
@@ -85,6 +94,34 @@ class FaultCluster:
     def storage_uri(self, prefix: str) -> str:
         assert self.s3 is not None
         return self.s3.uri("checkpoints", prefix)
+
+    def registered_checkpoint(self, run_name: str) -> dict[str, Any] | None:
+        """Ray Train's latest registered checkpoint of `run_name` (its snapshot in S3): dir name and metrics."""
+        assert self.s3 is not None
+        key = f"{run_name}/{run_name}/checkpoint_manager_snapshot.json"
+        if key not in self.s3.list_keys("checkpoints", f"{run_name}/"):
+            return None
+        return json.loads(self.s3.read("checkpoints", key)).get("latest_checkpoint_result")
+
+    def wait_registered_step(self, run_name: str, step: int, timeout_s: float = 300.0) -> None:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            latest = self.registered_checkpoint(run_name)
+            if latest is not None and latest["metrics"].get("train/step", latest["metrics"].get("train/steps")) == step:
+                return
+            time.sleep(0.3)
+        raise TimeoutError(f"Ray Train did not register the step-{step} checkpoint of {run_name} in {timeout_s:.0f}s")
+
+    def checkpoint_weights(self, run_name: str) -> dict[str, Any]:
+        """The model weights of the run's latest registered checkpoint, read back from S3."""
+        import io
+
+        import torch
+
+        latest = self.registered_checkpoint(run_name)
+        assert latest is not None and self.s3 is not None, f"no registered checkpoint for {run_name}"
+        key = f"{run_name}/{run_name}/{latest['checkpoint_dir_name']}/checkpoint/mp_rank_00_model_states.pt"
+        return torch.load(io.BytesIO(self.s3.read("checkpoints", key)), weights_only=False)["module"]
 
     def describe(self) -> str:
         where = f"network namespaces on {self.network.subnet}" if self.network else f"loopback ({self.fallback_reason})"
@@ -132,6 +169,8 @@ class FaultCluster:
             "OMP_NUM_THREADS": "1",
             "MLFLOW_DISABLE_TELEMETRY": "true",
             "DO_NOT_TRACK": "true",
+            **({"GLOO_SOCKET_IFNAME": "eth0"} if self.network else {}),  # else gloo binds the shared hostname's
+            **self.extra_env,
         }
 
     def start_node(self, name: str) -> RayNode:
@@ -191,6 +230,26 @@ class FaultCluster:
             time.sleep(0.5)
         head_log = self.nodes[HEAD].process.tail()
         raise TimeoutError(f"{count} Ray nodes not alive after {timeout_s:.0f}s; head log: {head_log}")
+
+    def processes(self, name: str) -> list[psutil.Process]:
+        """Every live process of a node: its namespace's, or (loopback) its `ray start` process tree."""
+        if self.network:
+            pids = self.network.pids(name)
+        else:
+            root = self.nodes[name].process.process
+            if root is None or root.poll() is not None:
+                return []
+            pids = [root.pid, *(c.pid for c in psutil.Process(root.pid).children(recursive=True))]
+        found = []
+        for pid in pids:
+            try:
+                found.append(psutil.Process(pid))
+            except psutil.NoSuchProcess:
+                continue
+        return found
+
+    def node_of_pid(self, pid: int) -> str | None:
+        return next((name for name in self.nodes if pid in {p.pid for p in self.processes(name)}), None)
 
     def kill_node(self, name: str) -> int:
         """Every process of the node SIGKILLed at once (a machine losing power); returns how many."""

@@ -9,6 +9,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import urllib.parse
 from pathlib import Path
 
@@ -111,26 +112,24 @@ class PostgresServer:
         self.bindir = bindir
         self.host = host
         self.port = free_port(host)
-        self.datadir = workdir / "pgdata"
-        self.workdir = workdir
+        # Its own folder outside the test's temp tree: pytest makes that 0700, which the postgres user cannot enter.
+        self.workdir = Path(tempfile.mkdtemp(prefix="rdt-pg-"))
+        self.datadir = self.workdir / "pgdata"
+        self.log_file = workdir / "postgres.log"
 
     def _as_postgres(self, command: list[str]) -> list[str]:
         # initdb and postgres refuse to run as root; Debian's package made a `postgres` user.
         return ["runuser", "-u", "postgres", "--", *command] if os.geteuid() == 0 else command
 
+    def _run(self, command: list[str]) -> None:
+        done = subprocess.run(self._as_postgres(command), capture_output=True, text=True, timeout=120)
+        if done.returncode != 0:
+            raise RuntimeError(f"{' '.join(command)} failed: {done.stdout[-1500:]} {done.stderr[-1500:]}")
+
     def start(self) -> PostgresServer:
-        self.workdir.mkdir(parents=True, exist_ok=True)
         if os.geteuid() == 0:
             shutil.chown(self.workdir, "postgres")
-            os.chmod(self.workdir, 0o755)
-        subprocess.run(
-            self._as_postgres(
-                [str(self.bindir / "initdb"), "-D", str(self.datadir), "-U", "mlflow", "-A", "trust", "-E", "UTF8"]
-            ),
-            check=True,
-            capture_output=True,
-            timeout=120,
-        )
+        self._run([str(self.bindir / "initdb"), "-D", str(self.datadir), "-U", "mlflow", "-A", "trust", "-E", "UTF8"])
         with (self.datadir / "pg_hba.conf").open("a") as hba:  # the server listens on the test network only
             hba.write(f"host all all {self.host}/32 trust\nhost all all samenet trust\n")
         self.process = ManagedProcess(
@@ -150,17 +149,10 @@ class PostgresServer:
                     "fsync=off",
                 ]
             ),
-            self.workdir.parent / "postgres.log",
+            self.log_file,
         )
         self.process.start().wait_until(lambda: port_open(self.host, self.port), 60, "postgres")
-        subprocess.run(
-            self._as_postgres(
-                [str(self.bindir / "createdb"), "-h", self.host, "-p", str(self.port), "-U", "mlflow", "mlflow"]
-            ),
-            check=True,
-            capture_output=True,
-            timeout=60,
-        )
+        self._run([str(self.bindir / "createdb"), "-h", self.host, "-p", str(self.port), "-U", "mlflow", "mlflow"])
         return self
 
     @property
@@ -168,7 +160,9 @@ class PostgresServer:
         return f"postgresql+psycopg2://mlflow@{self.host}:{self.port}/mlflow"
 
     def stop(self) -> None:
-        self.process.stop(signal.SIGINT)  # "fast" shutdown: SIGTERM would wait for every client to disconnect
+        if hasattr(self, "process"):
+            self.process.stop(signal.SIGINT)  # "fast" shutdown: SIGTERM would wait for every client to disconnect
+        shutil.rmtree(self.workdir, ignore_errors=True)
 
 
 class MLflowServer:
