@@ -8,6 +8,7 @@ submitter ends its output with it instead of only "FAILED".
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 FAILURE_MARKER = "REASONDISTILL_FAILURE "
@@ -34,13 +35,21 @@ def _entry(exc: BaseException, rank: int | None) -> dict[str, Any]:
     return {"rank": rank, "type": type(cause).__name__, "message": message}
 
 
+_COLLATERAL_TYPES = {"ActorDiedError", "RayActorError", "DistBackendError", "DistNetworkError"}
+_COLLATERAL_TEXT = re.compile(r"gloo|nccl|connection (closed|reset|refused)|broken pipe|timed out", re.IGNORECASE)
+
+
+def _is_collateral(error: dict[str, Any]) -> bool:
+    """A rank that died of the collective another rank left hanging, not of the cause itself."""
+    return error["type"] in _COLLATERAL_TYPES or bool(_COLLATERAL_TEXT.search(error["message"]))
+
+
 def describe_failure(exc: BaseException, stage: str) -> dict[str, Any]:
     """Per-rank root causes when Ray Train reports worker failures, else the driver's own exception."""
     failures = getattr(exc, "worker_failures", None)
     if isinstance(failures, dict) and failures:
         errors = [_entry(failure, rank) for rank, failure in sorted(failures.items())]
-        # A worker that raised is the cause; the others typically died of the collective it left hanging.
-        errors.sort(key=lambda e: e["type"] in {"ActorDiedError", "RayActorError", "DistBackendError"})
+        errors.sort(key=_is_collateral)
     else:
         errors = [_entry(exc, None)]
     return {"stage": stage, "errors": errors}
