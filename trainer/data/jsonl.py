@@ -7,13 +7,9 @@ import json
 import zlib
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any
 
 from trainer.data.example import DataError, QAExample
-
-
-def open_text(path: Path) -> TextIO:
-    return gzip.open(path, "rt", encoding="utf-8") if path.suffix == ".gz" else path.open(encoding="utf-8")
 
 
 def iter_json_rows(path: str | Path) -> Iterator[tuple[int, Any]]:
@@ -22,18 +18,20 @@ def iter_json_rows(path: str | Path) -> Iterator[tuple[int, Any]]:
     if not path.is_file():
         raise DataError(f"data file not found: {path}")
     line_no = 0
-    with open_text(path) as handle:
-        lines = iter(handle)
+    with gzip.open(path, "rb") if path.suffix == ".gz" else path.open("rb") as handle:
+        lines = iter(handle)  # bytes, decoded per line: a bad byte is reported on its own line
         while True:
             try:
-                line = next(lines)
+                raw = next(lines)
             except StopIteration:
                 return
             except (EOFError, OSError, zlib.error) as exc:  # truncated or corrupt gzip
                 raise DataError(f"{path}:{line_no + 1}: unreadable (corrupt or truncated gzip?): {exc}") from None
-            except UnicodeDecodeError as exc:
-                raise DataError(f"{path}:{line_no + 1}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
             line_no += 1
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                raise DataError(f"{path}:{line_no}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
             if not line.strip():
                 continue
             try:
