@@ -6,7 +6,7 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,7 +28,14 @@ CANARIES = {
 
 
 @pytest.fixture(scope="session")
-def fault_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FaultCluster]:
+def say(pytestconfig: pytest.Config) -> Callable[[str], None]:
+    """A line in pytest's own output, shown even when output is captured (cluster layout, recovery times)."""
+    reporter = pytestconfig.pluginmanager.get_plugin("terminalreporter")
+    return lambda text: reporter.write_line(text) if reporter else print(text)
+
+
+@pytest.fixture(scope="module")  # the fault tests share it; it is gone before the rest of the suite runs
+def fault_cluster(tmp_path_factory: pytest.TempPathFactory, say: Callable[[str], None]) -> Iterator[FaultCluster]:
     started = time.monotonic()
     cluster = FaultCluster(
         tmp_path_factory.mktemp("fault-cluster"),
@@ -36,8 +43,7 @@ def fault_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FaultClu
         extra_env=CANARIES,
     )
     cluster.start()
-    # Shown in the test output (-rA / -s): where the nodes run and which MLflow backend store is used.
-    print(f"\n[fault cluster] {cluster.describe()} (up in {time.monotonic() - started:.0f}s)", flush=True)
+    say(f"\n[fault cluster] {cluster.describe()} (up in {time.monotonic() - started:.0f}s)")
     yield cluster
     cluster.stop()
 

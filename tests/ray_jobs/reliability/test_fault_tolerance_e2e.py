@@ -94,7 +94,7 @@ def pause_at(name: str, step: int, rank: int, point: str = "train.step", action:
 
 
 @pytest.fixture(scope="module")
-def reference(fault_cluster: FaultCluster, shared_data: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
+def reference(fault_cluster: FaultCluster, shared_data: Path, tmp_path_factory: pytest.TempPathFactory, say) -> dict:
     """The uninterrupted run. It pauses once at step 1 to record where Ray Train placed its two workers."""
     workdir = tmp_path_factory.mktemp("reference")
     points = Failpoints(workdir / "fp", [pause_at("reference", 1, 0), pause_at("reference", 1, 1)])
@@ -106,12 +106,12 @@ def reference(fault_cluster: FaultCluster, shared_data: Path, tmp_path_factory: 
         placement[info["context"]["rank"]] = fault_cluster.node_of_pid(info["pid"])
         points.release(index)
     output = finished(job, "reference run")
-    print(f"\n[reference] uninterrupted run: {time.monotonic() - started:.0f}s")
+    say(f"[reference] uninterrupted run: {time.monotonic() - started:.0f}s")
     return {"placement": placement, "output": output, "job_id": output.split("[submit] job ", 1)[1].split()[0]}
 
 
 @pytest.fixture(scope="module")
-def chaos_run(fault_cluster: FaultCluster, shared_data: Path, reference: dict, tmp_path_factory) -> dict:
+def chaos_run(fault_cluster: FaultCluster, shared_data: Path, reference: dict, tmp_path_factory, say) -> dict:
     """One run through three faults, in order:
     1. MLflow server SIGKILLed when rank 0 reaches step 1, started again at step 3 (training runs on);
     2. rank 1 SIGKILLs itself while saving the step-4 checkpoint (DeepSpeed files written, shard not sealed);
@@ -142,7 +142,7 @@ def chaos_run(fault_cluster: FaultCluster, shared_data: Path, reference: dict, t
     os.kill(victim["pid"], signal.SIGKILL)
     output = finished(job, name)
     recovered_s = time.monotonic() - killed_at
-    print(f"\n[chaos] MLflow down {outage_s:.0f}s; after the step-7 SIGKILL the run finished in {recovered_s:.0f}s")
+    say(f"[chaos] MLflow down {outage_s:.0f}s; after the step-7 SIGKILL the run finished in {recovered_s:.0f}s")
     return {"run": the_run(fault_cluster, name), "output": output, "torn": points.fired(2)}
 
 
@@ -176,7 +176,7 @@ def test_worker_sigkilled_mid_epoch(fault_cluster: FaultCluster, chaos_run: dict
     assert_same_as_reference(fault_cluster, "chaos")
 
 
-def test_node_lost_then_back(fault_cluster: FaultCluster, shared_data: Path, reference: dict, tmp_path: Path):
+def test_node_lost_then_back(fault_cluster: FaultCluster, shared_data: Path, reference: dict, tmp_path: Path, say):
     """Every process of the worker node is SIGKILLed at step 5; the node is started again; the run resumes."""
     name = "node-loss"
     points = Failpoints(tmp_path / "fp", [pause_at(name, 5, 0), pause_at(name, 5, 1)])
@@ -197,7 +197,7 @@ def test_node_lost_then_back(fault_cluster: FaultCluster, shared_data: Path, ref
     run = the_run(fault_cluster, name)
     assert run.data.tags["reasondistill.restarts"] == "1" and run.data.tags["resumed_from_step"] == "4"
     assert_same_as_reference(fault_cluster, name)
-    print(f"\n[node loss] node {lost} back and run finished {time.monotonic() - killed_at:.0f}s after the loss")
+    say(f"[node loss] node {lost} back and run finished {time.monotonic() - killed_at:.0f}s after the loss")
 
 
 KNIFE_PIPELINE = """
@@ -217,7 +217,7 @@ pipeline:
 """
 
 
-def test_driver_killed_then_resubmitted_pipeline(fault_cluster: FaultCluster, tmp_path: Path) -> None:
+def test_driver_killed_then_resubmitted_pipeline(fault_cluster: FaultCluster, tmp_path: Path, say) -> None:
     """A KNIFE pipeline's job driver is SIGKILLed while the student trains (step 5); the same file submitted
     again skips the finished teacher, resumes the student from its step-4 checkpoint into the same MLflow run."""
     name = "knife-resume"
@@ -248,7 +248,7 @@ def test_driver_killed_then_resubmitted_pipeline(fault_cluster: FaultCluster, tm
 
     second = submit_async(fault_cluster, [str(config)], tmp_path)
     output = finished(second, "re-submitted pipeline")
-    print(f"\n[driver kill] re-submitted pipeline finished {time.monotonic() - killed_at:.0f}s after the kill")
+    say(f"[driver kill] re-submitted pipeline finished {time.monotonic() - killed_at:.0f}s after the kill")
     assert "stage teacher: finished in an earlier attempt, skipped" in output
     teacher, student = the_run(fault_cluster, "teacher"), the_run(fault_cluster, "student")
     assert teacher.info.run_id == teacher_before.info.run_id and "reasondistill.restarts" not in teacher.data.tags
