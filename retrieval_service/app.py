@@ -73,6 +73,16 @@ class MgetResponse(BaseModel):
     missing: list[str]
 
 
+class ScoreResponse(BaseModel):
+    scores: dict[str, float]
+    took_ms: float
+
+
+class ScoreBatchResponse(BaseModel):
+    scores: list[dict[str, float]]
+    took_ms: float
+
+
 def _hits(docs: list[ScoredDocument]) -> list[Hit]:
     return [Hit(id=d.id, title=d.title, text=d.text, score=d.score) for d in docs]
 
@@ -87,7 +97,7 @@ def _non_blank(value: str, field: str) -> str:
     return value
 
 
-def _request_models(limits: Limits) -> tuple[type[BaseModel], type[BaseModel], type[BaseModel]]:
+def _request_models(limits: Limits) -> tuple[type[BaseModel], ...]:
     """Request models with this deployment's limits baked in, so OpenAPI documents the real bounds."""
     query_type = Annotated[str, Field(min_length=1, max_length=limits.max_query_chars)]
     k_type = Annotated[int, Field(ge=1, le=limits.max_k, description="number of passages to return")]
@@ -122,7 +132,21 @@ def _request_models(limits: Limits) -> tuple[type[BaseModel], type[BaseModel], t
             Field(min_length=1, max_length=limits.max_batch),
         ]
 
-    return SearchRequest, BatchSearchRequest, MgetRequest
+    id_list = Annotated[
+        list[Annotated[str, Field(min_length=1, max_length=512)]],
+        Field(min_length=1, max_length=limits.max_batch),
+    ]
+
+    class ScoreRequest(BaseModel):
+        model_config = ConfigDict(extra="forbid")
+        query: query_type
+        ids: id_list
+
+    class ScoreBatchRequest(BaseModel):
+        model_config = ConfigDict(extra="forbid")
+        items: Annotated[list[ScoreRequest], Field(min_length=1, max_length=limits.max_batch)]
+
+    return SearchRequest, BatchSearchRequest, MgetRequest, ScoreRequest, ScoreBatchRequest
 
 
 class BackendHolder:
@@ -167,7 +191,7 @@ def create_app(backend: SearchBackend | None = None, settings: ServiceSettings |
     """Build the app around ``backend`` (or the one named in ``settings``, opened lazily)."""
     settings = settings or ServiceSettings.from_env()
     holder = BackendHolder(settings, backend)
-    SearchRequest, BatchSearchRequest, MgetRequest = _request_models(settings.limits)
+    SearchRequest, BatchSearchRequest, MgetRequest, ScoreRequest, ScoreBatchRequest = _request_models(settings.limits)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -275,6 +299,21 @@ def create_app(backend: SearchBackend | None = None, settings: ServiceSettings |
             documents=[_doc(found[i]) for i in ids if i in found],
             missing=[i for i in ids if i not in found],
         )
+
+    @app.post("/score", response_model=ScoreResponse, dependencies=protected)
+    def score(request: ScoreRequest) -> ScoreResponse:  # type: ignore[valid-type]
+        """BM25 scores of the listed passages for the query, ranked or not (0.0: no shared term; unknown: absent)."""
+        start = time.perf_counter()
+        scores = holder.get().score(request.query, request.ids)  # type: ignore[attr-defined]
+        return ScoreResponse(scores=scores, took_ms=(time.perf_counter() - start) * 1000)
+
+    @app.post("/score/batch", response_model=ScoreBatchResponse, dependencies=protected)
+    def score_batch(request: ScoreBatchRequest) -> ScoreBatchResponse:  # type: ignore[valid-type]
+        """One score map per item, in request order."""
+        start = time.perf_counter()
+        items = request.items  # type: ignore[attr-defined]
+        scores = holder.get().score_batch([i.query for i in items], [i.ids for i in items])
+        return ScoreBatchResponse(scores=scores, took_ms=(time.perf_counter() - start) * 1000)
 
     @app.get("/healthz")
     def healthz() -> dict[str, str]:

@@ -108,6 +108,23 @@ class RetrievalClient:
             results.extend(self._scored(rows) for rows in body["results"])
         return results
 
+    def score(self, query: str, ids: Sequence[str]) -> dict[str, float]:
+        """BM25 scores of the listed passages for ``query`` (see SearchBackend.score)."""
+        return self._request("POST", "/score", {"query": query, "ids": list(ids)})["scores"]
+
+    def score_batch(self, queries: Sequence[str], ids: Sequence[Sequence[str]]) -> list[dict[str, float]]:
+        """One score map per (query, ids) pair, sent ``batch_size`` pairs per request."""
+        items = [{"query": q, "ids": list(i)} for q, i in zip(queries, ids, strict=True)]
+        scores: list[dict[str, float]] = []
+        for start in range(0, len(items), self.batch_size):
+            chunk = items[start : start + self.batch_size]
+            scores.extend(self._request("POST", "/score/batch", {"items": chunk})["scores"])
+        return scores
+
+    def version(self) -> str:
+        """The served index's content version (see SearchBackend.version)."""
+        return str(self.health()["version"])
+
     def get(self, ids: Sequence[str]) -> list[Document | None]:
         """Documents aligned with ``ids``; None where the id is unknown."""
         found: dict[str, Document] = {}

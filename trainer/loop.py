@@ -11,6 +11,7 @@ from typing import Any
 import torch
 import yaml
 from torch.utils.data import DataLoader, DistributedSampler
+from transformers import PretrainedConfig
 
 from trainer.checkpoint_io import CheckpointIO
 from trainer.checkpoint_shard import load_rank_state, save_rank_state, seal
@@ -18,12 +19,12 @@ from trainer.config.loader import flatten
 from trainer.config.schema import ExperimentConfig
 from trainer.data.example import DataError, QAExample
 from trainer.data.formatting import tokenizer_corpus
-from trainer.data.registry import load_splits
-from trainer.evaluation.generation_eval import EvalResult, evaluate
+from trainer.data.registry import DatasetSplits, load_splits
+from trainer.evaluation.evaluator import EvalResult, EvalSettings
 from trainer.failpoints import failpoint
 from trainer.methods.base import Features, Method
 from trainer.methods.registry import method_class
-from trainer.models.factory import build_model, build_model_config, build_tokenizer, count_parameters
+from trainer.models.factory import build_model_config, build_tokenizer, count_parameters, model_hidden_size
 from trainer.strategy.deepspeed_strategy import DeepSpeedStrategy
 from trainer.tracking.mlflow_tracker import Tracker, create_tracker, resolve_tracking_uri
 
@@ -77,7 +78,8 @@ class Trainer:
         self.launch_id = launch_id  # one per job submission: tells a worker-group restart from a re-submission
         self.strategy = DeepSpeedStrategy(cfg)
 
-    def fit(self) -> TrainingResult:
+    def _prepare(self) -> tuple[DatasetSplits, Method, PretrainedConfig]:
+        """What training and evaluation share: process group, data, tokenizer, method, model architecture."""
         cfg, strategy = self.cfg, self.strategy
         strategy.setup_distributed()
         splits = load_splits(cfg.data, cfg.run.seed)
@@ -91,14 +93,60 @@ class Trainer:
             tracking_uri=tracking_uri,
         )
         method = method_cls(cfg, tokenizer)
-        features = build_features(method, splits.train, cfg.run.seed)
         model_config = build_model_config(cfg.model, tokenizer, tracking_uri)
-        strategy.configure(model_config.d_model)
+        strategy.configure(model_hidden_size(model_config))
         method.setup(strategy, model_config)
+        return splits, method, model_config
+
+    def _tracker(self, method: Method, resume_run_id: str | None, tags: dict[str, str] | None = None) -> Tracker:
+        return create_tracker(
+            self.cfg.tracking,
+            self.strategy.is_rank_zero,
+            run_name=self.cfg.tracking.run_name or self.cfg.run.name,
+            resume_run_id=resume_run_id,
+            parent_run_id=self.parent_run_id,
+            tags={
+                "method": method.run_label,
+                "dataset": self.cfg.data.dataset,
+                "model": self.cfg.model.name,
+                **self.run_tags,
+                **(tags or {}),
+            },
+            launch_id=self.launch_id,
+        )
+
+    def evaluate_model(self) -> TrainingResult:
+        """Evaluate an already trained model (model.name: its dir or runs:/ URI) in a run of its own, e.g. one KARD
+        student under each inference-time knowledge source. ZeRO-3 configs evaluate it partitioned."""
+        cfg, strategy = self.cfg, self.strategy
+        splits, method, model_config = self._prepare()
+        zero_stage = 3 if strategy.resolved_config["zero_optimization"].get("stage") == 3 else 0
+        frozen = strategy.frozen_config(model_hidden_size(model_config), zero_stage)
+        with strategy.partitioned_init(frozen):
+            model = strategy.prepare_frozen(method.build_model(model_config), frozen)
+        method.prepare_evaluation(strategy, splits.dev)
+        tracker = self._tracker(method, None, {"evaluates_model": cfg.model.name})
+        run_id = strategy.broadcast_object(tracker.run_id)
+        tracker.log_params({**flatten(cfg), "data.num_dev_examples": len(splits.dev), "run.mode": "evaluate"})
+        self._log_inputs(tracker, method)
+        started = time.perf_counter()
+        result = method.evaluate(model, splits.dev, strategy, self._eval_settings(), strategy.generation_kwargs(model))
+        metrics = {**result.metrics(), "eval/wall_time_s": time.perf_counter() - started}
+        tracker.log_metrics(metrics, step=0)
+        predictions = self._log_predictions(tracker, result)
+        self.checkpoint_io.report({**metrics, "mlflow_run_id": run_id, "model_uri": cfg.model.name}, None)
+        tracker.finish()
+        return TrainingResult(0, metrics, run_id, cfg.model.name, None, predictions)
+
+    def fit(self) -> TrainingResult:
+        cfg, strategy = self.cfg, self.strategy
+        splits, method, model_config = self._prepare()
+        features = build_features(method, splits.train, cfg.run.seed)
         with strategy.partitioned_init(strategy.resolved_config):
-            model = build_model(cfg.model, model_config)
+            model = method.build_model(model_config)
         num_parameters = count_parameters(model)
         engine = strategy.prepare(model)
+        method.prepare_evaluation(strategy, splits.dev)
 
         sampler = DistributedSampler(
             features,
@@ -121,26 +169,14 @@ class Trainer:
                 state = TrainState(**strategy.load_checkpoint(engine, checkpoint_dir))
                 load_rank_state(checkpoint_dir, strategy.rank)
         resumed_from = state.global_step
-        tracker = create_tracker(
-            cfg.tracking,
-            strategy.is_rank_zero,
-            run_name=cfg.tracking.run_name or cfg.run.name,
-            resume_run_id=state.mlflow_run_id,
-            parent_run_id=self.parent_run_id,
-            tags={
-                "method": cfg.method.name,
-                "dataset": cfg.data.dataset,
-                "model": cfg.model.name,
-                **self.run_tags,
-            },
-            launch_id=self.launch_id,
-        )
+        tracker = self._tracker(method, state.mlflow_run_id)
         state.mlflow_run_id = strategy.broadcast_object(tracker.run_id)
         tracker.requeue_metrics(state.pending_metrics)
         if tracker.resumed:
             tracker.record_restart(resumed_from, self.launch_id)
         if resumed_from == 0:
             self._log_run_setup(tracker, len(splits.train), len(features), len(splits.dev), num_parameters)
+            self._log_inputs(tracker, method)
 
         eval_result = self._train(engine, method, loader, sampler, splits.dev, state, tracker)
         if eval_result is None:  # resumed at max_steps, or the last step was not an eval step
@@ -152,14 +188,13 @@ class Trainer:
             "model/num_parameters": float(num_parameters),
         }
         tracker.log_metrics(final, step=state.global_step)
-        predictions = [asdict(p) for p in eval_result.predictions]
-        tracker.log_jsonl(predictions, "predictions/dev.jsonl")
+        predictions = self._log_predictions(tracker, eval_result)
 
         staging = self._save_checkpoint(engine, state, tracker)
         export_dir = Path(cfg.run.output_dir) / cfg.run.name / "export"
-        engine.module.generation_config.max_new_tokens = method.max_new_tokens()
-        strategy.export_model(engine, tokenizer, export_dir)
-        model_uri = tracker.log_model(export_dir) if cfg.tracking.log_model else None
+        method.prepare_export(engine.module)
+        strategy.export_model(engine, method.tokenizer, export_dir)
+        model_uri = tracker.log_model(export_dir, method.pyfunc) if cfg.tracking.log_model else None
         self.checkpoint_io.report({**final, "mlflow_run_id": state.mlflow_run_id, "model_uri": model_uri}, staging)
         tracker.finish()
         return TrainingResult(
@@ -197,15 +232,31 @@ class Trainer:
         tracker.log_text(yaml.safe_dump(self.cfg.model_dump(mode="json"), sort_keys=False), "config/config.yaml")
         tracker.log_dict(self.strategy.resolved_config, "config/deepspeed.json")
 
-    def _evaluate(self, engine: torch.nn.Module, method: Method, dev: list[QAExample]) -> EvalResult:
-        return evaluate(
-            method,
-            engine.module,
-            dev,
-            self.strategy,
-            self.cfg.run.eval_batch_size,
-            {"num_beams": self.cfg.run.eval_num_beams, **self.strategy.generation_kwargs(engine)},
+    def _log_inputs(self, tracker: Tracker, method: Method) -> None:
+        for dataset, context in method.logged_inputs():
+            tracker.log_input(dataset, context)
+
+    @staticmethod
+    def _log_predictions(tracker: Tracker, result: EvalResult) -> list[dict[str, Any]]:
+        predictions = [asdict(p) for p in result.predictions]
+        tracker.log_jsonl(predictions, "predictions/dev.jsonl")
+        tracker.log_table(result.table_rows(), "predictions/dev_table.json")
+        return predictions
+
+    def _eval_settings(self) -> EvalSettings:
+        run = self.cfg.run
+        return EvalSettings(
+            batch_size=run.eval_batch_size,
+            num_beams=run.eval_num_beams,
+            vote_samples=run.eval_vote_samples,
+            sample_top_k=run.eval_sample_top_k,
+            sample_top_p=run.eval_sample_top_p,
+            seed=run.seed,
         )
+
+    def _evaluate(self, engine: torch.nn.Module, method: Method, dev: list[QAExample]) -> EvalResult:
+        model = engine.module
+        return method.evaluate(model, dev, self.strategy, self._eval_settings(), self.strategy.generation_kwargs(model))
 
     def _train(
         self,
@@ -231,6 +282,7 @@ class Trainer:
                 if index < skip:
                     continue
                 batch = {k: v.to(strategy.device) for k, v in batch.items()}
+                method.progress = state.global_step / cfg.optim.max_steps
                 parts = method.loss(engine, batch)
                 for key, value in parts.items():
                     running[key] = running.get(key, 0.0) + float(value.detach())

@@ -52,6 +52,7 @@ class Health:
     index: str
     count: int | None = None
     detail: str = ""
+    version: str = ""
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -60,6 +61,7 @@ class Health:
             "index": self.index,
             "count": self.count,
             "detail": self.detail,
+            "version": self.version,
         }
 
 
@@ -80,6 +82,22 @@ class SearchBackend(ABC):
         return [self.search(q, k) for q in queries]
 
     @abstractmethod
+    def score(self, query: str, ids: Sequence[str]) -> dict[str, float]:
+        """BM25 scores of the given documents for ``query``, whether or not they rank in its top-k.
+
+        A document sharing no term with the query scores 0.0; unknown ids are absent. KARD needs this to
+        weigh candidates found by the question with the rationale's relevance.
+        """
+
+    def score_batch(self, queries: Sequence[str], ids: Sequence[Sequence[str]]) -> list[dict[str, float]]:
+        """One score map per (query, ids) pair, in order."""
+        return [self.score(q, i) for q, i in zip(queries, ids, strict=True)]
+
+    @abstractmethod
+    def version(self) -> str:
+        """Identifies the indexed content: it changes whenever documents do, so caches keyed by it stay true."""
+
+    @abstractmethod
     def get(self, ids: Sequence[str]) -> dict[str, Document]:
         """Found documents by id; missing ids are absent from the result."""
 
@@ -92,9 +110,7 @@ class SearchBackend(ABC):
         """Whether the backend can serve queries now."""
 
     @abstractmethod
-    def index_documents(
-        self, documents: Iterable[Document], progress: ProgressCallback | None = None
-    ) -> IndexReport:
+    def index_documents(self, documents: Iterable[Document], progress: ProgressCallback | None = None) -> IndexReport:
         """Upsert by id; re-running with the same input changes nothing."""
 
     def close(self) -> None:  # noqa: B027 - optional hook

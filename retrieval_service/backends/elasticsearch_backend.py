@@ -63,9 +63,7 @@ class PlainJsonNode(Urllib3HttpNode):
                 value = headers.get(name)
                 if value:
                     headers[name] = _COMPAT_RE.sub(r"application/\1", value)
-        return super().perform_request(
-            method, target, body=body, headers=headers, request_timeout=request_timeout
-        )
+        return super().perform_request(method, target, body=body, headers=headers, request_timeout=request_timeout)
 
 
 def _env_bool(name: str, default: bool) -> bool:
@@ -276,20 +274,56 @@ class ElasticsearchBackend(SearchBackend):
             results[i] = [self._hit(h) for h in item["hits"]["hits"]]
         return results
 
+    def _score_body(self, query: str, ids: list[str]) -> dict[str, Any]:
+        """Filter to the ids (scoring nothing) and let the query's match add each one's BM25."""
+        return {
+            "query": {
+                "bool": {"filter": [{"ids": {"values": ids}}], "should": [{"match": {"contents": {"query": query}}}]}
+            },
+            "size": len(ids),
+            "_source": ["id"],
+            "track_total_hits": False,
+        }
+
+    def score(self, query: str, ids: Sequence[str]) -> dict[str, float]:
+        return self.score_batch([query], [ids])[0]
+
+    def score_batch(self, queries: Sequence[str], ids: Sequence[Sequence[str]]) -> list[dict[str, float]]:
+        """One ``_msearch`` round trip for all pairs."""
+        wanted = [(i, q, list(dict.fromkeys(d))) for i, (q, d) in enumerate(zip(queries, ids, strict=True)) if d]
+        results: list[dict[str, float]] = [{} for _ in queries]
+        if not wanted:
+            return results
+        searches: list[dict[str, Any]] = []
+        for _, query, unique in wanted:
+            searches.append({"index": self.alias})
+            searches.append(self._score_body(query, unique))
+        response = _body(self._call("msearch", self.es.msearch, searches=searches))
+        for (i, _, _), item in zip(wanted, response["responses"], strict=True):
+            if "error" in item:
+                error = item["error"]
+                reason = error.get("reason", error) if isinstance(error, dict) else error
+                raise BackendError(f"elasticsearch msearch: score query {i} failed: {reason}")
+            results[i] = {h["_source"].get("id", h["_id"]): float(h["_score"] or 0.0) for h in item["hits"]["hits"]}
+        return results
+
+    def version(self) -> str:
+        """The concrete index behind the alias: a rebuild writes a new one, so the name changes with the content.
+
+        In-place upserts keep the name; the document count is added so those show too.
+        """
+        return f"elasticsearch-{'+'.join(self.versions()) or 'missing'}-{self.count()}"
+
     def get(self, ids: Sequence[str]) -> dict[str, Document]:
         if not ids:
             return {}
         unique = list(dict.fromkeys(ids))
-        response = _body(
-            self._call("mget", self.es.mget, index=self.alias, ids=unique, _source=_SOURCE_FIELDS)
-        )
+        response = _body(self._call("mget", self.es.mget, index=self.alias, ids=unique, _source=_SOURCE_FIELDS))
         found: dict[str, Document] = {}
         for item in response["docs"]:
             if item.get("found"):
                 src = item["_source"]
-                found[item["_id"]] = Document(
-                    src.get("id", item["_id"]), src.get("title", ""), src.get("text", "")
-                )
+                found[item["_id"]] = Document(src.get("id", item["_id"]), src.get("title", ""), src.get("text", ""))
         return found
 
     def count(self) -> int:
@@ -300,7 +334,9 @@ class ElasticsearchBackend(SearchBackend):
             indices = self.versions()
             if not indices:
                 return Health(False, self.name, self.alias, detail=f"alias '{self.alias}' does not exist")
-            return Health(True, self.name, f"{self.alias} -> {','.join(indices)}", count=self.count())
+            count = self.count()
+            version = f"elasticsearch-{'+'.join(indices)}-{count}"
+            return Health(True, self.name, f"{self.alias} -> {','.join(indices)}", count=count, version=version)
         except (elasticsearch.ApiError, elasticsearch.TransportError, BackendError) as exc:
             return Health(False, self.name, self.alias, detail=str(exc))
 
@@ -319,9 +355,7 @@ class ElasticsearchBackend(SearchBackend):
 
     def create_version(self) -> str:
         name = self.new_version_name()
-        self._call(
-            "create index", self.es.indices.create, index=name, **index_body(self.settings, building=True)
-        )
+        self._call("create index", self.es.indices.create, index=name, **index_body(self.settings, building=True))
         return name
 
     def swap_alias(self, new_index: str, delete_old: bool = True) -> list[str]:
@@ -340,9 +374,7 @@ class ElasticsearchBackend(SearchBackend):
             "put_settings",
             self.es.indices.put_settings,
             index=index,
-            settings={
-                "index": {"refresh_interval": "1s", "number_of_replicas": self.settings.number_of_replicas}
-            },
+            settings={"index": {"refresh_interval": "1s", "number_of_replicas": self.settings.number_of_replicas}},
         )
         self._call("refresh", self.es.indices.refresh, index=index)
 

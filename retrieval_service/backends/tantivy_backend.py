@@ -33,9 +33,7 @@ def build_schema() -> tantivy.Schema:
     """Only ``contents`` is searched (BM25 needs term frequencies, not positions); the rest is stored."""
     builder = tantivy.SchemaBuilder()
     builder.add_text_field(FIELD_ID, stored=True, tokenizer_name="raw", index_option="basic")
-    builder.add_text_field(
-        FIELD_CONTENTS, stored=False, tokenizer_name=TANTIVY_TOKENIZER, index_option="freq"
-    )
+    builder.add_text_field(FIELD_CONTENTS, stored=False, tokenizer_name=TANTIVY_TOKENIZER, index_option="freq")
     builder.add_bytes_field(FIELD_TITLE, stored=True)
     builder.add_bytes_field(FIELD_TEXT, stored=True)
     builder.add_bytes_field(FIELD_FINGERPRINT, stored=True)
@@ -84,9 +82,7 @@ class TantivyBackend(SearchBackend):
             try:
                 tantivy.Query.term_query(schema, field, "probe")
             except ValueError:
-                raise BackendError(
-                    f"{self.path}: not a retrieval_service index (no field '{field}')"
-                ) from None
+                raise BackendError(f"{self.path}: not a retrieval_service index (no field '{field}')") from None
 
     def _term(self, token: str) -> tantivy.Query:
         return tantivy.Query.term_query(self._schema, FIELD_CONTENTS, token, index_option="freq")
@@ -123,6 +119,31 @@ class TantivyBackend(SearchBackend):
         searcher = self._index.searcher()  # one snapshot for the whole batch
         return [self._search(searcher, q, k) for q in queries]
 
+    def score(self, query: str, ids: Sequence[str]) -> dict[str, float]:
+        return self._score(self._index.searcher(), query, ids)
+
+    def score_batch(self, queries: Sequence[str], ids: Sequence[Sequence[str]]) -> list[dict[str, float]]:
+        searcher = self._index.searcher()
+        return [self._score(searcher, q, i) for q, i in zip(queries, ids, strict=True)]
+
+    def _score(self, searcher: tantivy.Searcher, query: str, ids: Sequence[str]) -> dict[str, float]:
+        """The id set is a zero-scoring Must clause and the query terms optional Should clauses, so every listed
+        document matches and scores exactly its BM25 for the query (0.0 when it shares no term)."""
+        unique = list(dict.fromkeys(ids))
+        if not unique:
+            return {}
+        only_ids = tantivy.Query.const_score_query(tantivy.Query.term_set_query(self._schema, FIELD_ID, unique), 0.0)
+        clauses = [(tantivy.Occur.Must, only_ids)]
+        clauses += [(tantivy.Occur.Should, self._term(t)) for t in tokenize(query)]
+        hits = searcher.search(tantivy.Query.boolean_query(clauses), len(unique), count=False).hits
+        return {searcher.doc(address).get_first(FIELD_ID): float(score) for score, address in hits}
+
+    def version(self) -> str:
+        """Hash of the index's meta.json, which every commit rewrites, plus the live document count."""
+        meta = self.path / "meta.json"
+        digest = hashlib.sha256(meta.read_bytes()).hexdigest()[:16] if meta.is_file() else "empty"
+        return f"tantivy-{digest}-{self.count()}"
+
     def get(self, ids: Sequence[str]) -> dict[str, Document]:
         if not ids:
             return {}
@@ -150,15 +171,13 @@ class TantivyBackend(SearchBackend):
             count = self.count()
         except Exception as exc:  # noqa: BLE001 - health must report, not raise
             return Health(False, self.name, str(self.path), detail=str(exc))
-        return Health(True, self.name, str(self.path), count=count)
+        return Health(True, self.name, str(self.path), count=count, version=self.version())
 
     def reload(self) -> None:
         """Make this process see the latest commit now (readers also reload on their own shortly after)."""
         self._index.reload()
 
-    def index_documents(
-        self, documents: Iterable[Document], progress: ProgressCallback | None = None
-    ) -> IndexReport:
+    def index_documents(self, documents: Iterable[Document], progress: ProgressCallback | None = None) -> IndexReport:
         """Upsert in chunks: skip unchanged ids, replace changed ones; commit once, only if anything changed.
 
         A single commit at the end means readers never see a half-built index.

@@ -222,3 +222,16 @@ def test_service_process_on_elasticsearch_backend(osmem: osmem_server.OsmemServe
         assert httpx.get(f"{proc.url}/documents/zzz").status_code == 404
     finally:
         proc.stop()
+
+
+def test_score_and_version_requests(backend: ElasticsearchBackend) -> None:
+    """Contract only: osmem's scores are not BM25, so only which ids come back (and as floats) is checked."""
+    backend.index_documents(docs(20))
+    first = backend.version()
+    assert first.startswith("elasticsearch-") and backend.health().version == first
+    scores = backend.score("common passage", ["d1", "d2", "missing"])
+    assert set(scores) == {"d1", "d2"} and all(isinstance(v, float) for v in scores.values())
+    batch = backend.score_batch(["uniqued3", "common"], [["d3", "d4"], []])
+    assert set(batch[0]) == {"d3", "d4"} and batch[1] == {}
+    backend.index_documents(docs(21))
+    assert backend.version() != first  # the count changed

@@ -69,3 +69,16 @@ def test_rebuild_alias_swap_and_bulk_errors(es_backend: ElasticsearchBackend) ->
     assert es_backend.versions() != old and es_backend.count() == 2
     report = es_backend.index_documents([Document("x" * 600, "long id", "rejected by Elasticsearch")])
     assert report.failed == 1 and "document 'xxx" in report.errors[0]
+
+
+def test_score_parity_with_tantivy(es_backend: ElasticsearchBackend, corpus_file: Path, corpus_index: Path) -> None:
+    """score() of listed ids, ranked or not, equals tantivy's up to its (k1 + 1) factor."""
+    docs = list(iter_passages(corpus_file))
+    es_backend.index_documents(docs, rebuild=True)
+    ids = [d.id for d in docs[:60]]
+    with TantivyBackend(corpus_index) as tantivy_backend:
+        for query in ("river ocean", "tiger tiger lion", docs[3].title):
+            es_scores, tv_scores = es_backend.score(query, ids), tantivy_backend.score(query, ids)
+            assert set(es_scores) == set(tv_scores) == set(ids)
+            for doc_id in ids:
+                assert es_scores[doc_id] * (1 + 1.2) == pytest.approx(tv_scores[doc_id], rel=1e-3, abs=1e-6)

@@ -45,7 +45,16 @@ def test_search_batch_documents_health_openapi(server: ServerProcess, corpus_ind
     ready = httpx.get(f"{server.url}/readyz")
     assert ready.status_code == 200 and ready.json()["ok"] and ready.json()["count"] == 400
     spec = httpx.get(f"{server.url}/openapi.json").json()
-    assert {"/search", "/search/batch", "/documents/{doc_id}", "/healthz", "/readyz"} <= set(spec["paths"])
+    assert {"/search", "/search/batch", "/score", "/score/batch", "/documents/{doc_id}", "/healthz", "/readyz"} <= set(
+        spec["paths"]
+    )
+    ids = [h.id for h in expected] + ["nope"]
+    r = httpx.post(f"{server.url}/score", json={"query": "river ocean", "ids": ids})
+    assert r.status_code == 200 and set(r.json()["scores"]) == set(ids[:-1])
+    assert r.json()["scores"][expected[0].id] == pytest.approx(expected[0].score)
+    r = httpx.post(f"{server.url}/score/batch", json={"items": [{"query": "river", "ids": ids[:2]}]})
+    assert r.status_code == 200 and len(r.json()["scores"]) == 1
+    assert ready.json()["version"].startswith("tantivy-")
     assert httpx.get(f"{server.url}/docs").status_code == 200
 
 
@@ -66,6 +75,10 @@ def test_search_batch_documents_health_openapi(server: ServerProcess, corpus_ind
         ("/search/batch", {"queries": ["ok", ""]}, "queries.1"),
         ("/search/batch", {"queries": "river"}, "queries"),
         ("/documents/mget", {"ids": []}, "ids"),
+        ("/score", {"query": "river", "ids": []}, "ids"),
+        ("/score", {"query": "", "ids": ["doc-1"]}, "query"),
+        ("/score/batch", {"items": []}, "items"),
+        ("/score/batch", {"items": [{"query": "river"}]}, "items.0.ids"),
     ],
 )
 def test_bad_input_is_422_naming_the_field(server: ServerProcess, path: str, payload: object, field: str) -> None:
@@ -122,6 +135,11 @@ def test_client_roundtrip(server: ServerProcess, corpus: list[dict[str, str]]) -
             Document(**corpus[4]),
         ]
         assert client.health()["count"] == 400
+        assert client.version() == client.health()["version"]
+        assert client.score("river ocean", [h.id for h in hits]) == {h.id: pytest.approx(h.score) for h in hits}
+        assert client.score_batch(["river", "lion", "tiger"], [[hits[0].id]] * 3) == [
+            client.score(q, [hits[0].id]) for q in ("river", "lion", "tiger")
+        ]  # 2 requests (batch_size=2)
         with pytest.raises(RetrievalError) as info:
             client.search("", k=3)
         assert info.value.status == 422 and "query" in str(info.value)

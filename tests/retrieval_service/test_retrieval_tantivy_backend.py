@@ -149,3 +149,30 @@ def test_wikipedia_index_answers_title_queries(wiki_index: Path) -> None:
     with TantivyBackend(wiki_index) as backend:
         assert backend.count() == 11680
         assert backend.search("M-tree metric space triangle inequality", 1)[0].id == "27481099_2"
+
+
+def test_score_gives_bm25_of_listed_documents_ranked_or_not(corpus_index: Path) -> None:
+    with create_backend("tantivy", str(corpus_index)) as backend:
+        hits = backend.search("river ocean tiger", 30)
+        scored = backend.score("river ocean tiger", [h.id for h in hits] + ["missing"])
+        assert set(scored) == {h.id for h in hits}  # unknown ids are absent
+        for hit in hits:
+            assert scored[hit.id] == pytest.approx(hit.score, rel=1e-6)  # same BM25 as the ranked search
+        unrelated = next(d.id for d in backend.search("violin", 400) if d.id not in scored)
+        assert backend.score("river ocean tiger", [unrelated, hits[-1].id])[unrelated] >= 0.0
+        no_terms = backend.score("zzzunknownterm", [hits[0].id])
+        assert no_terms == {hits[0].id: 0.0}  # listed, matched by id, sharing no term: 0.0
+        assert backend.score_batch(["river", "tiger"], [[hits[0].id], []]) == [
+            backend.score("river", [hits[0].id]),
+            {},
+        ]
+
+
+def test_version_changes_with_the_content(tmp_path: Path) -> None:
+    with TantivyBackend(tmp_path / "index", create=True) as backend:
+        backend.index_documents([Document("a", "A", "alpha text")])
+        first = backend.version()
+        backend.index_documents([Document("a", "A", "alpha text")])  # unchanged: nothing committed
+        assert backend.version() == first and backend.health().version == first
+        backend.index_documents([Document("b", "B", "beta text")])
+        assert backend.version() != first

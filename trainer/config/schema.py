@@ -45,7 +45,22 @@ class DataConfig(_Section):
     max_rationale_length: int = Field(default=128, ge=8)
     max_target_length: int = Field(default=32, ge=2)
     rationale_source: Literal["facts", "llm_first", "llm_random", "llm_all"] = "facts"
-    synthetic_seed: int = Field(default=0, description="world seed of the `synthetic` dataset")
+    rationale_filter: Literal["none", "parse", "verifier"] = Field(
+        default="none",
+        description="keep only LLM rationales that lead to the gold answer: by parsing their own final answer, "
+        "or by a verifier model (data.verifier_model) that must pick the gold choice after reading them",
+    )
+    keep_unstated_rationales: bool = Field(
+        default=True, description="parse filter: keep rationales that state no final answer (the verifier decides all)"
+    )
+    verifier_model: str | None = Field(default=None, description="seq2seq verifier: HF name, path or runs:/ URI")
+    synthetic_seed: int = Field(default=0, description="world seed of the `synthetic` and `synthetic_kb` datasets")
+
+    @model_validator(mode="after")
+    def _verifier_needs_a_model(self) -> DataConfig:
+        if self.rationale_filter == "verifier" and not self.verifier_model:
+            raise ValueError("data.rationale_filter=verifier needs data.verifier_model")
+        return self
 
 
 class KnifeConfig(_Section):
@@ -64,12 +79,58 @@ class KnifeConfig(_Section):
     teacher_zero_stage: Literal[0, 3] = 3
 
 
+class KardConfig(_Section):
+    """KARD student (Kang et al.): rationale generation from the question plus retrieved passages."""
+
+    knowledge: str | None = Field(
+        default=None, description="knowledge dataset dir written by a pipeline `knowledge` stage (wired by pipelines)"
+    )
+    train_passages: int = Field(default=1, ge=0, le=20, description="k passages retrieved by the rationale (training)")
+    inference: Literal["bm25", "reranker", "oracle", "none"] = Field(
+        default="bm25",
+        description="dev passages: BM25 by question + options, those reranked, the gold rationale's (upper bound)",
+    )
+    inference_passages: int = Field(default=1, ge=0, le=20, description="k passages in the prompt at inference")
+    candidates: int = Field(default=100, ge=1, le=1000, description="BM25 candidates per question for reranking (N)")
+    reranker: str | None = Field(default=None, description="reranker model: dir or runs:/ URI (wired by pipelines)")
+    reranker_batch_size: int = Field(default=64, ge=1)
+    instruction: str = Field(
+        default="Answer the question by explaining step by step, using the knowledge.",
+        description="task instruction at the start of every prompt",
+    )
+
+
+class RerankerConfig(_Section):
+    """KARD's neural reranker: late interaction (MaxSim) over a pretrained encoder, trained to reproduce
+    rationale relevance: KL(softmax(BM25(rationale, d)/τ_target) ‖ softmax(s(question, d)/τ_model))."""
+
+    projection_dim: int = Field(default=128, ge=8)
+    lora_rank: int = Field(default=16, ge=0, description="LoRA rank on attention query/value; 0 = full fine-tuning")
+    lora_alpha: float = Field(default=32.0, gt=0.0)
+    max_query_length: int = Field(default=64, ge=8)
+    max_passage_length: int = Field(default=160, ge=8)
+    candidates_per_query: int = Field(
+        default=32, ge=1, description="BM25 hits by question and by rationale whose union forms the candidates"
+    )
+    sampled_candidates: int = Field(default=8, ge=2, description="candidates per training example")
+    loss: Literal["kl", "ce_best"] = Field(default="kl", description="kl (paper) or cross-entropy to the best")
+    tau_target_start: float = Field(default=5.0, gt=0.0)
+    tau_target_end: float = Field(default=1.0, gt=0.0)
+    tau_model_start: float = Field(default=1.0, gt=0.0)
+    tau_model_end: float = Field(default=1.0, gt=0.0)
+    eval_k: list[int] = Field(default_factory=lambda: [1, 2, 5], description="recall@k cut-offs on dev")
+
+
 class MethodConfig(_Section):
     """Training objective: a plain fine-tuning baseline or a distillation method."""
 
-    name: Literal["ft_io", "ft_ior", "ft_iro", "multitask", "knife_teacher", "knife_student"] = "ft_io"
+    name: Literal[
+        "ft_io", "ft_ior", "ft_iro", "multitask", "knife_teacher", "knife_student", "rd", "kard", "kard_reranker"
+    ] = "ft_io"
     multitask_alpha: float = Field(default=0.5, ge=0.0, le=1.0)
     knife: KnifeConfig = Field(default_factory=KnifeConfig)
+    kard: KardConfig = Field(default_factory=KardConfig)
+    reranker: RerankerConfig = Field(default_factory=RerankerConfig)
 
 
 class OptimConfig(_Section):
@@ -132,9 +193,40 @@ class RunConfig(_Section):
     eval_every: int = Field(default=0, ge=0, description="optimizer steps between dev evaluations; 0 = end only")
     save_every: int = Field(default=0, ge=0, description="optimizer steps between checkpoints; 0 = end only")
     eval_batch_size: int = Field(default=32, ge=1)
-    eval_num_beams: int = Field(default=1, ge=1)
+    eval_num_beams: int = Field(default=1, ge=1, description="beams for the greedy-generation view")
+    eval_vote_samples: int = Field(
+        default=0, ge=0, description="sampled outputs per dev question for a self-consistency vote; 0 = off"
+    )
+    eval_sample_top_k: int = Field(default=50, ge=0)
+    eval_sample_top_p: float = Field(default=0.95, gt=0.0, le=1.0)
     resume: bool = True
     max_failures: int = Field(default=0, ge=-1, description="Ray Train worker-group restarts; -1 = unlimited")
+
+
+class RetrievalConfig(_Section):
+    """Where KARD's knowledge comes from: one interface, three modes.
+
+    embedded: a tantivy index in-process (built from `corpus` when missing); http: the retrieval service
+    (`url`, bearer token from the env var named by `token_env`); elasticsearch: an alias on the cluster at `url`
+    (credentials from ELASTICSEARCH_* env vars, see docs/retrieval_service.md).
+    """
+
+    mode: Literal["embedded", "http", "elasticsearch"] = "embedded"
+    corpus: str | None = Field(
+        default=None, description="id/title/text JSONL(.gz); default: the shared Wikipedia passages"
+    )
+    index: str | None = Field(
+        default=None, description="embedded: index dir (default: under cache_dir, keyed by corpus); ES: alias"
+    )
+    url: str | None = Field(default=None, description="http: service URL; elasticsearch: cluster URL(s)")
+    token_env: str = Field(default="RETRIEVAL_API_TOKEN", description="env var holding the service's bearer token")
+    cache_dir: str | None = Field(
+        default=None, description="knowledge datasets and indexes; default <output_dir>/knowledge"
+    )
+    batch_size: int = Field(default=64, ge=1, description="queries per search_batch call")
+    actors: int = Field(default=2, ge=1, description="Ray Data actors querying the backend in parallel")
+    timeout_s: float = Field(default=30.0, gt=0.0)
+    retries: int = Field(default=3, ge=0)
 
 
 class ExperimentConfig(_Section):
@@ -143,6 +235,7 @@ class ExperimentConfig(_Section):
     model: ModelConfig = Field(default_factory=ModelConfig)
     data: DataConfig = Field(default_factory=DataConfig)
     method: MethodConfig = Field(default_factory=MethodConfig)
+    retrieval: RetrievalConfig = Field(default_factory=RetrievalConfig)
     optim: OptimConfig = Field(default_factory=OptimConfig)
     ds: DeepSpeedConfig = Field(default_factory=DeepSpeedConfig)
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)

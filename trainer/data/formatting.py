@@ -17,30 +17,54 @@ def format_question(example: QAExample) -> str:
     return f"question: {example.question} options: {options}"
 
 
+def format_choice(choice: str) -> str:
+    """How an answer is written in every target: the choice's own text."""
+    return choice
+
+
 def format_answer(example: QAExample) -> str:
-    """The output (O): the gold choice's text."""
-    return example.answer
+    """The output (O): the gold choice as targets write it."""
+    return format_choice(example.answer)
+
+
+def _normalise(text: str) -> str:
+    """Lower-case, single-spaced, without surrounding punctuation: the form options are compared in."""
+    return " ".join(text.lower().split()).strip(" .,;:!?\"'")
+
+
+def _whole_word_pattern(option: str) -> re.Pattern[str]:
+    return re.compile(rf"(?<!\w){re.escape(option)}(?!\w)")
 
 
 def parse_choice(text: str, choices: tuple[str, ...]) -> int | None:
-    """Map generated text to a choice index: exact text, then option letter, then text containment.
+    """Map an answer text to a choice index, or None when it names no choice unambiguously.
 
-    Methods that emit a rationale put the answer after ANSWER_PREFIX; only that part is parsed.
+    In order: the whole text is an option's text; the text is an option letter (`b`, `(B)`, `(b) fish`);
+    the text contains exactly one option as whole words (an option contained in a longer matched option,
+    like "fish" in "long sea fish", does not count against it). Never substrings: "unknown" and
+    "i do not know" name neither "no" nor "know". Which part of a generation holds the answer is the
+    method's business (see Method.answer_text).
     """
-    if ANSWER_PREFIX in text:
-        text = text.rsplit(ANSWER_PREFIX, 1)[1]
-    elif RATIONALE_PREFIX in text:
-        text = text.split(RATIONALE_PREFIX, 1)[0]
-    candidate = text.strip().lower()
-    lowered = [c.lower() for c in choices]
-    if candidate in lowered:
-        return lowered.index(candidate)
-    letter = re.fullmatch(r"\(?([a-j])\)?\.?", candidate)
-    if letter and OPTION_LETTERS.lower().index(letter.group(1)) < len(choices):
-        return OPTION_LETTERS.lower().index(letter.group(1))
-    contained = [i for i, c in enumerate(lowered) if c and c in candidate]
-    if contained:
-        return max(contained, key=lambda i: len(lowered[i]))
+    candidate = _normalise(text)
+    options = [_normalise(c) for c in choices]
+    if not candidate:
+        return None
+    if candidate in options:
+        return options.index(candidate)
+    letter = re.fullmatch(r"\(([a-j])\)\s*(.*)|([a-j])(?:[.):]\s*(.*))?", candidate)
+    if letter:
+        index = OPTION_LETTERS.lower().index(letter.group(1) or letter.group(3))
+        rest = letter.group(2) or letter.group(4)
+        if index < len(choices) and (not rest or _normalise(rest) == options[index]):
+            return index
+        if rest:  # "(a) no": a letter and another option's text contradict each other
+            return None
+    matched = [i for i, option in enumerate(options) if option and _whole_word_pattern(option).search(candidate)]
+    if not matched:
+        return None
+    longest = max(matched, key=lambda i: len(options[i]))
+    if all(_whole_word_pattern(options[i]).search(options[longest]) for i in matched):
+        return longest
     return None
 
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import gzip
 import json
+import os
+import tempfile
 import zlib
 from collections.abc import Iterator
 from pathlib import Path
@@ -53,3 +55,16 @@ def read_examples(path: str | Path) -> list[QAExample]:
     if not examples:
         raise DataError(f"{path}: no rows")
     return examples
+
+
+def write_jsonl_gz(rows: list[dict[str, Any]], path: Path) -> None:
+    """Fixed gzip header (no mtime/name) keeps bytes reproducible; tmp + rename so no reader sees half."""
+    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as raw, gzip.GzipFile(filename="", fileobj=raw, mode="wb", mtime=0) as gz:
+            for row in rows:
+                gz.write((json.dumps(row, ensure_ascii=False) + "\n").encode("utf-8"))
+        os.replace(tmp_name, path)
+    except BaseException:
+        Path(tmp_name).unlink(missing_ok=True)
+        raise

@@ -36,6 +36,12 @@ class FinetuneIOR(FinetuneIO):
             for rationale in self.rationales(example, rng)
         ]
 
+    def answer_terminator(self) -> list[int]:
+        return self.encode_plain(RATIONALE_PREFIX)
+
+    def answer_text(self, generated: str) -> str | None:
+        return generated.split(RATIONALE_PREFIX, 1)[0]
+
     def max_new_tokens(self) -> int:
         """Answer + rationale + the prompt words between them, so a long rationale never pushes the answer
         out of the labels (training) or past the generation budget (evaluation)."""
@@ -53,3 +59,15 @@ class FinetuneIRO(FinetuneIOR):
         ids = self.encode(rationale, self.cfg.data.max_rationale_length)
         rationale = self.tokenizer.decode(ids, skip_special_tokens=True)
         return f"{RATIONALE_PREFIX} {rationale} {ANSWER_PREFIX} {format_answer(example)}"
+
+    def answer_terminator(self) -> list[int]:
+        return [self.tokenizer.eos_token_id]
+
+    def answer_text(self, generated: str) -> str | None:
+        """After the last "answer:" (LLM rationales sometimes contain the word themselves); None without one."""
+        return generated.rsplit(ANSWER_PREFIX, 1)[1] if ANSWER_PREFIX in generated else None
+
+    def scoring_prefix(self, generated: str) -> str:
+        """The generated rationale up to its last "answer:", which is added when generation never wrote one."""
+        rationale = generated.rsplit(ANSWER_PREFIX, 1)[0] if ANSWER_PREFIX in generated else generated
+        return f"{rationale.strip()} {ANSWER_PREFIX}"

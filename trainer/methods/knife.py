@@ -8,14 +8,15 @@ from typing import Any
 
 import torch
 from transformers import AutoConfig, AutoModelForSeq2SeqLM, PretrainedConfig
+from transformers.modeling_outputs import BaseModelOutput
 
 from trainer.config.schema import ExperimentConfig
-from trainer.data.example import QAExample
+from trainer.data.example import DataError, QAExample
 from trainer.data.formatting import format_answer, format_question
 from trainer.data.knife_collate import build_knife_features, collate_knife
 from trainer.methods.base import Batch, Features, Method
 from trainer.models.sources import resolve_model_source
-from trainer.models.t5_knife import student_forward, teacher_forward, teacher_generate
+from trainer.models.t5_knife import encode, student_forward, teacher_forward
 from trainer.objectives.distillation import layerwise_alignment, masked_kl
 from trainer.objectives.task import token_cross_entropy
 from trainer.tracking.mlflow_tracker import resolve_tracking_uri
@@ -64,14 +65,20 @@ class KnifeTeacher(_KnifeLayout):
         task = token_cross_entropy(states.logits, batch["labels"])
         return {"loss": task, "task_loss": task.detach()}
 
-    def generate(self, model: torch.nn.Module, batch: Batch, **kwargs: Any) -> torch.Tensor:
-        return teacher_generate(
-            model,
-            batch["teacher_input_ids"],
-            batch["teacher_attention_mask"],
-            batch["teacher_cross_attention_mask"],
-            **kwargs,
-        )
+    def encoder_pass(self, model: torch.nn.Module, batch: Batch) -> tuple[BaseModelOutput, torch.Tensor]:
+        """Encode input + FTR; the decoder cross-attends only the input positions."""
+        encoder_outputs = encode(model, batch["teacher_input_ids"], batch["teacher_attention_mask"])
+        return encoder_outputs, batch["teacher_cross_attention_mask"]
+
+    def check_eval_examples(self, examples: list[QAExample]) -> None:
+        """The teacher answers from input + FTR: a dev set without FTRs would silently test something else."""
+        missing = [ex.id for ex in examples if not self.rationales(ex, random.Random(0))]
+        if missing:
+            raise DataError(
+                f"knife_teacher reads a free-text rationale at evaluation, but {len(missing)} of {len(examples)} "
+                f"dev examples have none for data.rationale_source={self.cfg.data.rationale_source!r} "
+                f"(first: {missing[0]!r}); evaluate the teacher on a dev set with rationales"
+            )
 
 
 class KnifeStudent(_KnifeLayout):
@@ -112,10 +119,10 @@ class KnifeStudent(_KnifeLayout):
     def eval_features(self, example: QAExample) -> Features:
         return self.knife_features(example, None, with_labels=False)
 
-    def generate(self, model: torch.nn.Module, batch: Batch, **kwargs: Any) -> torch.Tensor:
-        return model.generate(
-            input_ids=batch["student_input_ids"], attention_mask=batch["student_attention_mask"], **kwargs
-        )
+    def encoder_pass(self, model: torch.nn.Module, batch: Batch) -> tuple[BaseModelOutput, torch.Tensor]:
+        return encode(model, batch["student_input_ids"], batch["student_attention_mask"]), batch[
+            "student_attention_mask"
+        ]
 
     def loss(self, model: torch.nn.Module, batch: Batch) -> dict[str, torch.Tensor]:
         knife = self.cfg.method.knife

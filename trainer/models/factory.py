@@ -87,6 +87,14 @@ def build_model(cfg: ModelConfig, config: PretrainedConfig) -> PreTrainedModel:
     return AutoModelForSeq2SeqLM.from_pretrained(config.name_or_path, config=config)
 
 
+def model_hidden_size(config: PretrainedConfig) -> int:
+    """The width DeepSpeed's bucket sizes follow: T5's d_model, an encoder's hidden_size."""
+    size = getattr(config, "d_model", None) or getattr(config, "hidden_size", None)
+    if not size:
+        raise ValueError(f"model config {type(config).__name__} names neither d_model nor hidden_size")
+    return int(size)
+
+
 def count_parameters(model: torch.nn.Module) -> int:
     """Full parameter count, also for ZeRO-3-partitioned parameters (whose local numel is 0)."""
     return sum(getattr(p, "ds_numel", p.numel()) for p in model.parameters())

@@ -5,7 +5,7 @@ cross-attend only the task-input positions: the rationale reaches the answer sol
 of the input tokens, which are exactly the states the student (input only) is trained to match. HF T5 uses one
 `attention_mask` for both the encoder and the cross-attention, so the teacher runs the encoder itself and then
 calls the model with `encoder_outputs` and the narrower mask. Only standard HF calls are used
-(`get_encoder()`, `forward`, `generate`), so `model` can be the plain module or a DeepSpeed engine's
+(`get_encoder()`, `forward`), so `model` can be the plain module or a DeepSpeed engine's
 `.module`.
 """
 
@@ -36,7 +36,8 @@ def _check_decoder_inputs(labels: Tensor | None, decoder_input_ids: Tensor | Non
         raise ValueError("pass labels (teacher forcing) or decoder_input_ids so the decoder has inputs")
 
 
-def _encode(model: nn.Module, input_ids: Tensor, attention_mask: Tensor, **kwargs: bool) -> BaseModelOutput:
+def encode(model: nn.Module, input_ids: Tensor, attention_mask: Tensor, **kwargs: bool) -> BaseModelOutput:
+    """The encoder alone, so a caller can choose what the decoder cross-attends to."""
     return model.get_encoder()(input_ids=input_ids, attention_mask=attention_mask, return_dict=True, **kwargs)
 
 
@@ -64,7 +65,7 @@ def teacher_forward(
     """Encode input + FTR under attention_mask; decode cross-attending only cross_attention_mask positions."""
     _check_decoder_inputs(labels, decoder_input_ids)
     flags = {"output_hidden_states": output_hidden_states, "output_attentions": output_attentions}
-    encoder_outputs = _encode(model, input_ids, attention_mask, **flags)
+    encoder_outputs = encode(model, input_ids, attention_mask, **flags)
     output = model(
         encoder_outputs=encoder_outputs,
         attention_mask=cross_attention_mask,
@@ -100,17 +101,3 @@ def student_forward(
         last_hidden_state=output.encoder_last_hidden_state, hidden_states=output.encoder_hidden_states
     )
     return _states(output, encoder_outputs, output_attentions)
-
-
-def teacher_generate(
-    model: nn.Module,
-    input_ids: Tensor,
-    attention_mask: Tensor,
-    cross_attention_mask: Tensor,
-    **generate_kwargs,
-) -> Tensor:
-    """Greedy decoding (unless generate_kwargs say otherwise) with the teacher's cross-attention mask."""
-    encoder_outputs = _encode(model, input_ids, attention_mask)
-    generate_kwargs.setdefault("do_sample", False)
-    generate_kwargs.setdefault("num_beams", 1)
-    return model.generate(encoder_outputs=encoder_outputs, attention_mask=cross_attention_mask, **generate_kwargs)

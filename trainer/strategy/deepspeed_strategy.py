@@ -172,9 +172,10 @@ class DeepSpeedStrategy:
     def current_lr(self, engine: DeepSpeedEngine) -> float:
         return float(engine.get_lr()[0])
 
-    def generation_kwargs(self, engine: DeepSpeedEngine) -> dict[str, Any]:
+    def generation_kwargs(self, model: torch.nn.Module) -> dict[str, Any]:
         """ZeRO-3 shards weights: every rank must join every forward, so generation stays in lock-step."""
-        return {"synced_gpus": self.world_size > 1 and engine.zero_optimization_partition_weights()}
+        partitioned = any(hasattr(p, "ds_id") for p in model.parameters())
+        return {"synced_gpus": self.world_size > 1 and partitioned}
 
     # ---- checkpoints ---------------------------------------------------------------------------
     def save_checkpoint(self, engine: DeepSpeedEngine, directory: Path, client_state: dict[str, Any]) -> None:

@@ -6,14 +6,19 @@ import json
 import os
 import tempfile
 from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import mlflow
-from mlflow.entities import Param, RunStatus
+import pandas as pd
+from mlflow.data.dataset import Dataset
+from mlflow.entities import DatasetInput, InputTag, Param, RunStatus
 from mlflow.models import ModelSignature
 from mlflow.tracking import MlflowClient
 from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema
+from mlflow.types.schema import Array
+from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
 
 from trainer.config.schema import TrackingConfig
 from trainer.tracking.metric_buffer import MetricBuffer
@@ -21,15 +26,38 @@ from trainer.tracking.redaction import redact_text, redact_value
 
 DEFAULT_EXPERIMENT = "reasondistill"
 MODEL_ARTIFACT_PATH = "model"
-HF_MODEL_ARTIFACT = "hf_model"  # the artifact key seq2seq_pyfunc.py loads the HF directory from
-PYFUNC_FILE = Path(__file__).with_name("seq2seq_pyfunc.py")
+HF_MODEL_ARTIFACT = "hf_model"  # the artifact key every pyfunc loads the exported HF directory from
 _PARAM_BATCH = 100
 LAUNCH_TAG = "reasondistill.launch_id"  # one per job submission and run: a restarted worker group finds its run
 RESTARTS_TAG = "reasondistill.restarts"
-PYFUNC_SIGNATURE = ModelSignature(
-    inputs=Schema([ColSpec("string", "input")]),
-    outputs=Schema([ColSpec("string")]),
-    params=ParamSchema([ParamSpec("max_new_tokens", "long", 0), ParamSpec("batch_size", "long", 32)]),
+
+
+@dataclass(frozen=True)
+class PyfuncSpec:
+    """How an exported model directory is logged: a "model from code" file, extra artifacts, and its signature."""
+
+    python_model: Path
+    signature: ModelSignature
+    artifacts: dict[str, Path] = field(default_factory=dict)
+
+
+SEQ2SEQ_PYFUNC = PyfuncSpec(
+    python_model=Path(__file__).with_name("seq2seq_pyfunc.py"),
+    signature=ModelSignature(
+        inputs=Schema([ColSpec("string", "input")]),
+        outputs=Schema([ColSpec("string")]),
+        params=ParamSchema([ParamSpec("max_new_tokens", "long", 0), ParamSpec("batch_size", "long", 32)]),
+    ),
+)
+
+
+RERANKER_PYFUNC = PyfuncSpec(
+    python_model=Path(__file__).with_name("reranker_pyfunc.py"),
+    signature=ModelSignature(
+        inputs=Schema([ColSpec("string", "query"), ColSpec(Array("string"), "passages")]),
+        outputs=Schema([ColSpec(Array("double"))]),
+    ),
+    artifacts={"late_interaction": Path(__file__).parents[1] / "models" / "late_interaction.py"},
 )
 
 
@@ -156,15 +184,25 @@ class MLflowTracker:
             path.write_text("".join(json.dumps(row) + "\n" for row in rows))
             self.client.log_artifact(self.run_id, str(path), str(Path(artifact_file).parent) or None)
 
-    def log_model(self, export_dir: Path) -> str:
+    def log_table(self, rows: list[dict[str, Any]], artifact_file: str) -> None:
+        """Rows as an MLflow table artifact, browsable in the run's Artifacts tab and the Evaluation view."""
+        self.client.log_table(self.run_id, data=pd.DataFrame(rows), artifact_file=artifact_file)
+
+    def log_input(self, dataset: Dataset, context: str) -> None:
+        """Record a dataset as this run's input (the UI's Dataset column), e.g. KARD's knowledge dataset."""
+        tags = [InputTag(MLFLOW_DATASET_CONTEXT, context)]
+        self.client.log_inputs(self.run_id, datasets=[DatasetInput(dataset._to_mlflow_entity(), tags)])
+
+    def log_model(self, export_dir: Path, spec: PyfuncSpec = SEQ2SEQ_PYFUNC) -> str:
         """Log an exported HF dir as a pyfunc model; returns its `runs:/` URI."""
         mlflow.set_tracking_uri(self.tracking_uri)
+        artifacts = {HF_MODEL_ARTIFACT: str(export_dir), **{k: str(v) for k, v in spec.artifacts.items()}}
         with mlflow.start_run(run_id=self.run_id, experiment_id=self.experiment_id):
             mlflow.pyfunc.log_model(
                 name=MODEL_ARTIFACT_PATH,
-                python_model=str(PYFUNC_FILE),
-                artifacts={HF_MODEL_ARTIFACT: str(export_dir)},
-                signature=PYFUNC_SIGNATURE,
+                python_model=str(spec.python_model),
+                artifacts=artifacts,
+                signature=spec.signature,
                 pip_requirements=[f"mlflow=={mlflow.__version__}", "torch", "transformers", "pandas"],
             )
         # Leaving the fluent context marks the run finished; training still owns its status.
@@ -203,7 +241,9 @@ class NullTracker:
     def log_dict(self, data: Any, artifact_file: str) -> None: ...
     def log_text(self, text: str, artifact_file: str) -> None: ...
     def log_jsonl(self, rows: list[dict[str, Any]], artifact_file: str) -> None: ...
-    def log_model(self, export_dir: Path) -> str | None: ...
+    def log_table(self, rows: list[dict[str, Any]], artifact_file: str) -> None: ...
+    def log_input(self, dataset: Dataset, context: str) -> None: ...
+    def log_model(self, export_dir: Path, spec: PyfuncSpec = SEQ2SEQ_PYFUNC) -> str | None: ...
     def flush(self) -> None: ...
     def finish(self, status: str = "FINISHED") -> None: ...
 

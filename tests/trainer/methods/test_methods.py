@@ -115,8 +115,9 @@ def test_knife_teacher_reads_the_rationale_and_student_does_not(tmp_path: Path) 
     teacher = fresh_model(cfg, tok)
     assert torch.isfinite(teacher_method.loss(teacher, batch)["loss"])
     eval_batch = teacher_method.collate([teacher_method.eval_features(EXAMPLE)])
-    out = teacher_method.generate(teacher, eval_batch, max_new_tokens=3)
-    assert out.shape[0] == 1
+    encoder_outputs, cross_mask = teacher_method.encoder_pass(teacher, eval_batch)
+    assert torch.equal(cross_mask, eval_batch["teacher_cross_attention_mask"])
+    assert encoder_outputs.last_hidden_state.shape[1] == eval_batch["teacher_input_ids"].shape[1]
 
     export = tmp_path / "teacher"
     teacher.save_pretrained(export)

@@ -3,7 +3,7 @@ import torch
 from transformers import T5Config, T5ForConditionalGeneration
 
 from trainer.data.knife_collate import build_knife_features, collate_knife
-from trainer.models.t5_knife import student_forward, teacher_forward, teacher_generate
+from trainer.models.t5_knife import encode, student_forward, teacher_forward
 from trainer.objectives.distillation import layerwise_alignment, masked_mse
 
 VOCAB = 50
@@ -136,6 +136,14 @@ def _manual_greedy(model, batch: dict[str, torch.Tensor], steps: int) -> torch.T
         decoded = torch.cat([decoded, token[:, None]], dim=1)
         finished |= token == EOS
     return decoded
+
+
+def teacher_generate(model, input_ids, attention_mask, cross_attention_mask, **kwargs) -> torch.Tensor:
+    """What evaluation does for the teacher (KnifeTeacher.encoder_pass, then generate from its states)."""
+    encoder_outputs = encode(model, input_ids, attention_mask)
+    return model.generate(
+        encoder_outputs=encoder_outputs, attention_mask=cross_attention_mask, do_sample=False, num_beams=1, **kwargs
+    )
 
 
 def test_teacher_generate_is_masked_greedy_decoding(batch: dict[str, torch.Tensor]) -> None:
