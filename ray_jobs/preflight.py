@@ -20,6 +20,7 @@ from trainer.data.jsonl import iter_json_rows
 from trainer.data.registry import load_splits, registered_datasets
 from trainer.models.factory import is_preset
 from trainer.models.sources import is_mlflow_uri
+from trainer.tracking.redaction import redact_text
 
 PROBE_TIMEOUT_S = 5.0
 FIRST_ROWS = 20
@@ -122,22 +123,29 @@ def _check_mlflow_model(field: str, uri: str, tracking_uri: str | None) -> list[
     return []
 
 
-def check_service_urls(cfg: ExperimentConfig) -> None:
-    """Every `*_url` setting of a retrieval section answers `/readyz` (the service's readiness probe)."""
-    tree = cfg.model_dump(mode="json")
-    for section, values in tree.items():
-        if "retrieval" not in section or not isinstance(values, dict):
-            continue
-        for key, url in values.items():
-            if not key.endswith("url") or not isinstance(url, str) or not url:
-                continue
-            field = f"{section}.{key}"
-            try:
-                status = _http_get(f"{url.rstrip('/')}/readyz")
-            except OSError as exc:
-                raise PreflightError(f"{field}: retrieval service {url} unreachable: {exc}") from None
-            if status not in (200, 401):  # 401: up, and wants the token the job will send
-                raise PreflightError(f"{field}: retrieval service {url} not ready (HTTP {status} on /readyz)")
+def check_retrieval(cfg: ExperimentConfig, local_cluster: bool) -> list[str]:
+    """The knowledge source the `retrieval` section names answers: the service's `/readyz`, Elasticsearch's
+    root, or (embedded) the corpus file exists."""
+    retrieval = cfg.retrieval
+    if retrieval.mode == "embedded":
+        if retrieval.corpus and not Path(retrieval.corpus).is_file():
+            if not local_cluster:
+                return [f"retrieval.corpus: {retrieval.corpus} is not on this machine; not checked"]
+            raise PreflightError(f"retrieval.corpus: corpus file not found: {retrieval.corpus}")
+        return []
+    if not retrieval.url:
+        return []  # the job falls back to its environment (e.g. ELASTICSEARCH_URL on the nodes)
+    service = "retrieval service" if retrieval.mode == "http" else "Elasticsearch"
+    for url in retrieval.url.split(","):
+        url = url.strip().rstrip("/")
+        probe = f"{url}/readyz" if retrieval.mode == "http" else url
+        try:
+            status = _http_get(probe)
+        except OSError as exc:
+            raise PreflightError(f"retrieval.url: {service} {redact_text(url)} unreachable: {exc}") from None
+        if status >= 500 or (retrieval.mode == "http" and status not in (200, 401)):  # 401: up, wants a token
+            raise PreflightError(f"retrieval.url: {service} {redact_text(url)} not ready (HTTP {status} on {probe})")
+    return []
 
 
 def check_storage(cfg: ExperimentConfig) -> None:
@@ -167,7 +175,7 @@ def preflight(
                 (cfg.tracking, lambda c=cfg: check_tracking(c)),
                 ((cfg.data, cfg.run.seed), lambda c=cfg: notes.extend(check_data(c, local_cluster))),
                 (cfg.run.storage_path, lambda c=cfg: check_storage(c)),
-                (cfg, lambda c=cfg: check_service_urls(c)),
+                (cfg.retrieval, lambda c=cfg: notes.extend(check_retrieval(c, local_cluster))),
             ]
             for subject, check in checks:  # pipeline stages share most settings: check each value once
                 fingerprint = repr(subject)
@@ -179,6 +187,7 @@ def preflight(
                 ("model.name", cfg.model.name),
                 ("model.tokenizer", cfg.model.tokenizer),
                 ("method.knife.teacher", cfg.method.knife.teacher),
+                ("method.kard.reranker", cfg.method.kard.reranker),
             ):
                 notes.extend(check_model_source(field, source, uri))
         except PreflightError as exc:

@@ -66,3 +66,11 @@ def test_tracking_and_model_uris(tmp_path: Path) -> None:
     with pytest.raises(PreflightError, match="method.knife.teacher: runs:/0123abc/model"):
         check("data.dataset=synthetic", f"tracking.tracking_uri={store}", "method.knife.teacher=runs:/0123abc/model")
     check("data.dataset=synthetic", f"tracking.tracking_uri={store}")  # a sound config passes
+
+
+def test_retrieval_service_must_answer(tmp_path: Path) -> None:
+    dead = f"http://127.0.0.1:{free_port()}"
+    with pytest.raises(PreflightError, match=f"retrieval.url: retrieval service {dead} unreachable"):
+        check("data.dataset=synthetic", "retrieval.mode=http", f"retrieval.url={dead}")
+    with pytest.raises(PreflightError, match="retrieval.corpus: corpus file not found"):
+        check("data.dataset=synthetic", f"retrieval.corpus={tmp_path / 'none.jsonl'}")
