@@ -95,18 +95,22 @@ class FaultCluster:
         assert self.s3 is not None
         return self.s3.uri("checkpoints", prefix)
 
-    def registered_checkpoint(self, run_name: str) -> dict[str, Any] | None:
-        """Ray Train's latest registered checkpoint of `run_name` (its snapshot in S3): dir name and metrics."""
+    def registered_checkpoint(self, run_name: str, prefix: str | None = None) -> dict[str, Any] | None:
+        """Ray Train's latest registered checkpoint of `run_name` stored under `storage_uri(prefix or run_name)`
+        (its snapshot in S3): dir name and metrics."""
         assert self.s3 is not None
-        key = f"{run_name}/{run_name}/checkpoint_manager_snapshot.json"
-        if key not in self.s3.list_keys("checkpoints", f"{run_name}/"):
+        prefix = prefix or run_name
+        key = f"{prefix}/{run_name}/checkpoint_manager_snapshot.json"
+        if key not in self.s3.list_keys("checkpoints", f"{prefix}/"):
             return None
         return json.loads(self.s3.read("checkpoints", key)).get("latest_checkpoint_result")
 
-    def wait_registered_step(self, run_name: str, step: int, timeout_s: float = 300.0) -> None:
+    def wait_registered_step(
+        self, run_name: str, step: int, timeout_s: float = 300.0, prefix: str | None = None
+    ) -> None:
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
-            latest = self.registered_checkpoint(run_name)
+            latest = self.registered_checkpoint(run_name, prefix)
             if latest is not None and latest["metrics"].get("train/step", latest["metrics"].get("train/steps")) == step:
                 return
             time.sleep(0.3)

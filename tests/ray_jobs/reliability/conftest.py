@@ -30,8 +30,13 @@ CANARIES = {
 @pytest.fixture(scope="session")
 def say(pytestconfig: pytest.Config) -> Callable[[str], None]:
     """A line in pytest's own output, shown even when output is captured (cluster layout, recovery times)."""
-    reporter = pytestconfig.pluginmanager.get_plugin("terminalreporter")
-    return lambda text: reporter.write_line(text) if reporter else print(text)
+    capture = pytestconfig.pluginmanager.getplugin("capturemanager")
+
+    def say(text: str) -> None:
+        with capture.global_and_fixture_disabled():
+            print(text, flush=True)
+
+    return say
 
 
 @pytest.fixture(scope="module")  # the fault tests share it; it is gone before the rest of the suite runs
