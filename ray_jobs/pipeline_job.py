@@ -9,7 +9,9 @@ from typing import Any
 
 from mlflow.tracking import MlflowClient
 
+from ray_jobs.failure_report import print_failure
 from ray_jobs.pipeline import PipelinePlan, PlannedStage
+from ray_jobs.pipeline_resume import finished_stage_result, record_stage_result
 from ray_jobs.train_job import PAYLOAD_ENV, RESULT_MARKER, decode_payload, run_training_job
 from trainer.tracking.mlflow_tracker import MLflowTracker, resolve_experiment, resolve_tracking_uri
 
@@ -100,15 +102,24 @@ def run_pipeline(plan: PipelinePlan) -> dict[str, dict[str, Any]]:
     )
     parent.log_params({"pipeline.stages": ",".join(s.name for s in plan.stages)})
     results: dict[str, dict[str, Any]] = {}
+    stage_name = "setup"
     try:
         for stage in plan.stages:
+            stage_name = stage.name
+            done = finished_stage_result(client, parent.run_id, stage.name) if resume else None
+            if done is not None:
+                print(f"[pipeline {plan.name}] stage {stage.name}: finished in an earlier attempt, skipped", flush=True)
+                results[stage.name] = done
+                continue
             wired, tags = wire_stage(stage, results)
             print(f"[pipeline {plan.name}] stage {stage.name}: {stage.kind} {wired.config.method.name}", flush=True)
             metrics = run_stage(wired, parent.run_id, {PIPELINE_TAG: plan.name, "stage": stage.name, **tags})
             results[stage.name] = metrics
+            record_stage_result(client, parent.run_id, stage.name, metrics)
             parent.log_metrics(headline_metrics(stage.name, metrics), step=0)
             parent.set_tags({f"stage.{stage.name}.run_id": str(metrics["mlflow_run_id"])})
-    except BaseException:
+    except BaseException as exc:
+        print_failure(exc, f"{plan.name}/{stage_name}")
         parent.finish("FAILED")
         raise
     parent.log_dict(results, "pipeline/results.json")

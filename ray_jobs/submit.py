@@ -25,13 +25,16 @@ from urllib.parse import urlparse
 
 from ray.job_submission import JobStatus, JobSubmissionClient
 
+from ray_jobs.failure_report import format_failure, parse_failure
 from ray_jobs.local_cluster import LOCAL_RAY_ENV, LocalRayHead
 from ray_jobs.pipeline import PipelinePlan, is_pipeline_file, load_pipeline
+from ray_jobs.preflight import preflight
 from ray_jobs.train_job import PAYLOAD_ENV, RESULT_MARKER, encode_payload
 from trainer.config import ConfigError, ExperimentConfig, load_config
 from trainer.config.loader import split_config_args
 from trainer.data.registry import data_root
 from trainer.planning.from_config import resolve_auto_zero
+from trainer.failpoints import FAILPOINTS_ENV
 from trainer.tracking.mlflow_tracker import resolve_experiment, resolve_tracking_uri
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -48,9 +51,6 @@ UPLOAD_EXCLUDES = [
     ".pytest_cache",
     ".ruff_cache",
 ]
-
-
-CREDENTIAL_ENV = ("MLFLOW_TRACKING_TOKEN", "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "HF_TOKEN")
 
 
 def localize(cfg: ExperimentConfig) -> ExperimentConfig:
@@ -88,11 +88,12 @@ def localize(cfg: ExperimentConfig) -> ExperimentConfig:
     )
 
 
-def job_env(local: bool, request: JobRequest, forward_credentials: bool = True) -> dict[str, str]:
+def job_env(local: bool, request: JobRequest) -> dict[str, str]:
     """The job's environment: its payload, thread count, and the run's MLflow store for every process.
 
-    `forward_credentials` copies the submitter's MLflow/HF tokens; a written manifest must not carry them
-    (Kubernetes pods read them from Secrets instead)."""
+    Secrets (MLflow credentials, HF token, ...) are never put here: a Ray job's runtime_env is readable by
+    anyone who can list jobs. The cluster's nodes hold them (a local head started by `submit` inherits them).
+    """
     env = {
         PAYLOAD_ENV: request.payload,
         "MLFLOW_TRACKING_URI": resolve_tracking_uri(request.sizing.tracking),
@@ -102,9 +103,8 @@ def job_env(local: bool, request: JobRequest, forward_credentials: bool = True) 
         "MLFLOW_DISABLE_TELEMETRY": "true",
         "DO_NOT_TRACK": "true",
     }
-    for key in CREDENTIAL_ENV:
-        if forward_credentials and key in os.environ:
-            env[key] = os.environ[key]
+    if FAILPOINTS_ENV in os.environ:  # fault-injection tests arm failpoints in the job's processes
+        env[FAILPOINTS_ENV] = os.environ[FAILPOINTS_ENV]
     if local:
         env.update(LOCAL_RAY_ENV)
     return env
@@ -149,6 +149,7 @@ class JobRequest:
     payload: str
     sizing: ExperimentConfig
     metadata: dict[str, str]
+    configs: tuple[tuple[str, ExperimentConfig], ...] = ()  # (stage name, config) for preflight checks
 
     @classmethod
     def for_training(cls, cfg: ExperimentConfig) -> JobRequest:
@@ -157,6 +158,7 @@ class JobRequest:
             encode_payload(cfg),
             cfg,
             {"method": cfg.method.name, "dataset": cfg.data.dataset, "run": cfg.run.name},
+            (("", cfg),),
         )
 
     @classmethod
@@ -167,6 +169,7 @@ class JobRequest:
             encode_payload(plan),
             widest,
             {"pipeline": plan.name, "stages": ",".join(s.name for s in plan.stages)},
+            tuple((s.name, s.config) for s in plan.stages),
         )
 
 
@@ -183,13 +186,20 @@ def submit_when_agent_ready(client: JobSubmissionClient, wait_s: float = 120.0, 
             time.sleep(2.0)
 
 
+@dataclass(frozen=True)
+class JobOutcome:
+    status: JobStatus
+    result: dict[str, Any] | None  # the job's result summary (on success)
+    failure: dict[str, Any] | None  # its root cause (on failure), see ray_jobs.failure_report
+
+
 def submit(
     request: JobRequest,
     address: str | None,
     timeout_s: float | None = None,
     python: str | None = None,
-) -> tuple[JobStatus, dict[str, Any] | None]:
-    """Submit, stream, wait; returns the final status and the job's result summary.
+) -> JobOutcome:
+    """Submit, stream, wait; returns the final status, the job's result summary or its root cause.
 
     A cluster on this machine runs the job with this interpreter; a remote one with `python` from its image.
     """
@@ -226,9 +236,13 @@ def submit(
         while not status.is_terminal():
             time.sleep(1.0)
             status = client.get_job_status(job_id)
-        result = parse_result(client.get_job_logs(job_id))
+        logs = client.get_job_logs(job_id)
         print(f"[submit] job {job_id} {status.value} after {time.monotonic() - started:.0f}s", flush=True)
-        return status, result
+        failure = parse_failure(logs)
+        if failure is None and status != JobStatus.SUCCEEDED:
+            message = client.get_job_info(job_id).message or "no message from Ray"
+            failure = {"stage": "job", "errors": [{"rank": None, "type": "JobFailed", "message": message}]}
+        return JobOutcome(status, parse_result(logs), failure)
 
 
 HEADLINE_METRICS = (
@@ -297,6 +311,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--timeout", type=float, default=None, help="stop the job after this many seconds")
     parser.add_argument(
+        "--no-preflight",
+        action="store_true",
+        help="skip the checks run here before submitting (data files, model URIs, MLflow and services reachable)",
+    )
+    parser.add_argument(
         "--python",
         default=None,
         help="interpreter on the cluster (default: this one for a local cluster, else `python`)",
@@ -304,15 +323,21 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         request = build_request(args.args)
+        if not args.no_preflight:
+            started = time.monotonic()
+            preflight(request.configs, local_cluster=not args.address or is_loopback(args.address))
+            print(f"[preflight] ok in {time.monotonic() - started:.1f}s", flush=True)
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    status, result = submit(request, args.address, timeout_s=args.timeout, python=args.python)
-    if status != JobStatus.SUCCEEDED:
-        print(f"error: Ray job ended {status.value}", file=sys.stderr)
+    outcome = submit(request, args.address, timeout_s=args.timeout, python=args.python)
+    if outcome.status != JobStatus.SUCCEEDED:
+        print(f"error: Ray job ended {outcome.status.value}", file=sys.stderr)
+        if outcome.failure:
+            print(f"error: {format_failure(outcome.failure)}", file=sys.stderr)
         return 1
-    if result is not None:
-        print_summary(result, request.sizing)
+    if outcome.result is not None:
+        print_summary(outcome.result, request.sizing)
     return 0
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import uuid
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -15,6 +16,7 @@ from pydantic import BaseModel
 from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchConfig, TorchTrainer
 
+from ray_jobs.failure_report import print_failure
 from ray_jobs.ray_checkpoint_io import RayCheckpointIO
 from trainer.config.schema import ExperimentConfig
 from trainer.loop import Trainer
@@ -24,6 +26,7 @@ RESULT_MARKER = "REASONDISTILL_RESULT "
 # multi-kilobyte entrypoint echoed into the job log.
 PAYLOAD_ENV = "REASONDISTILL_JOB_PAYLOAD"
 PayloadT = TypeVar("PayloadT", bound=BaseModel)
+LAUNCH_ID = uuid.uuid4().hex  # this driver process: Ray Train restarts inside it share it, a re-submission does not
 
 
 def encode_payload(payload: BaseModel) -> str:
@@ -41,6 +44,7 @@ def _train_worker(loop_config: dict[str, Any]) -> None:
         RayCheckpointIO(),
         parent_run_id=loop_config.get("parent_run_id"),
         run_tags=loop_config.get("run_tags"),
+        launch_id=loop_config.get("launch_id"),
     )
     if loop_config.get("evaluate_only"):
         trainer.evaluate_model()
@@ -66,6 +70,7 @@ def run_training_job(
             "parent_run_id": parent_run_id,
             "run_tags": run_tags or {},
             "evaluate_only": evaluate_only,
+            "launch_id": f"{LAUNCH_ID}:{cfg.run.name}",
         },
         scaling_config=ScalingConfig(
             num_workers=cfg.run.num_workers, use_gpu=cfg.run.use_gpu, resources_per_worker=resources
@@ -82,7 +87,12 @@ def run_training_job(
 
 
 def main() -> None:
-    metrics = run_training_job(decode_payload(ExperimentConfig, os.environ[PAYLOAD_ENV]))
+    cfg = decode_payload(ExperimentConfig, os.environ[PAYLOAD_ENV])
+    try:
+        metrics = run_training_job(cfg)
+    except BaseException as exc:
+        print_failure(exc, cfg.run.name)
+        raise
     print(RESULT_MARKER + json.dumps(metrics, default=str), flush=True)
 
 

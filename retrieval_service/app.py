@@ -20,6 +20,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, ConfigDict, Field, field_validator
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from retrieval_service import __version__
 from retrieval_service.backends import BackendError, SearchBackend, create_backend
@@ -248,6 +249,13 @@ def create_app(backend: SearchBackend | None = None, settings: ServiceSettings |
                 message = "request body must be a JSON object sent with Content-Type: application/json"
             detail.append({"field": field, "message": message})
         return _error(422, "validation_error", detail)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        """Framework-level rejections (undecodable body, unknown path, wrong method) in the same error shape."""
+        field = {400: "body", 404: "path", 405: "method"}.get(exc.status_code, "request")
+        code = {400: "malformed_body", 404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+        return _error(exc.status_code, code, [{"field": field, "message": str(exc.detail)}], exc.headers)
 
     @app.exception_handler(BackendError)
     async def _backend_error(_: Request, exc: BackendError) -> JSONResponse:

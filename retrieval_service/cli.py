@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import json
 import logging
 import os
@@ -12,6 +13,13 @@ from collections.abc import Sequence
 from retrieval_service import settings as cfg
 from retrieval_service.backends import BACKENDS, BackendError, create_backend
 from retrieval_service.documents import MalformedLineError
+
+
+def is_loopback_host(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return host == "localhost"
 
 
 def _default_index(backend: str) -> str:
@@ -80,6 +88,12 @@ def _cmd_serve(args: argparse.Namespace) -> int:
             os.environ[env] = str(value)
     try:
         settings = cfg.ServiceSettings.from_env()  # fail fast on bad env before forking workers
+        if settings.token is None and not is_loopback_host(args.host) and not args.allow_unauthenticated:
+            raise ValueError(
+                f"--host {args.host} is reachable from other machines and no bearer token is set "
+                f"({cfg.ENV_TOKEN}, {cfg.ENV_TOKEN_FILE} or --token-file); pass --allow-unauthenticated "
+                "to serve without one anyway"
+            )
         if not args.allow_missing_index:
             with create_backend(settings.backend, settings.index) as backend:
                 health = backend.health()
@@ -159,6 +173,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--allow-missing-index",
         action="store_true",
         help="start even if the index is not there yet (/readyz answers 503 until it is)",
+    )
+    p_serve.add_argument(
+        "--allow-unauthenticated",
+        action="store_true",
+        help="serve a non-loopback --host without a bearer token (refused otherwise)",
     )
     p_serve.add_argument("--log-level", default="warning")
     p_serve.add_argument("--access-log", action="store_true")

@@ -58,6 +58,7 @@ class RetrievalClient:
         self.retries = retries
         self.backoff = backoff
         self.batch_size = batch_size
+        self.base_url = base_url.rstrip("/")
         self._http = httpx.Client(
             base_url=base_url.rstrip("/"), timeout=timeout, headers=headers, transport=transport
         )
@@ -69,14 +70,21 @@ class RetrievalClient:
                 response = self._http.request(method, path, json=json)
             except httpx.TransportError as exc:
                 if attempt == self.retries:
-                    raise RetrievalError(f"{method} {path}: {type(exc).__name__}: {exc}") from exc
+                    raise RetrievalError(
+                        f"retrieval service {self.base_url} unreachable: {method} {path} failed "
+                        f"{attempt + 1} time(s): {type(exc).__name__}: {exc}"
+                    ) from exc
             else:
                 if response.status_code in ok:
                     return response.json()
                 message, body = _describe(response)
                 if response.status_code not in RETRYABLE_STATUS or attempt == self.retries:
+                    tries = f" after {attempt + 1} attempts" if attempt else ""
                     raise RetrievalError(
-                        f"{method} {path}: HTTP {response.status_code}: {message}", response.status_code, body
+                        f"retrieval service {self.base_url}: {method} {path}: HTTP {response.status_code}{tries}: "
+                        f"{message}",
+                        response.status_code,
+                        body,
                     )
             time.sleep(delay * (0.5 + random.random() / 2))
             delay *= 2

@@ -16,6 +16,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 from transformers import PretrainedConfig
 
 from trainer.checkpoint_io import CheckpointIO
+from trainer.checkpoint_shard import load_rank_state, save_rank_state, seal
 from trainer.config.loader import flatten
 from trainer.config.schema import ExperimentConfig
 from trainer.data.example import DataError, QAExample
@@ -23,6 +24,7 @@ from trainer.data.formatting import tokenizer_corpus
 from trainer.data.rationales import answer_leakage
 from trainer.data.registry import DatasetSplits, load_splits
 from trainer.evaluation.evaluator import EvalResult, EvalSettings
+from trainer.failpoints import failpoint
 from trainer.methods.base import Features, Method
 from trainer.methods.registry import method_class
 from trainer.model_selection import replace_dir, restore_selected, stash_selected
@@ -41,6 +43,7 @@ class TrainState:
     wall_time_s: float = 0.0
     best_step: int | None = None  # the step whose model the run exports as `model` (model selection on dev)
     best_accuracy: float | None = None
+    pending_metrics: list[list[Any]] = field(default_factory=list)  # undelivered to MLflow when saved
 
     def offer(self, accuracy: float, always: bool = False) -> bool:
         """Is the model at the current step (now) the selected one, given its dev accuracy? A tie keeps the earlier
@@ -90,11 +93,13 @@ class Trainer:
         checkpoint_io: CheckpointIO,
         parent_run_id: str | None = None,
         run_tags: dict[str, str] | None = None,
+        launch_id: str | None = None,
     ) -> None:
         self.cfg = cfg
         self.checkpoint_io = checkpoint_io
         self.parent_run_id = parent_run_id
         self.run_tags = run_tags or {}
+        self.launch_id = launch_id  # one per job submission: tells a worker-group restart from a re-submission
         self.strategy = DeepSpeedStrategy(cfg)
         run_dir = Path(cfg.run.output_dir) / cfg.run.name
         self.export_dir = run_dir / "export"  # the selected model
@@ -135,6 +140,7 @@ class Trainer:
                 **self.run_tags,
                 **(tags or {}),
             },
+            launch_id=self.launch_id,
         )
 
     def evaluate_model(self) -> TrainingResult:
@@ -192,18 +198,20 @@ class Trainer:
         with self.checkpoint_io.latest() as checkpoint_dir:
             if checkpoint_dir is not None and cfg.run.resume:
                 state = TrainState(**strategy.load_checkpoint(engine, checkpoint_dir))
+                load_rank_state(checkpoint_dir, strategy.rank)
                 if not restore_selected(checkpoint_dir, self.export_dir if strategy.is_rank_zero else None):
                     state.best_step = state.best_accuracy = None  # a selection without its export is not kept
         resumed_from = state.global_step
         tracker = self._tracker(method, state.mlflow_run_id)
         state.mlflow_run_id = strategy.broadcast_object(tracker.run_id)
+        tracker.requeue_metrics(state.pending_metrics)
+        if tracker.resumed:
+            tracker.record_restart(resumed_from, self.launch_id)
         if resumed_from == 0:
             self._log_run_setup(tracker, len(splits.train), len(features), len(splits.dev), num_parameters)
             self._log_inputs(tracker, method)
             if method.uses_rationales:
                 tracker.log_metrics(answer_leakage(splits.train, cfg.data.rationale_source, cfg.run.seed), step=0)
-        else:
-            tracker.set_tags({"resumed_from_step": str(resumed_from)})
 
         eval_result = self._train(engine, method, loader, sampler, splits.dev, state, tracker)
         if eval_result is None:  # resumed at max_steps, or the last step was not an eval step
@@ -224,8 +232,7 @@ class Trainer:
         tracker.log_metrics(final, step=state.global_step)
         predictions = self._log_predictions(tracker, eval_result)
 
-        staging = self.checkpoint_io.staging_dir(state.global_step)
-        self._save_checkpoint(engine, staging, state)
+        staging = self._save_checkpoint(engine, state, tracker)
         log_model = cfg.tracking.log_model
         model_uri = tracker.log_model(self.export_dir, method.pyfunc) if log_model else None
         final_model_uri = (
@@ -260,12 +267,20 @@ class Trainer:
         if self.strategy.is_rank_zero:
             replace_dir(partial, directory)
 
-    def _save_checkpoint(self, engine: Any, staging: Path, state: TrainState) -> None:
-        """Every rank's shard, plus (rank 0, with model selection) the selected model's export, so a run resumed
-        where that export directory is gone still logs the step it selected."""
-        self.strategy.save_checkpoint(engine, staging, asdict(state))
-        if self.cfg.run.eval_every and state.best_step is not None and self.strategy.is_rank_zero:
-            stash_selected(self.export_dir, staging)
+    def _save_checkpoint(self, engine: Any, state: TrainState, tracker: Tracker) -> Path:
+        """Every rank writes its shard (DeepSpeed state, RNG streams; rank 0 with model selection: the selected
+        model's export), then seals it once all ranks wrote."""
+        strategy, step = self.strategy, state.global_step
+        state.pending_metrics = tracker.pending_metrics()
+        staging = self.checkpoint_io.staging_dir(step)
+        strategy.save_checkpoint(engine, staging, asdict(state))
+        save_rank_state(staging, strategy.rank)
+        if self.cfg.run.eval_every and state.best_step is not None and strategy.is_rank_zero:
+            stash_selected(self.export_dir, staging)  # a run resumed where that export is gone keeps its selection
+        failpoint("checkpoint.save", step=step, rank=strategy.rank, run=self.cfg.run.name)
+        strategy.barrier()
+        seal(staging, strategy.rank, strategy.world_size)
+        return staging
 
     def _log_run_setup(self, tracker: Tracker, n_examples: int, n_features: int, n_dev: int, n_params: int) -> None:
         tracker.log_params(
@@ -341,6 +356,7 @@ class Trainer:
                 state.global_step += 1
                 last_eval = None
                 step = state.global_step
+                failpoint("train.step", step=step, rank=strategy.rank, run=cfg.run.name)
                 if step % cfg.tracking.log_every == 0 or step == cfg.optim.max_steps:
                     elapsed = time.perf_counter() - window_start
                     state.wall_time_s += elapsed
@@ -363,8 +379,7 @@ class Trainer:
                     if step < cfg.optim.max_steps and state.offer(last_eval.accuracy):  # the last step: in fit
                         self._export(engine, method, self.export_dir)
                 if cfg.run.save_every and step % cfg.run.save_every == 0 and step < cfg.optim.max_steps:
-                    staging = self.checkpoint_io.staging_dir(step)
-                    self._save_checkpoint(engine, staging, state)
+                    staging = self._save_checkpoint(engine, state, tracker)
                     self.checkpoint_io.report({"train/step": step}, staging)
                 if step >= cfg.optim.max_steps:
                     break

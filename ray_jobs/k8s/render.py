@@ -284,7 +284,7 @@ def render(
     }
     job_spec = job["spec"]
     job_spec["entrypoint"] = f"python -m {request.entrypoint_module}"
-    env = job_env(local=False, request=request, forward_credentials=False)
+    env = job_env(local=False, request=request)
     job_spec["runtimeEnvYAML"] = yaml.safe_dump({"env_vars": env}, sort_keys=True, width=10**9)
     if timeout_s:
         job_spec["activeDeadlineSeconds"] = int(timeout_s)

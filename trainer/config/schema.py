@@ -193,6 +193,10 @@ class TrackingConfig(_Section):
     log_model: bool = True
     log_every: int = Field(default=10, ge=1)
     tags: dict[str, str] = Field(default_factory=dict)
+    max_outage_s: float = Field(
+        default=900.0, gt=0.0, description="how long metrics may wait for an unreachable MLflow before the run fails"
+    )
+    max_buffered_metrics: int = Field(default=200_000, ge=1, description="undelivered metrics held in memory at most")
 
 
 class RunConfig(_Section):

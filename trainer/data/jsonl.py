@@ -6,15 +6,12 @@ import gzip
 import json
 import os
 import tempfile
+import zlib
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any
 
 from trainer.data.example import DataError, QAExample
-
-
-def open_text(path: Path) -> TextIO:
-    return gzip.open(path, "rt", encoding="utf-8") if path.suffix == ".gz" else path.open(encoding="utf-8")
 
 
 def iter_json_rows(path: str | Path) -> Iterator[tuple[int, Any]]:
@@ -22,8 +19,21 @@ def iter_json_rows(path: str | Path) -> Iterator[tuple[int, Any]]:
     path = Path(path)
     if not path.is_file():
         raise DataError(f"data file not found: {path}")
-    with open_text(path) as handle:
-        for line_no, line in enumerate(handle, start=1):
+    line_no = 0
+    with gzip.open(path, "rb") if path.suffix == ".gz" else path.open("rb") as handle:
+        lines = iter(handle)  # bytes, decoded per line: a bad byte is reported on its own line
+        while True:
+            try:
+                raw = next(lines)
+            except StopIteration:
+                return
+            except (EOFError, OSError, zlib.error) as exc:  # truncated or corrupt gzip
+                raise DataError(f"{path}:{line_no + 1}: unreadable (corrupt or truncated gzip?): {exc}") from None
+            line_no += 1
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                raise DataError(f"{path}:{line_no}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
             if not line.strip():
                 continue
             try:
