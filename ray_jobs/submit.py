@@ -33,8 +33,8 @@ from ray_jobs.train_job import PAYLOAD_ENV, RESULT_MARKER, encode_payload
 from trainer.config import ConfigError, ExperimentConfig, load_config
 from trainer.config.loader import split_config_args
 from trainer.data.registry import data_root
-from trainer.planning.from_config import resolve_auto_zero
 from trainer.failpoints import FAILPOINTS_ENV
+from trainer.planning.from_config import resolve_auto_zero
 from trainer.tracking.mlflow_tracker import resolve_experiment, resolve_tracking_uri
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
