@@ -9,9 +9,14 @@ import tempfile
 import zlib
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 from trainer.data.example import DataError, QAExample
+
+
+def open_text(path: Path) -> TextIO:
+    """A whole-document reader (JSON arrays); line-oriented reading goes through iter_json_rows."""
+    return gzip.open(path, "rt", encoding="utf-8") if path.suffix == ".gz" else path.open(encoding="utf-8")
 
 
 def iter_json_rows(path: str | Path) -> Iterator[tuple[int, Any]]:
