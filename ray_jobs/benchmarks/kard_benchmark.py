@@ -70,7 +70,19 @@ class Task:
 
     name: str
     run: Callable[[dict[str, dict[str, Any]]], dict[str, Any]]
+    log: Path  # trainer.train's output; its last line is the run's final JSON once the process succeeded
     needs: tuple[str, ...] = ()
+
+    def finished_result(self) -> dict[str, Any] | None:
+        """What an earlier, interrupted invocation's process of this task printed last, if it finished."""
+        if not self.log.is_file():
+            return None
+        lines = [line for line in self.log.read_text().splitlines() if line.strip()]
+        try:
+            final = json.loads(lines[-1]) if lines else None
+        except json.JSONDecodeError:
+            return None
+        return final if isinstance(final, dict) and "mlflow_run_id" in final else None
 
 
 @dataclass
@@ -80,15 +92,16 @@ class Outcome:
     metrics: dict[str, dict[str, float]] = field(default_factory=dict)  # label -> metrics
 
 
-def run_tasks(tasks: list[Task]) -> dict[str, dict[str, Any]]:
-    """Run tasks PARALLEL at a time, each as soon as the tasks it needs are done; any failure stops everything."""
-    done: dict[str, dict[str, Any]] = {}
-    waiting = list(tasks)
+def run_tasks(tasks: list[Task], done: dict[str, dict[str, Any]] | None = None) -> dict[str, dict[str, Any]]:
+    """Run tasks PARALLEL at a time, each as soon as the tasks it needs are done, earlier tasks first (a seed's
+    evaluations before the next seed's trainings); tasks already in `done` are not run. Any failure stops everything."""
+    done = dict(done or {})
+    waiting = [t for t in tasks if t.name not in done]
     with ThreadPoolExecutor(PARALLEL) as pool:
         running: dict[Future[dict[str, Any]], str] = {}
         try:
             while waiting or running:
-                for task in [t for t in waiting if all(n in done for n in t.needs)]:
+                for task in [t for t in waiting if all(n in done for n in t.needs)][: PARALLEL - len(running)]:
                     waiting.remove(task)
                     running[pool.submit(task.run, done)] = task.name
                 finished, _ = wait(running, return_when=FIRST_COMPLETED)
@@ -114,14 +127,17 @@ def plan(dataset: str, seed: int, out: Path, quick: bool) -> tuple[list[str], li
     print(f"knowledge {tag}: {knowledge.path.name} ({'reused' if knowledge.reused else 'built'})", flush=True)
     with_knowledge = [*base, f"method.kard.knowledge={knowledge.path}", f"optim.max_steps={steps}"]
 
+    def log(label: str) -> Path:
+        return out / "logs" / f"{tag}-{label}.log"
+
     def train(label: str, *extra: str) -> Task:
         def run(_: dict[str, dict[str, Any]]) -> dict[str, Any]:
             args = [*with_knowledge, f"run.name={tag}-{label}", *extra]
-            result = run_trainer_process(args, out / "logs" / f"{tag}-{label}.log")
+            result = run_trainer_process(args, log(label))
             print(f"[{result.wall_s:5.0f} s] {tag} {label}: {summary_line(result.metrics)}", flush=True)
             return result.final
 
-        return Task(f"{tag}/{label}", run)
+        return Task(f"{tag}/{label}", run, log(label))
 
     def evaluate(label: str, mode: str) -> Task:
         def run(done: dict[str, dict[str, Any]]) -> dict[str, Any]:
@@ -129,12 +145,12 @@ def plan(dataset: str, seed: int, out: Path, quick: bool) -> tuple[list[str], li
                     f"model.name={done[f'{tag}/kard_bm25']['model_uri']}", "run.eval_vote_samples=5"]  # fmt: skip
             if mode == "reranker":
                 args.append(f"method.kard.reranker={done[f'{tag}/reranker']['model_uri']}")
-            result = run_trainer_process(args, out / "logs" / f"{tag}-{label}.log", evaluate=True)
+            result = run_trainer_process(args, log(label), evaluate=True)
             print(f"[{result.wall_s:5.0f} s] {tag} {label}: {summary_line(result.metrics)}", flush=True)
             return result.final
 
         needs = ("kard_bm25", "reranker") if mode == "reranker" else ("kard_bm25",)
-        return Task(f"{tag}/{label}", run, tuple(f"{tag}/{n}" for n in needs))
+        return Task(f"{tag}/{label}", run, log(label), tuple(f"{tag}/{n}" for n in needs))
 
     reranker_steps = 6 if quick else spec["reranker_steps"]
     tasks = [
@@ -338,23 +354,34 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=Path("bench_results/kard"))
     parser.add_argument("--datasets", nargs="+", choices=sorted(DATASETS), default=list(DATASETS))
+    parser.add_argument("--seeds", type=int, nargs="+", help="only these of each dataset's seeds")
     parser.add_argument("--quick", action="store_true", help="smoke size: synthetic_kb, seed 0, a few steps")
+    parser.add_argument(
+        "--resume", action="store_true",
+        help="keep <out> and the runs an earlier, interrupted invocation finished; run only the rest",
+    )  # fmt: skip
     args = parser.parse_args(argv)
     out = args.out.resolve()
     out.mkdir(parents=True, exist_ok=True)
-    for name in _ARTIFACTS:
+    for name in _ARTIFACTS if not args.resume else ():
         target = out / name
         shutil.rmtree(target) if target.is_dir() else target.unlink(missing_ok=True)
     MlflowClient(f"sqlite:///{out / 'mlflow.db'}").search_experiments()  # schema once, before parallel runs
     datasets = ["synthetic_kb"] if args.quick else args.datasets
     start = time.perf_counter()
     budget: dict[str, Any] = {"quick": args.quick, "parallel": PARALLEL, "datasets": {}}
-    runs = [(d, seed) for d in datasets for seed in ((0,) if args.quick else DATASETS[d]["seeds"])]
+    runs = [
+        (d, seed)
+        for d in datasets
+        for seed in ((0,) if args.quick else DATASETS[d]["seeds"])
+        if args.seeds is None or seed in args.seeds
+    ]
     tasks = []
     for dataset, seed in runs:  # every (dataset, seed) in one task graph, so the two slots never idle
         budget["datasets"][dataset], planned = plan(dataset, seed, out, args.quick)
         tasks += planned
-    done = run_tasks(tasks)
+    finished = {t.name: result for t in tasks if args.resume and (result := t.finished_result()) is not None}
+    done = run_tasks(tasks, finished)
     outcomes = [
         Outcome(
             d,
