@@ -173,7 +173,7 @@ class JobRequest:
         )
 
 
-def submit_when_agent_ready(client: JobSubmissionClient, wait_s: float = 120.0, **job: Any) -> str:
+def submit_when_agent_ready(client: JobSubmissionClient, wait_s: float = 600.0, **job: Any) -> str:
     """Submit, retrying while the head answers "No available agent" (its job agent starts after the dashboard
     does, later still on a busy machine); any other error is raised at once."""
     deadline = time.monotonic() + wait_s

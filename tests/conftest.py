@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -17,6 +18,23 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 os.environ.setdefault("DO_NOT_TRACK", "true")
 os.environ.setdefault("DS_ACCELERATOR", "cpu")
+
+
+# Set in this process by in-process tests: the strategy's single-rank fallback writes the torch.distributed ones and
+# mlflow.set_tracking_uri exports the store. Left behind, every subprocess a later test starts would inherit them
+# (two single-rank trainings on one MASTER_PORT, a pipeline logging into another test's store).
+LEAKY_ENV = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT", "MLFLOW_TRACKING_URI")
+
+
+@pytest.fixture(autouse=True)
+def _restore_process_env() -> Iterator[None]:
+    before = {key: os.environ.get(key) for key in LEAKY_ENV}
+    yield
+    for key, value in before.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
 
 
 @pytest.fixture(scope="session")

@@ -102,13 +102,14 @@ def run_rank(case: Case, result_file: Path) -> None:
         }
         strategy.backward_step(engine, method.loss(engine, batch)["loss"])
     step_s = (time.perf_counter() - started) / case.steps
+    steady_kib = _status_kib("VmRSS")  # before the high-water mark, which then includes it
     result = {
         "rank": strategy.rank,
         "parameters": parameters,
         "baseline_mib": baseline_kib / 1024,
         "after_init_mib": after_init_kib / 1024,
         "peak_mib": _status_kib("VmHWM") / 1024,
-        "steady_mib": _status_kib("VmRSS") / 1024,
+        "steady_mib": steady_kib / 1024,
         "step_s": step_s,
     }
     result_file.write_text(json.dumps(result))
