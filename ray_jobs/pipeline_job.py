@@ -9,8 +9,10 @@ from typing import Any
 
 from mlflow.tracking import MlflowClient
 
+from ray_jobs.job_payload import PAYLOAD_ENV, RESULT_MARKER, decode_payload
 from ray_jobs.pipeline import PipelinePlan, PlannedStage
-from ray_jobs.train_job import PAYLOAD_ENV, RESULT_MARKER, decode_payload, run_training_job
+from ray_jobs.train_job import run_training_job
+from trainer.tracking import timeline
 from trainer.tracking.mlflow_tracker import MLflowTracker, resolve_experiment, resolve_tracking_uri
 
 PIPELINE_TAG = "reasondistill.pipeline"  # on the parent and every stage's run
@@ -62,12 +64,14 @@ def run_pipeline(plan: PipelinePlan) -> dict[str, dict[str, Any]]:
         for stage in plan.stages:
             wired, tags = wire_stage(stage, results)
             print(f"[pipeline {plan.name}] stage {stage.name}: method {wired.config.method.name}", flush=True)
+            timeline.mark("stage.start", stage=stage.name)
             metrics = run_training_job(
                 wired.config,
                 parent_run_id=parent.run_id,
                 run_tags={PIPELINE_TAG: plan.name, "stage": stage.name, **tags},
             )
             results[stage.name] = metrics
+            timeline.mark("stage.end", stage=stage.name)
             parent.log_metrics({f"{stage.name}/dev_accuracy": metrics["dev/accuracy"]}, step=0)
             parent.set_tags({f"stage.{stage.name}.run_id": str(metrics["mlflow_run_id"])})
     except BaseException:
@@ -79,6 +83,8 @@ def run_pipeline(plan: PipelinePlan) -> dict[str, dict[str, Any]]:
 
 
 def main() -> None:
+    timeline.mark("driver.process", at=timeline.process_start_time())
+    timeline.mark("driver.start")
     results = run_pipeline(decode_payload(PipelinePlan, os.environ[PAYLOAD_ENV]))
     print(RESULT_MARKER + json.dumps({"stages": results}, default=str), flush=True)
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import random
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -16,13 +15,15 @@ from trainer.checkpoint_io import CheckpointIO
 from trainer.config.loader import flatten
 from trainer.config.schema import ExperimentConfig
 from trainer.data.example import DataError, QAExample
+from trainer.data.feature_cache import CachedFeatures, examples_digest, load_or_build
 from trainer.data.formatting import tokenizer_corpus
 from trainer.data.registry import load_splits
 from trainer.evaluation.evaluator import EvalResult, EvalSettings, evaluate
-from trainer.methods.base import Features, Method
+from trainer.methods.base import Method
 from trainer.methods.registry import method_class
 from trainer.models.factory import build_model, build_model_config, build_tokenizer, count_parameters
 from trainer.strategy.deepspeed_strategy import DeepSpeedStrategy
+from trainer.tracking import timeline
 from trainer.tracking.mlflow_tracker import Tracker, create_tracker, resolve_tracking_uri
 
 
@@ -45,10 +46,16 @@ class TrainingResult:
     predictions: list[dict[str, Any]] = field(default_factory=list)
 
 
-def build_features(method: Method, examples: list[QAExample], seed: int) -> list[Features]:
-    rng = random.Random(seed)
-    features = [f for ex in examples for f in method.train_features(ex, rng)]
-    if not features:
+def feature_cache_dir(cfg: ExperimentConfig) -> Path:
+    return Path(cfg.data.feature_cache_dir or Path(cfg.run.output_dir) / "cache" / "features")
+
+
+def build_features(method: Method, examples: list[QAExample], cfg: ExperimentConfig) -> CachedFeatures:
+    """The training features, built once per fingerprint (examples, method, tokenizer, lengths; the seed when the
+    method draws at random) and loaded from the node's Arrow cache by every later rank, stage, seed or resubmission."""
+    fingerprint = {**method.feature_fingerprint(), "examples": examples_digest(examples)}
+    features = load_or_build(feature_cache_dir(cfg), fingerprint, examples, method.train_features, cfg.run.seed)
+    if not len(features):
         raise DataError(
             f"method {method.name!r} found no usable training example: data.rationale_source="
             f"{method.cfg.data.rationale_source!r} gives no rationale for dataset {method.cfg.data.dataset!r}"
@@ -75,6 +82,7 @@ class Trainer:
     def fit(self) -> TrainingResult:
         cfg, strategy = self.cfg, self.strategy
         strategy.setup_distributed()
+        self._mark("worker.fit")
         splits = load_splits(cfg.data, cfg.run.seed)
         method_cls = method_class(cfg)
         tracking_uri = resolve_tracking_uri(cfg.tracking)
@@ -86,7 +94,8 @@ class Trainer:
             tracking_uri=tracking_uri,
         )
         method = method_cls(cfg, tokenizer)
-        features = build_features(method, splits.train, cfg.run.seed)
+        features = build_features(method, splits.train, cfg)
+        self._mark("worker.features")
         model_config = build_model_config(cfg.model, tokenizer, tracking_uri)
         strategy.configure(model_config.d_model)
         method.setup(strategy, model_config)
@@ -94,9 +103,10 @@ class Trainer:
             model = build_model(cfg.model, model_config)
         num_parameters = count_parameters(model)
         engine = strategy.prepare(model)
+        self._mark("worker.engine")
 
         sampler = DistributedSampler(
-            features,
+            features.dataset,
             num_replicas=strategy.world_size,
             rank=strategy.rank,
             shuffle=True,
@@ -104,7 +114,7 @@ class Trainer:
             drop_last=len(features) >= strategy.world_size,
         )
         loader = DataLoader(
-            features,
+            features.dataset,
             batch_size=cfg.optim.micro_batch_size,
             sampler=sampler,
             collate_fn=method.collate,
@@ -131,12 +141,21 @@ class Trainer:
         state.mlflow_run_id = strategy.broadcast_object(tracker.run_id)
         if resumed_from == 0:
             self._log_run_setup(tracker, len(splits.train), len(features), len(splits.dev), num_parameters)
+            tracker.log_input(
+                features.dataset,
+                name=f"{cfg.data.dataset}-{method.name}-train",
+                digest=features.digest,
+                source=str(features.path),
+                context="training",
+            )
         else:
             tracker.set_tags({"resumed_from_step": str(resumed_from)})
 
         eval_result = self._train(engine, method, loader, sampler, splits.dev, state, tracker)
+        self._mark("worker.trained")
         if eval_result is None:  # resumed at max_steps, or the last step was not an eval step
             eval_result = self._evaluate(engine, method, splits.dev)
+        self._mark("worker.evaluated")
         final = {
             **eval_result.metrics(),
             "train/steps": float(state.global_step),
@@ -156,6 +175,7 @@ class Trainer:
         model_uri = tracker.log_model(export_dir) if cfg.tracking.log_model else None
         self.checkpoint_io.report({**final, "mlflow_run_id": state.mlflow_run_id, "model_uri": model_uri}, staging)
         tracker.finish()
+        self._mark("worker.exported")
         return TrainingResult(
             state.global_step,
             final,
@@ -164,6 +184,10 @@ class Trainer:
             export_dir if strategy.is_rank_zero else None,
             predictions,
         )
+
+    def _mark(self, event: str) -> None:
+        if self.strategy.is_rank_zero:
+            timeline.mark(event, run=self.cfg.run.name)
 
     def _log_run_setup(self, tracker: Tracker, n_examples: int, n_features: int, n_dev: int, n_params: int) -> None:
         tracker.log_params(
@@ -202,6 +226,7 @@ class Trainer:
         tracker: Tracker,
     ) -> EvalResult | None:
         cfg, strategy = self.cfg, self.strategy
+        first_step = state.global_step + 1
         accumulation = cfg.optim.gradient_accumulation_steps
         micro_done = state.global_step * accumulation
         epoch, skip = divmod(micro_done, len(loader))
@@ -224,6 +249,8 @@ class Trainer:
                 state.global_step += 1
                 last_eval = None
                 step = state.global_step
+                if step == first_step:
+                    self._mark("worker.first_step")
                 if step % cfg.tracking.log_every == 0 or step == cfg.optim.max_steps:
                     elapsed = time.perf_counter() - window_start
                     state.wall_time_s += elapsed

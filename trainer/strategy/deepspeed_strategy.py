@@ -25,6 +25,7 @@ from trainer.strategy.ds_config import (
     load_template,
     resolve_inference_config,
     resolve_training_config,
+    size_buckets,
 )
 
 CLIENT_STATE_KEY = "reasondistill"
@@ -110,7 +111,8 @@ class DeepSpeedStrategy:
         return ResolveContext(world_size=self.world_size, hidden_size=hidden_size, on_gpu=self.on_gpu)
 
     def configure(self, hidden_size: int) -> dict[str, Any]:
-        """Resolve the training template; done before the model exists so ZeRO-3 can partition at build."""
+        """Resolve the training template; done before the model exists so ZeRO-3 can partition at build.
+        The bucket sizes stay "auto" (DeepSpeed's defaults, should anything read them) until `prepare`."""
         template, _ = load_template(self.cfg.ds.template)
         self.resolved_config = resolve_training_config(
             template, self.cfg.ds, self.cfg.optim, self._context(hidden_size)
@@ -144,6 +146,8 @@ class DeepSpeedStrategy:
         """Wrap a model for training with the resolved template (optimizer and schedule included)."""
         if self.resolved_config is None:
             raise RuntimeError("DeepSpeedStrategy.configure() must run before prepare()")
+        trainable = sum(getattr(p, "ds_numel", p.numel()) for p in model.parameters() if p.requires_grad)
+        self.resolved_config = size_buckets(self.resolved_config, trainable)
         engine, *_ = deepspeed.initialize(
             model=model,
             model_parameters=[p for p in model.parameters() if p.requires_grad],

@@ -7,17 +7,22 @@ import os
 import tempfile
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import mlflow
+import mlflow.data
 import pandas as pd
-from mlflow.entities import Metric, Param, RunStatus
+from mlflow.entities import DatasetInput, InputTag, Metric, Param, RunStatus
 from mlflow.models import ModelSignature
 from mlflow.tracking import MlflowClient
 from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema
+from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
 from mlflow.utils.time import get_current_time_millis
 
 from trainer.config.schema import TrackingConfig
+
+if TYPE_CHECKING:
+    import datasets
 
 DEFAULT_EXPERIMENT = "reasondistill"
 MODEL_ARTIFACT_PATH = "model"
@@ -111,6 +116,12 @@ class MLflowTracker:
         """Rows as an MLflow table artifact, browsable in the run's Artifacts tab and the Evaluation view."""
         self.client.log_table(self.run_id, data=pd.DataFrame(rows), artifact_file=artifact_file)
 
+    def log_input(self, dataset: datasets.Dataset, name: str, digest: str, source: str, context: str) -> None:
+        """Record a Hugging Face dataset as the run's input (the UI's Dataset column: name, digest, schema, rows)."""
+        logged = mlflow.data.from_huggingface(dataset, name=name, digest=digest, source=source)
+        entity = DatasetInput(logged._to_mlflow_entity(), tags=[InputTag(MLFLOW_DATASET_CONTEXT, context)])
+        self.client.log_inputs(self.run_id, datasets=[entity])
+
     def log_model(self, export_dir: Path) -> str:
         """Log an exported HF dir as a pyfunc model; returns its `runs:/` URI."""
         mlflow.set_tracking_uri(self.tracking_uri)
@@ -142,6 +153,7 @@ class NullTracker:
     def log_text(self, text: str, artifact_file: str) -> None: ...
     def log_jsonl(self, rows: list[dict[str, Any]], artifact_file: str) -> None: ...
     def log_table(self, rows: list[dict[str, Any]], artifact_file: str) -> None: ...
+    def log_input(self, dataset: datasets.Dataset, name: str, digest: str, source: str, context: str) -> None: ...
     def log_model(self, export_dir: Path) -> str | None: ...
     def finish(self, status: str = "FINISHED") -> None: ...
 
