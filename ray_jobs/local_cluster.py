@@ -57,9 +57,12 @@ class LocalRayHead:
 
     def __enter__(self) -> LocalRayHead:
         timeline.mark("head.start")
-        ray_cli = Path(sys.executable).with_name("ray")
+        # `python -m` rather than the `ray` script beside the interpreter: Ray installed with `pip --target`
+        # (the offline GPU machines, scripts/install_gpu.py) has no bin/ray there.
         command = [
-            str(ray_cli),
+            sys.executable,
+            "-m",
+            "ray.scripts.scripts",
             "start",
             "--head",
             "--block",

@@ -7,6 +7,10 @@
         - {name: teacher, overrides: {method: {name: knife_teacher}}}
         - {name: student, overrides: {method: {name: knife_student}}, teacher: teacher, tokenizer_from: teacher}
 
+Stage kinds: `train` (default), `evaluate` (the model of `model_from`, evaluated in a run of its own, e.g. a KARD
+student under another inference-time knowledge source), and `knowledge` (KARD's retrieval cache, built with Ray
+Data; `knowledge: <stage>` hands it to later stages).
+
 Dotted CLI overrides apply to `base`, so `model.name=google/t5-v1_1-base run.num_workers=8` retargets the
 whole comparison. References to other stages resolve at run time to those stages' MLflow model URIs.
 """
@@ -16,21 +20,38 @@ from __future__ import annotations
 import copy
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from trainer.config.loader import ConfigError, apply_overrides, read_yaml, validate_tree
 from trainer.config.schema import ExperimentConfig
 
+StageKind = Literal["train", "evaluate", "knowledge"]
+# Reference field -> the kind of stage it must name (all point to earlier stages).
+REFERENCES: dict[str, StageKind] = {
+    "teacher": "train",
+    "tokenizer_from": "train",
+    "model_from": "train",
+    "reranker": "train",
+    "knowledge": "knowledge",
+}
+
 
 class StageSpec(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
+    kind: StageKind = Field(
+        default="train",
+        description="train a model; evaluate an earlier stage's model (model_from); or build a KARD knowledge dataset",
+    )
     overrides: dict[str, Any] = Field(default_factory=dict, description="ExperimentConfig tree merged onto base")
     teacher: str | None = Field(default=None, description="earlier stage whose model is method.knife.teacher")
     tokenizer_from: str | None = Field(default=None, description="earlier stage whose tokenizer this stage uses")
+    model_from: str | None = Field(default=None, description="earlier stage whose model an evaluate stage evaluates")
+    reranker: str | None = Field(default=None, description="earlier stage whose model is method.kard.reranker")
+    knowledge: str | None = Field(default=None, description="earlier knowledge stage: method.kard.knowledge")
 
 
 class PipelineSpec(BaseModel):
@@ -42,15 +63,23 @@ class PipelineSpec(BaseModel):
 
     @model_validator(mode="after")
     def _references_point_backwards(self) -> PipelineSpec:
-        seen: set[str] = set()
+        kinds: dict[str, str] = {}
         for index, stage in enumerate(self.stages):
-            if stage.name in seen:
+            if stage.name in kinds:
                 raise ValueError(f"stages[{index}].name: duplicate stage name {stage.name!r}")
-            for field in ("teacher", "tokenizer_from"):
+            for field, kind in REFERENCES.items():
                 ref = getattr(stage, field)
-                if ref is not None and ref not in seen:
+                if ref is not None and ref not in kinds:
                     raise ValueError(f"stages[{index}].{field}: {ref!r} is not an earlier stage")
-            seen.add(stage.name)
+                if ref is not None and kinds[ref] != kind:
+                    raise ValueError(f"stages[{index}].{field}: {ref!r} is a {kinds[ref]} stage, not a {kind} stage")
+            if stage.kind == "evaluate" and stage.model_from is None:
+                raise ValueError(
+                    f"stages[{index}].model_from: an evaluate stage names the stage whose model it evaluates"
+                )
+            if stage.kind != "evaluate" and stage.model_from is not None:
+                raise ValueError(f"stages[{index}].model_from: only evaluate stages take a model from another stage")
+            kinds[stage.name] = stage.kind
         return self
 
 
@@ -59,8 +88,12 @@ class PlannedStage(BaseModel):
 
     name: str
     config: ExperimentConfig
+    kind: StageKind = "train"
     teacher: str | None = None
     tokenizer_from: str | None = None
+    model_from: str | None = None
+    reranker: str | None = None
+    knowledge: str | None = None
 
 
 class PipelinePlan(BaseModel):
@@ -110,13 +143,16 @@ def load_pipeline(path: str | Path, overrides: Sequence[str] = ()) -> PipelinePl
         config = validate_tree(tree, source=f"{path} (stage {stage.name!r})")
         if stage.teacher and config.method.name != "knife_student":
             raise ConfigError(f"{path}: stage {stage.name!r} names a teacher but its method is {config.method.name!r}")
-        referenced = {ref for later in spec.stages for ref in (later.teacher, later.tokenizer_from)}
+        referenced = {getattr(later, field) for later in spec.stages for field in REFERENCES if field != "knowledge"}
         if stage.name in referenced and not config.tracking.log_model:
             raise ConfigError(
                 f"{path}: stage {stage.name!r} is referenced by a later stage, so tracking.log_model "
                 "must stay true (later stages load its model from MLflow)"
             )
         stages.append(
-            PlannedStage(name=stage.name, config=config, teacher=stage.teacher, tokenizer_from=stage.tokenizer_from)
+            PlannedStage(
+                config=config,
+                **stage.model_dump(include={"name", "kind", *REFERENCES}),  # type: ignore[arg-type]
+            )
         )
     return PipelinePlan(name=spec.name, stages=stages)

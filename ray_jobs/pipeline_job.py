@@ -9,8 +9,10 @@ from typing import Any
 
 from mlflow.tracking import MlflowClient
 
+from ray_jobs.failure_report import print_failure
 from ray_jobs.job_payload import PAYLOAD_ENV, RESULT_MARKER, decode_payload
 from ray_jobs.pipeline import PipelinePlan, PlannedStage
+from ray_jobs.pipeline_resume import finished_stage_result, record_stage_result
 from ray_jobs.train_job import run_training_job
 from trainer.tracking import timeline
 from trainer.tracking.mlflow_tracker import MLflowTracker, resolve_experiment, resolve_tracking_uri
@@ -33,21 +35,63 @@ def find_unfinished_parent(client: MlflowClient, experiment_id: str, name: str) 
 
 
 def wire_stage(stage: PlannedStage, results: dict[str, dict[str, Any]]) -> tuple[PlannedStage, dict[str, str]]:
-    """Fill a stage's references with the referenced stages' logged models; returns tags recording them."""
+    """Fill a stage's references with what the referenced stages produced; returns tags recording them."""
     config, tags = stage.config, {}
+    method = config.method
     if stage.teacher:
         teacher = results[stage.teacher]
-        knife = config.method.knife.model_copy(update={"teacher": teacher["model_uri"]})
-        config = config.model_copy(update={"method": config.method.model_copy(update={"knife": knife})})
-        tags = {
-            "knife.teacher_stage": stage.teacher,
-            "knife.teacher_run_id": str(teacher["mlflow_run_id"]),
-            "knife.teacher_model_uri": str(teacher["model_uri"]),
-        }
+        method = method.model_copy(update={"knife": method.knife.model_copy(update={"teacher": teacher["model_uri"]})})
+        tags.update(
+            {
+                "knife.teacher_stage": stage.teacher,
+                "knife.teacher_run_id": str(teacher["mlflow_run_id"]),
+                "knife.teacher_model_uri": str(teacher["model_uri"]),
+            }
+        )
+    kard_updates = {}
+    if stage.knowledge:
+        knowledge = results[stage.knowledge]
+        kard_updates["knowledge"] = knowledge["knowledge_path"]
+        tags.update({"kard.knowledge_stage": stage.knowledge, "kard.knowledge_key": str(knowledge["knowledge_key"])})
+    if stage.reranker:
+        reranker = results[stage.reranker]
+        kard_updates["reranker"] = reranker["model_uri"]
+        tags.update(
+            {
+                "kard.reranker_run_id": str(reranker["mlflow_run_id"]),
+                "kard.reranker_model_uri": str(reranker["model_uri"]),
+            }
+        )
+    if kard_updates:
+        method = method.model_copy(update={"kard": method.kard.model_copy(update=kard_updates)})
+    model = config.model
     if stage.tokenizer_from:
-        model = config.model.model_copy(update={"tokenizer": results[stage.tokenizer_from]["model_uri"]})
-        config = config.model_copy(update={"model": model})
+        model = model.model_copy(update={"tokenizer": results[stage.tokenizer_from]["model_uri"]})
+    if stage.model_from:
+        source = results[stage.model_from]
+        model = model.model_copy(update={"name": source["model_uri"], "tokenizer": None})
+        tags.update({"evaluates_stage": stage.model_from, "evaluates_run_id": str(source["mlflow_run_id"])})
+    config = config.model_copy(update={"method": method, "model": model})
     return stage.model_copy(update={"config": config}), tags
+
+
+def run_stage(stage: PlannedStage, parent_run_id: str, tags: dict[str, str]) -> dict[str, Any]:
+    if stage.kind == "knowledge":
+        from ray_jobs.knowledge_stage import run_knowledge_stage  # Ray Data is imported only where it is used
+
+        return run_knowledge_stage(stage.config, parent_run_id=parent_run_id, run_tags=tags)
+    return run_training_job(
+        stage.config, parent_run_id=parent_run_id, run_tags=tags, evaluate_only=stage.kind == "evaluate"
+    )
+
+
+def headline_metrics(stage: str, metrics: dict[str, Any]) -> dict[str, float]:
+    """A stage's dev metrics on the parent run, e.g. `student/dev_accuracy`, `reranker/dev_reranker_recall_at_1`."""
+    return {
+        f"{stage}/dev_{key.removeprefix('dev/')}": float(value)
+        for key, value in metrics.items()
+        if key.startswith("dev/") and isinstance(value, int | float) and not isinstance(value, bool)
+    }
 
 
 def run_pipeline(plan: PipelinePlan) -> dict[str, dict[str, Any]]:
@@ -60,21 +104,26 @@ def run_pipeline(plan: PipelinePlan) -> dict[str, dict[str, Any]]:
     )
     parent.log_params({"pipeline.stages": ",".join(s.name for s in plan.stages)})
     results: dict[str, dict[str, Any]] = {}
+    stage_name = "setup"
     try:
         for stage in plan.stages:
+            stage_name = stage.name
+            done = finished_stage_result(client, parent.run_id, stage.name) if resume else None
+            if done is not None:
+                print(f"[pipeline {plan.name}] stage {stage.name}: finished in an earlier attempt, skipped", flush=True)
+                results[stage.name] = done
+                continue
             wired, tags = wire_stage(stage, results)
-            print(f"[pipeline {plan.name}] stage {stage.name}: method {wired.config.method.name}", flush=True)
+            print(f"[pipeline {plan.name}] stage {stage.name}: {stage.kind} {wired.config.method.name}", flush=True)
             timeline.mark("stage.start", stage=stage.name)
-            metrics = run_training_job(
-                wired.config,
-                parent_run_id=parent.run_id,
-                run_tags={PIPELINE_TAG: plan.name, "stage": stage.name, **tags},
-            )
-            results[stage.name] = metrics
+            metrics = run_stage(wired, parent.run_id, {PIPELINE_TAG: plan.name, "stage": stage.name, **tags})
             timeline.mark("stage.end", stage=stage.name)
-            parent.log_metrics({f"{stage.name}/dev_accuracy": metrics["dev/accuracy"]}, step=0)
+            results[stage.name] = metrics
+            record_stage_result(client, parent.run_id, stage.name, metrics)
+            parent.log_metrics(headline_metrics(stage.name, metrics), step=0)
             parent.set_tags({f"stage.{stage.name}.run_id": str(metrics["mlflow_run_id"])})
-    except BaseException:
+    except BaseException as exc:
+        print_failure(exc, f"{plan.name}/{stage_name}")
         parent.finish("FAILED")
         raise
     parent.log_dict(results, "pipeline/results.json")

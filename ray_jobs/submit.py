@@ -17,7 +17,7 @@ import json
 import os
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,12 +25,16 @@ from urllib.parse import urlparse
 
 from ray.job_submission import JobStatus, JobSubmissionClient
 
+from ray_jobs.failure_report import format_failure, parse_failure
 from ray_jobs.job_payload import PAYLOAD_ENV, RESULT_MARKER, encode_payload
 from ray_jobs.local_cluster import LOCAL_RAY_ENV, LocalRayHead
 from ray_jobs.pipeline import PipelinePlan, is_pipeline_file, load_pipeline
+from ray_jobs.preflight import preflight
 from trainer.config import ConfigError, ExperimentConfig, load_config
 from trainer.config.loader import split_config_args
 from trainer.data.registry import data_root
+from trainer.failpoints import FAILPOINTS_ENV
+from trainer.planning.from_config import resolve_auto_zero
 from trainer.tracking import timeline
 from trainer.tracking.mlflow_tracker import resolve_experiment, resolve_tracking_uri
 
@@ -66,17 +70,31 @@ def localize(cfg: ExperimentConfig) -> ExperimentConfig:
     for key in ("train_path", "dev_path", "feature_cache_dir"):
         if getattr(data, key):
             data = data.model_copy(update={key: str(Path(getattr(data, key)).expanduser().resolve())})
+    retrieval = cfg.retrieval.model_copy(
+        update={
+            key: str(Path(getattr(cfg.retrieval, key)).expanduser().resolve())
+            for key in ("corpus", "cache_dir")
+            if getattr(cfg.retrieval, key) and "://" not in getattr(cfg.retrieval, key)
+        }
+    )
+    if cfg.retrieval.mode == "embedded" and cfg.retrieval.index:
+        retrieval = retrieval.model_copy(update={"index": str(Path(cfg.retrieval.index).expanduser().resolve())})
     return cfg.model_copy(
         update={
             "run": cfg.run.model_copy(update={"output_dir": str(output_dir), "storage_path": storage}),
             "tracking": tracking,
             "data": data,
+            "retrieval": retrieval,
         }
     )
 
 
 def job_env(local: bool, request: JobRequest) -> dict[str, str]:
-    """The job's environment: its payload, thread count, and the run's MLflow store for every process."""
+    """The job's environment: its payload, thread count, and the run's MLflow store for every process.
+
+    Secrets (MLflow credentials, HF token, ...) are never put here: a Ray job's runtime_env is readable by
+    anyone who can list jobs. The cluster's nodes hold them (a local head started by `submit` inherits them).
+    """
     env = {
         PAYLOAD_ENV: request.payload,
         "MLFLOW_TRACKING_URI": resolve_tracking_uri(request.sizing.tracking),
@@ -86,8 +104,8 @@ def job_env(local: bool, request: JobRequest) -> dict[str, str]:
         "MLFLOW_DISABLE_TELEMETRY": "true",
         "DO_NOT_TRACK": "true",
     }
-    passed_on = ("MLFLOW_TRACKING_TOKEN", "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "HF_TOKEN")
-    for key in (*passed_on, timeline.TIMELINE_ENV):
+    # Fault-injection tests arm failpoints in the job's processes; the benchmark asks for phase markers.
+    for key in (FAILPOINTS_ENV, timeline.TIMELINE_ENV):
         if key in os.environ:
             env[key] = os.environ[key]
     if local:
@@ -134,6 +152,7 @@ class JobRequest:
     payload: str
     sizing: ExperimentConfig
     metadata: dict[str, str]
+    configs: tuple[tuple[str, ExperimentConfig], ...] = ()  # (stage name, config) for preflight checks
 
     @classmethod
     def for_training(cls, cfg: ExperimentConfig) -> JobRequest:
@@ -142,6 +161,7 @@ class JobRequest:
             encode_payload(cfg),
             cfg,
             {"method": cfg.method.name, "dataset": cfg.data.dataset, "run": cfg.run.name},
+            (("", cfg),),
         )
 
     @classmethod
@@ -152,7 +172,28 @@ class JobRequest:
             encode_payload(plan),
             widest,
             {"pipeline": plan.name, "stages": ",".join(s.name for s in plan.stages)},
+            tuple((s.name, s.config) for s in plan.stages),
         )
+
+
+def submit_when_agent_ready(client: JobSubmissionClient, wait_s: float = 120.0, **job: Any) -> str:
+    """Submit, retrying while the head answers "No available agent" (its job agent starts after the dashboard
+    does, later still on a busy machine); any other error is raised at once."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            return client.submit_job(**job)
+        except RuntimeError as exc:
+            if "No available agent" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(2.0)
+
+
+@dataclass(frozen=True)
+class JobOutcome:
+    status: JobStatus
+    result: dict[str, Any] | None  # the job's result summary (on success)
+    failure: dict[str, Any] | None  # its root cause (on failure), see ray_jobs.failure_report
 
 
 def submit(
@@ -160,8 +201,8 @@ def submit(
     address: str | None,
     timeout_s: float | None = None,
     python: str | None = None,
-) -> tuple[JobStatus, dict[str, Any] | None]:
-    """Submit, stream, wait; returns the final status and the job's result summary.
+) -> JobOutcome:
+    """Submit, stream, wait; returns the final status, the job's result summary or its root cause.
 
     A cluster on this machine runs the job with this interpreter; a remote one with `python` from its image.
     """
@@ -177,7 +218,8 @@ def submit(
             )
         client = JobSubmissionClient(resolved)
         python = python or (sys.executable if local else "python")
-        job_id = client.submit_job(
+        job_id = submit_when_agent_ready(
+            client,
             entrypoint=f"{python} -m {request.entrypoint_module}",
             runtime_env={
                 "working_dir": str(REPO_ROOT),
@@ -199,20 +241,43 @@ def submit(
             time.sleep(1.0)
             status = client.get_job_status(job_id)
         timeline.mark("submit.job_ended", status=status.value)
-        result = parse_result(client.get_job_logs(job_id))
+        logs = client.get_job_logs(job_id)
         print(f"[submit] job {job_id} {status.value} after {time.monotonic() - started:.0f}s", flush=True)
-        return status, result
+        failure = parse_failure(logs)
+        if failure is None and status != JobStatus.SUCCEEDED:
+            message = client.get_job_info(job_id).message or "no message from Ray"
+            failure = {"stage": "job", "errors": [{"rank": None, "type": "JobFailed", "message": message}]}
+        return JobOutcome(status, parse_result(logs), failure)
+
+
+HEADLINE_METRICS = (
+    "dev/accuracy", "dev/vote_accuracy", "dev/reranker_recall_at_1", "dev/bm25_recall_at_1", "knowledge/train_rows",
+    "train/steps", "train/wall_time_s",
+)  # fmt: skip
+
+
+def stage_headline(metrics: dict[str, Any]) -> str:
+    """The metrics a stage has, of those worth a line: accuracy for students, recall for rerankers, rows for data."""
+    parts = []
+    for key in HEADLINE_METRICS:
+        value = metrics.get(key)
+        if isinstance(value, int | float):
+            unit = "s" if key.endswith("_s") else ""
+            parts.append(
+                f"{key} {value:.0f}{unit}" if key.startswith(("train/", "knowledge/")) else f"{key} {value:.4f}"
+            )
+    return "  ".join(parts)
 
 
 def print_summary(result: dict[str, Any], cfg: ExperimentConfig) -> None:
     print("\n==== ReasonDistill result ====")
     stages = result.get("stages", {"run": result})
     for stage, metrics in stages.items():
-        print(
-            f"  [{stage}] dev/accuracy {metrics.get('dev/accuracy'):.4f}  steps {metrics.get('train/steps'):.0f}  "
-            f"wall {metrics.get('train/wall_time_s', 0.0):.0f}s"
+        print(f"  [{stage}] {stage_headline(metrics)}")
+        produced = (
+            f"model {metrics['model_uri']}" if metrics.get("model_uri") else f"data {metrics.get('knowledge_path')}"
         )
-        print(f"      mlflow run {metrics.get('mlflow_run_id')}  model {metrics.get('model_uri')}")
+        print(f"      mlflow run {metrics.get('mlflow_run_id')}  {produced}")
     tracking_uri = cfg.tracking.tracking_uri or ""
     if tracking_uri.startswith("sqlite:"):
         print(
@@ -223,12 +288,22 @@ def print_summary(result: dict[str, Any], cfg: ExperimentConfig) -> None:
         print(f"  MLflow: {tracking_uri}")
 
 
-def build_request(args: Sequence[str]) -> JobRequest:
-    """A training config, or a pipeline file (top-level `pipeline:`); overrides apply to the run / the base."""
+def build_request(
+    args: Sequence[str], place: Callable[[ExperimentConfig], ExperimentConfig] = localize
+) -> JobRequest:
+    """A training config, or a pipeline file (top-level `pipeline:`); overrides apply to the run / the base.
+
+    `place` points the config's paths and URIs at where the job runs (this machine's by default); then
+    `ds.zero_stage=auto` is resolved by the memory planner, so the job receives the planned stage.
+    """
     path, overrides = split_config_args(args)
+
+    def prepare(cfg: ExperimentConfig) -> ExperimentConfig:
+        return resolve_auto_zero(place(cfg))
+
     if is_pipeline_file(path):
-        return JobRequest.for_pipeline(load_pipeline(path, overrides).with_configs(localize))
-    return JobRequest.for_training(localize(load_config(path, overrides)))
+        return JobRequest.for_pipeline(load_pipeline(path, overrides).with_configs(prepare))
+    return JobRequest.for_training(prepare(load_config(path, overrides)))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -241,6 +316,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--timeout", type=float, default=None, help="stop the job after this many seconds")
     parser.add_argument(
+        "--no-preflight",
+        action="store_true",
+        help="skip the checks run here before submitting (data files, model URIs, MLflow and services reachable)",
+    )
+    parser.add_argument(
         "--python",
         default=None,
         help="interpreter on the cluster (default: this one for a local cluster, else `python`)",
@@ -249,15 +329,21 @@ def main(argv: list[str] | None = None) -> int:
     timeline.mark("submit.process", at=timeline.process_start_time())
     try:
         request = build_request(args.args)
+        if not args.no_preflight:
+            started = time.monotonic()
+            preflight(request.configs, local_cluster=not args.address or is_loopback(args.address))
+            print(f"[preflight] ok in {time.monotonic() - started:.1f}s", flush=True)
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    status, result = submit(request, args.address, timeout_s=args.timeout, python=args.python)
-    if status != JobStatus.SUCCEEDED:
-        print(f"error: Ray job ended {status.value}", file=sys.stderr)
+    outcome = submit(request, args.address, timeout_s=args.timeout, python=args.python)
+    if outcome.status != JobStatus.SUCCEEDED:
+        print(f"error: Ray job ended {outcome.status.value}", file=sys.stderr)
+        if outcome.failure:
+            print(f"error: {format_failure(outcome.failure)}", file=sys.stderr)
         return 1
-    if result is not None:
-        print_summary(result, request.sizing)
+    if outcome.result is not None:
+        print_summary(outcome.result, request.sizing)
     return 0
 
 

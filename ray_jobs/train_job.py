@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -14,10 +15,13 @@ import ray.train
 from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchConfig, TorchTrainer
 
+from ray_jobs.failure_report import print_failure
 from ray_jobs.job_payload import PAYLOAD_ENV, RESULT_MARKER, decode_payload
 from ray_jobs.ray_checkpoint_io import RayCheckpointIO
 from trainer.config.schema import ExperimentConfig
 from trainer.tracking import timeline
+
+LAUNCH_ID = uuid.uuid4().hex  # this driver process: Ray Train restarts inside it share it, a re-submission does not
 
 
 def _train_worker(loop_config: dict[str, Any]) -> None:
@@ -29,19 +33,28 @@ def _train_worker(loop_config: dict[str, Any]) -> None:
     if ray.train.get_context().get_world_rank() == 0:
         timeline.mark("worker.process", at=timeline.process_start_time(), run=cfg.run.name)
         timeline.mark("worker.start", run=cfg.run.name)
-    Trainer(
+    trainer = Trainer(
         cfg,
         RayCheckpointIO(),
         parent_run_id=loop_config.get("parent_run_id"),
         run_tags=loop_config.get("run_tags"),
-    ).fit()
+        launch_id=loop_config.get("launch_id"),
+    )
+    if loop_config.get("evaluate_only"):
+        trainer.evaluate_model()
+    else:
+        trainer.fit()
 
 
 def run_training_job(
-    cfg: ExperimentConfig, parent_run_id: str | None = None, run_tags: dict[str, str] | None = None
+    cfg: ExperimentConfig,
+    parent_run_id: str | None = None,
+    run_tags: dict[str, str] | None = None,
+    evaluate_only: bool = False,
 ) -> dict[str, Any]:
-    """Fit one config across the cluster; a run with the same name and storage resumes from its latest
-    checkpoint. Returns rank 0's final metrics (with the MLflow run id and model URI)."""
+    """Fit one config across the cluster (or, evaluate_only, evaluate the model it names); a run with the same
+    name and storage resumes from its latest checkpoint. Returns rank 0's final metrics (with the MLflow run id
+    and model URI)."""
     storage = cfg.run.storage_path or str(Path(cfg.run.output_dir) / "ray")
     resources = {"CPU": cfg.run.cpus_per_worker, **({"GPU": 1} if cfg.run.use_gpu else {})}
     trainer = TorchTrainer(
@@ -50,6 +63,8 @@ def run_training_job(
             "config": cfg.model_dump(mode="json"),
             "parent_run_id": parent_run_id,
             "run_tags": run_tags or {},
+            "evaluate_only": evaluate_only,
+            "launch_id": f"{LAUNCH_ID}:{cfg.run.name}",
         },
         scaling_config=ScalingConfig(
             num_workers=cfg.run.num_workers, use_gpu=cfg.run.use_gpu, resources_per_worker=resources
@@ -71,7 +86,12 @@ def run_training_job(
 def main() -> None:
     timeline.mark("driver.process", at=timeline.process_start_time())
     timeline.mark("driver.start")
-    metrics = run_training_job(decode_payload(ExperimentConfig, os.environ[PAYLOAD_ENV]))
+    cfg = decode_payload(ExperimentConfig, os.environ[PAYLOAD_ENV])
+    try:
+        metrics = run_training_job(cfg)
+    except BaseException as exc:
+        print_failure(exc, cfg.run.name)
+        raise
     print(RESULT_MARKER + json.dumps(metrics, default=str), flush=True)
 
 

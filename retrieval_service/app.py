@@ -20,10 +20,12 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, ConfigDict, Field, field_validator
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from retrieval_service import __version__
 from retrieval_service.backends import BackendError, SearchBackend, create_backend
 from retrieval_service.documents import Document, ScoredDocument
+from retrieval_service.reranking import PassageReranker
 from retrieval_service.settings import Limits, ServiceSettings
 
 log = logging.getLogger(__name__)
@@ -54,7 +56,7 @@ class DocumentOut(BaseModel):
 
 
 class Hit(DocumentOut):
-    score: float
+    score: float  # BM25, or the reranker's score when the request asked to rerank
 
 
 class SearchResponse(BaseModel):
@@ -105,6 +107,7 @@ def _request_models(limits: Limits) -> tuple[type[BaseModel], ...]:
         model_config = ConfigDict(extra="forbid")
         query: query_type
         k: k_type = 10
+        rerank: bool = Field(default=False, description="order BM25's top candidates with the KARD reranker")
 
         @field_validator("query")
         @classmethod
@@ -115,6 +118,7 @@ def _request_models(limits: Limits) -> tuple[type[BaseModel], ...]:
         model_config = ConfigDict(extra="forbid")
         queries: Annotated[list[query_type], Field(min_length=1, max_length=limits.max_batch)]
         k: k_type = 10
+        rerank: bool = Field(default=False, description="order BM25's top candidates with the KARD reranker")
 
         @field_validator("queries")
         @classmethod
@@ -246,6 +250,13 @@ def create_app(backend: SearchBackend | None = None, settings: ServiceSettings |
             detail.append({"field": field, "message": message})
         return _error(422, "validation_error", detail)
 
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        """Framework-level rejections (undecodable body, unknown path, wrong method) in the same error shape."""
+        field = {400: "body", 404: "path", 405: "method"}.get(exc.status_code, "request")
+        code = {400: "malformed_body", 404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+        return _error(exc.status_code, code, [{"field": field, "message": str(exc.detail)}], exc.headers)
+
     @app.exception_handler(BackendError)
     async def _backend_error(_: Request, exc: BackendError) -> JSONResponse:
         log.error("backend error: %s", exc)
@@ -253,18 +264,27 @@ def create_app(backend: SearchBackend | None = None, settings: ServiceSettings |
 
     protected = [Depends(require_token)]
 
+    reranker = PassageReranker(settings.reranker, settings.rerank_candidates) if settings.reranker else None
+
+    def ranked(queries: list[str], k: int, rerank: bool) -> list[list[ScoredDocument]]:
+        if not rerank:
+            return holder.get().search_batch(queries, k)
+        if reranker is None:
+            raise ApiError(400, "rerank_unavailable", "rerank", "this service was started without a reranker")
+        return reranker.search(holder.get(), queries, k)
+
     @app.post("/search", response_model=SearchResponse, dependencies=protected)
     def search(request: SearchRequest) -> SearchResponse:  # type: ignore[valid-type]
-        """Top-k passages for one query, best first."""
+        """Top-k passages for one query, best first (BM25, or BM25's top candidates reranked)."""
         start = time.perf_counter()
-        results = holder.get().search(request.query, request.k)  # type: ignore[attr-defined]
+        [results] = ranked([request.query], request.k, request.rerank)  # type: ignore[attr-defined]
         return SearchResponse(results=_hits(results), took_ms=(time.perf_counter() - start) * 1000)
 
     @app.post("/search/batch", response_model=BatchResponse, dependencies=protected)
     def search_batch(request: BatchSearchRequest) -> BatchResponse:  # type: ignore[valid-type]
         """Top-k passages for each query, one list per query in request order."""
         start = time.perf_counter()
-        results = holder.get().search_batch(request.queries, request.k)  # type: ignore[attr-defined]
+        results = ranked(request.queries, request.k, request.rerank)  # type: ignore[attr-defined]
         return BatchResponse(
             results=[_hits(r) for r in results], took_ms=(time.perf_counter() - start) * 1000
         )

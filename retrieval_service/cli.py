@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import json
 import logging
 import os
@@ -12,6 +13,13 @@ from collections.abc import Sequence
 from retrieval_service import settings as cfg
 from retrieval_service.backends import BACKENDS, BackendError, create_backend
 from retrieval_service.documents import MalformedLineError
+
+
+def is_loopback_host(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return host == "localhost"
 
 
 def _default_index(backend: str) -> str:
@@ -73,11 +81,19 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         (cfg.ENV_MAX_K, args.max_k),
         (cfg.ENV_MAX_BATCH, args.max_batch),
         (cfg.ENV_MAX_QUERY_CHARS, args.max_query_chars),
+        (cfg.ENV_RERANKER, args.reranker),
+        (cfg.ENV_RERANK_CANDIDATES, args.rerank_candidates),
     ):
         if value is not None:
             os.environ[env] = str(value)
     try:
         settings = cfg.ServiceSettings.from_env()  # fail fast on bad env before forking workers
+        if settings.token is None and not is_loopback_host(args.host) and not args.allow_unauthenticated:
+            raise ValueError(
+                f"--host {args.host} is reachable from other machines and no bearer token is set "
+                f"({cfg.ENV_TOKEN}, {cfg.ENV_TOKEN_FILE} or --token-file); pass --allow-unauthenticated "
+                "to serve without one anyway"
+            )
         if not args.allow_missing_index:
             with create_backend(settings.backend, settings.index) as backend:
                 health = backend.health()
@@ -149,9 +165,19 @@ def build_parser() -> argparse.ArgumentParser:
     p_serve.add_argument("--max-batch", type=int)
     p_serve.add_argument("--max-query-chars", type=int)
     p_serve.add_argument(
+        "--reranker",
+        help="KARD reranker (dir or MLflow runs:/ URI) for requests with rerank=true (env: RETRIEVAL_RERANKER)",
+    )
+    p_serve.add_argument("--rerank-candidates", type=int, help="BM25 hits the reranker orders (default 100)")
+    p_serve.add_argument(
         "--allow-missing-index",
         action="store_true",
         help="start even if the index is not there yet (/readyz answers 503 until it is)",
+    )
+    p_serve.add_argument(
+        "--allow-unauthenticated",
+        action="store_true",
+        help="serve a non-loopback --host without a bearer token (refused otherwise)",
     )
     p_serve.add_argument("--log-level", default="warning")
     p_serve.add_argument("--access-log", action="store_true")

@@ -58,6 +58,7 @@ class RetrievalClient:
         self.retries = retries
         self.backoff = backoff
         self.batch_size = batch_size
+        self.base_url = base_url.rstrip("/")
         self._http = httpx.Client(
             base_url=base_url.rstrip("/"), timeout=timeout, headers=headers, transport=transport
         )
@@ -69,14 +70,21 @@ class RetrievalClient:
                 response = self._http.request(method, path, json=json)
             except httpx.TransportError as exc:
                 if attempt == self.retries:
-                    raise RetrievalError(f"{method} {path}: {type(exc).__name__}: {exc}") from exc
+                    raise RetrievalError(
+                        f"retrieval service {self.base_url} unreachable: {method} {path} failed "
+                        f"{attempt + 1} time(s): {type(exc).__name__}: {exc}"
+                    ) from exc
             else:
                 if response.status_code in ok:
                     return response.json()
                 message, body = _describe(response)
                 if response.status_code not in RETRYABLE_STATUS or attempt == self.retries:
+                    tries = f" after {attempt + 1} attempts" if attempt else ""
                     raise RetrievalError(
-                        f"{method} {path}: HTTP {response.status_code}: {message}", response.status_code, body
+                        f"retrieval service {self.base_url}: {method} {path}: HTTP {response.status_code}{tries}: "
+                        f"{message}",
+                        response.status_code,
+                        body,
                     )
             time.sleep(delay * (0.5 + random.random() / 2))
             delay *= 2
@@ -86,17 +94,17 @@ class RetrievalClient:
     def _scored(rows: list[dict[str, Any]]) -> list[ScoredDocument]:
         return [ScoredDocument(r["id"], r["title"], r["text"], float(r["score"])) for r in rows]
 
-    def search(self, query: str, k: int = 10) -> list[ScoredDocument]:
-        """Top-k passages for ``query``, best first."""
-        body = self._request("POST", "/search", {"query": query, "k": k})
+    def search(self, query: str, k: int = 10, rerank: bool = False) -> list[ScoredDocument]:
+        """Top-k passages for ``query``, best first; ``rerank`` asks for the service's KARD reranker order."""
+        body = self._request("POST", "/search", {"query": query, "k": k, "rerank": rerank})
         return self._scored(body["results"])
 
-    def search_batch(self, queries: Sequence[str], k: int = 10) -> list[list[ScoredDocument]]:
+    def search_batch(self, queries: Sequence[str], k: int = 10, rerank: bool = False) -> list[list[ScoredDocument]]:
         """One result list per query, sent ``batch_size`` queries per request."""
         results: list[list[ScoredDocument]] = []
         for start in range(0, len(queries), self.batch_size):
             chunk = list(queries[start : start + self.batch_size])
-            body = self._request("POST", "/search/batch", {"queries": chunk, "k": k})
+            body = self._request("POST", "/search/batch", {"queries": chunk, "k": k, "rerank": rerank})
             results.extend(self._scored(rows) for rows in body["results"])
         return results
 

@@ -17,6 +17,8 @@ ENV_TOKEN_FILE = "RETRIEVAL_API_TOKEN_FILE"
 ENV_MAX_QUERY_CHARS = "RETRIEVAL_MAX_QUERY_CHARS"
 ENV_MAX_K = "RETRIEVAL_MAX_K"
 ENV_MAX_BATCH = "RETRIEVAL_MAX_BATCH"
+ENV_RERANKER = "RETRIEVAL_RERANKER"
+ENV_RERANK_CANDIDATES = "RETRIEVAL_RERANK_CANDIDATES"
 
 DEFAULT_INDEX_DIR = REPO_ROOT / "runs" / "retrieval_index"
 DEFAULT_ES_ALIAS = "kard-passages"
@@ -81,6 +83,8 @@ class ServiceSettings:
     index: str = str(DEFAULT_INDEX_DIR)
     token: str | None = None
     limits: Limits = field(default_factory=Limits)
+    reranker: str | None = None  # a KARD reranker (dir or runs:/ URI) for requests with "rerank": true
+    rerank_candidates: int = 100  # BM25 hits the reranker orders (KARD's N)
 
     @classmethod
     def from_env(cls) -> ServiceSettings:
@@ -91,4 +95,6 @@ class ServiceSettings:
             index=os.environ.get(ENV_INDEX, default_index),
             token=read_secret(ENV_TOKEN, ENV_TOKEN_FILE),
             limits=Limits.from_env(),
+            reranker=os.environ.get(ENV_RERANKER) or None,
+            rerank_candidates=_env_int(ENV_RERANK_CANDIDATES, cls.rerank_candidates),
         )

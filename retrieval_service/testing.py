@@ -111,8 +111,10 @@ def free_port() -> int:
 class ServerProcess:
     """``python -m retrieval_service serve`` as a real subprocess on an ephemeral 127.0.0.1 port."""
 
-    def __init__(self, args: list[str], env: dict[str, str] | None = None, workers: int = 2) -> None:
-        self.port = free_port()
+    def __init__(
+        self, args: list[str], env: dict[str, str] | None = None, workers: int = 2, port: int | None = None
+    ) -> None:
+        self.port = port or free_port()  # a fixed port restarts "the same" service
         self.url = f"http://127.0.0.1:{self.port}"
         cmd = [
             sys.executable,

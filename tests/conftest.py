@@ -49,3 +49,32 @@ def tiny_config(tmp_path: Path, shared_data: Path):
         return load_config(overrides=[*base, *overrides])
 
     return make
+
+
+KARD_TEST_OVERRIDES = (
+    "data.dataset=synthetic_kb",
+    "data.max_train_examples=160",
+    "data.max_dev_examples=24",
+    "data.rationale_filter=parse",
+    "method.kard.candidates=8",
+    "method.reranker.candidates_per_query=6",
+    "method.reranker.eval_k=[1,2]",
+)
+
+
+@pytest.fixture(scope="session")
+def kard_knowledge(tmp_path_factory: pytest.TempPathFactory) -> tuple[ExperimentConfig, Path]:
+    """A real knowledge dataset (embedded tantivy index over the synthetic_kb corpus), built once per session."""
+    from trainer.kard.prepare import prepare_knowledge
+
+    root = tmp_path_factory.mktemp("kard")
+    cfg = load_config(overrides=[*KARD_TEST_OVERRIDES, f"run.output_dir={root}"])
+    build = prepare_knowledge(cfg)
+    wired = cfg.model_copy(
+        update={
+            "method": cfg.method.model_copy(
+                update={"kard": cfg.method.kard.model_copy(update={"knowledge": str(build.path)})}
+            )
+        }
+    )
+    return wired, build.path

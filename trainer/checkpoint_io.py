@@ -4,18 +4,35 @@ from __future__ import annotations
 
 import contextlib
 import shutil
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any, Protocol
 
 import torch.distributed as dist
+
+from trainer.checkpoint_shard import incomplete_reason
+
+
+def first_complete(candidates: Iterable[Path], where: str) -> Path | None:
+    """The first sealed checkpoint, newest first; torn ones are reported and skipped, never loaded."""
+    skipped = []
+    for directory in candidates:
+        reason = incomplete_reason(directory)
+        if reason is None:
+            return directory
+        print(f"[checkpoint] skipping a torn checkpoint: {reason}", flush=True)
+        skipped.append(reason)
+    if skipped:
+        raise RuntimeError(f"no complete checkpoint in {where}: " + "; ".join(skipped))
+    return None
 
 
 class CheckpointIO(Protocol):
     """Every rank calls `report` the same number of times, each with its own checkpoint shard dir."""
 
     def latest(self) -> contextlib.AbstractContextManager[Path | None]:
-        """The newest checkpoint as a local directory for the duration of the block, or None."""
+        """The newest complete checkpoint (`checkpoint_shard.incomplete_reason`) as a local directory for the
+        duration of the block, or None when there is none yet."""
 
     def staging_dir(self, step: int) -> Path:
         """A fresh directory this rank writes its shard of the step's checkpoint into."""
@@ -33,7 +50,9 @@ class LocalCheckpointIO:
     @contextlib.contextmanager
     def latest(self) -> Iterator[Path | None]:
         pointer = self.root / "latest"
-        yield self.root / pointer.read_text().strip() if pointer.is_file() else None
+        newest = [self.root / pointer.read_text().strip()] if pointer.is_file() else []
+        older = sorted(self.root.glob("step_*"), key=lambda p: int(p.name.removeprefix("step_")), reverse=True)
+        yield first_complete([*newest, *(p for p in older if p not in newest)], str(self.root))
 
     def staging_dir(self, step: int) -> Path:
         path = self.root / f"step_{step}"

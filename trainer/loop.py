@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -10,21 +12,33 @@ from typing import Any
 import torch
 import yaml
 from torch.utils.data import DataLoader, DistributedSampler
+from transformers import PretrainedConfig
 
 from trainer.checkpoint_io import CheckpointIO
+from trainer.checkpoint_shard import load_rank_state, save_rank_state, seal
 from trainer.config.loader import flatten
 from trainer.config.schema import ExperimentConfig
 from trainer.data.example import DataError, QAExample
 from trainer.data.feature_cache import CachedFeatures, examples_digest, load_or_build
 from trainer.data.formatting import tokenizer_corpus
-from trainer.data.registry import load_splits
-from trainer.evaluation.evaluator import EvalResult, EvalSettings, evaluate
+from trainer.data.rationales import answer_leakage
+from trainer.data.registry import DatasetSplits, load_splits
+from trainer.evaluation.evaluator import EvalResult, EvalSettings
+from trainer.failpoints import failpoint
 from trainer.methods.base import Method
 from trainer.methods.registry import method_class
-from trainer.models.factory import build_model, build_model_config, build_tokenizer, count_parameters
+from trainer.model_selection import replace_dir, restore_selected, stash_selected
+from trainer.models.factory import build_model_config, build_tokenizer, count_parameters, model_hidden_size
+from trainer.models.presets import weights_tags
 from trainer.strategy.deepspeed_strategy import DeepSpeedStrategy
 from trainer.tracking import timeline
-from trainer.tracking.mlflow_tracker import Tracker, create_tracker, resolve_tracking_uri
+from trainer.tracking.mlflow_tracker import (
+    FINAL_MODEL_ARTIFACT_PATH,
+    Tracker,
+    create_tracker,
+    huggingface_input,
+    resolve_tracking_uri,
+)
 
 
 @dataclass
@@ -34,6 +48,16 @@ class TrainState:
     global_step: int = 0
     mlflow_run_id: str | None = None
     wall_time_s: float = 0.0
+    best_step: int | None = None  # the step whose model the run exports as `model` (model selection on dev)
+    best_accuracy: float | None = None
+    pending_metrics: list[list[Any]] = field(default_factory=list)  # undelivered to MLflow when saved
+
+    def offer(self, accuracy: float, always: bool = False) -> bool:
+        """Is the model at the current step (now) the selected one, given its dev accuracy? A tie keeps the earlier
+        step; the selected step evaluated again (a run resumed at its end) stays selected; `always`: no selection."""
+        if always or self.best_accuracy is None or accuracy > self.best_accuracy:
+            self.best_step, self.best_accuracy = self.global_step, accuracy
+        return self.best_step == self.global_step
 
 
 @dataclass
@@ -41,9 +65,19 @@ class TrainingResult:
     global_step: int
     metrics: dict[str, float]
     mlflow_run_id: str | None
-    model_uri: str | None
-    export_dir: Path | None
-    predictions: list[dict[str, Any]] = field(default_factory=list)
+    model_uri: str | None  # the selected model (the best dev step with run.eval_every, else the last step)
+    export_dir: Path | None  # its HF directory (rank 0)
+    predictions: list[dict[str, Any]] = field(default_factory=list)  # the last step's dev predictions
+    final_model_uri: str | None = None  # the last step's model, when it is not the selected one
+    final_export_dir: Path | None = None
+
+
+def build_trained_model(method: Method, model_config: PretrainedConfig, strategy: DeepSpeedStrategy) -> torch.nn.Module:
+    """The model to train, partitioned as it is built under ZeRO-3 (the factory turns on activation checkpointing
+    when model.gradient_checkpointing is set). The GPU benchmark builds its models here too, so what it measures
+    is what a run trains."""
+    with strategy.partitioned_init(strategy.resolved_config):
+        return method.build_model(model_config)
 
 
 def feature_cache_dir(cfg: ExperimentConfig) -> Path:
@@ -72,14 +106,20 @@ class Trainer:
         checkpoint_io: CheckpointIO,
         parent_run_id: str | None = None,
         run_tags: dict[str, str] | None = None,
+        launch_id: str | None = None,
     ) -> None:
         self.cfg = cfg
         self.checkpoint_io = checkpoint_io
         self.parent_run_id = parent_run_id
         self.run_tags = run_tags or {}
+        self.launch_id = launch_id  # one per job submission: tells a worker-group restart from a re-submission
         self.strategy = DeepSpeedStrategy(cfg)
+        run_dir = Path(cfg.run.output_dir) / cfg.run.name
+        self.export_dir = run_dir / "export"  # the selected model
+        self.final_export_dir = run_dir / "export_final"  # the last step's model when selection picked another
 
-    def fit(self) -> TrainingResult:
+    def _prepare(self) -> tuple[DatasetSplits, Method, PretrainedConfig]:
+        """What training and evaluation share: process group, data, tokenizer, method, model architecture."""
         cfg, strategy = self.cfg, self.strategy
         strategy.setup_distributed()
         self._mark("worker.fit")
@@ -94,15 +134,65 @@ class Trainer:
             tracking_uri=tracking_uri,
         )
         method = method_cls(cfg, tokenizer)
+        model_config = build_model_config(cfg.model, tokenizer, tracking_uri)
+        strategy.configure(model_hidden_size(model_config))
+        method.setup(strategy, model_config)
+        return splits, method, model_config
+
+    def _tracker(self, method: Method, resume_run_id: str | None, tags: dict[str, str] | None = None) -> Tracker:
+        return create_tracker(
+            self.cfg.tracking,
+            self.strategy.is_rank_zero,
+            run_name=self.cfg.tracking.run_name or self.cfg.run.name,
+            resume_run_id=resume_run_id,
+            parent_run_id=self.parent_run_id,
+            tags={
+                "method": method.run_label,
+                "dataset": self.cfg.data.dataset,
+                "model": self.cfg.model.name,
+                **weights_tags(self.cfg.model),
+                **self.run_tags,
+                **(tags or {}),
+            },
+            launch_id=self.launch_id,
+        )
+
+    def evaluate_model(self) -> TrainingResult:
+        """Evaluate an already trained model (model.name: its dir or runs:/ URI) in a run of its own, e.g. one KARD
+        student under each inference-time knowledge source. ZeRO-3 configs evaluate it partitioned."""
+        cfg, strategy = self.cfg, self.strategy
+        splits, method, model_config = self._prepare()
+        zero_stage = 3 if strategy.resolved_config["zero_optimization"].get("stage") == 3 else 0
+        frozen = strategy.frozen_config(model_hidden_size(model_config), zero_stage)
+        with strategy.partitioned_init(frozen):
+            model = strategy.prepare_frozen(method.build_model(model_config), frozen)
+        method.prepare_evaluation(strategy, splits.dev)
+        tracker = self._tracker(method, None, {"evaluates_model": cfg.model.name})
+        run_id = strategy.broadcast_object(tracker.run_id)
+        tracker.log_params({**flatten(cfg), "data.num_dev_examples": len(splits.dev), "run.mode": "evaluate"})
+        self._log_inputs(tracker, method)
+        started = time.perf_counter()
+        result = method.evaluate(model, splits.dev, strategy, self._eval_settings(), strategy.generation_kwargs(model))
+        metrics = {**result.metrics(), "eval/wall_time_s": time.perf_counter() - started}
+        tracker.log_metrics(metrics, step=0)
+        predictions = self._log_predictions(tracker, result)
+        # Reported with a (tiny) checkpoint: Ray Train keeps a run's result metrics only with one.
+        staging = self.checkpoint_io.staging_dir(0)
+        staging.mkdir(parents=True, exist_ok=True)
+        (staging / f"eval_metrics.rank{strategy.rank}.json").write_text(json.dumps(metrics))
+        self.checkpoint_io.report({**metrics, "mlflow_run_id": run_id, "model_uri": cfg.model.name}, staging)
+        tracker.finish()
+        return TrainingResult(0, metrics, run_id, cfg.model.name, None, predictions)
+
+    def fit(self) -> TrainingResult:
+        cfg, strategy = self.cfg, self.strategy
+        splits, method, model_config = self._prepare()
         features = build_features(method, splits.train, cfg)
         self._mark("worker.features")
-        model_config = build_model_config(cfg.model, tokenizer, tracking_uri)
-        strategy.configure(model_config.d_model)
-        method.setup(strategy, model_config)
-        with strategy.partitioned_init(strategy.resolved_config):
-            model = build_model(cfg.model, model_config)
+        model = build_trained_model(method, model_config, strategy)
         num_parameters = count_parameters(model)
-        engine = strategy.prepare(model)
+        engine = strategy.prepare(model, method.auxiliary_modules())
+        method.prepare_evaluation(strategy, splits.dev)
         self._mark("worker.engine")
 
         sampler = DistributedSampler(
@@ -124,66 +214,101 @@ class Trainer:
         with self.checkpoint_io.latest() as checkpoint_dir:
             if checkpoint_dir is not None and cfg.run.resume:
                 state = TrainState(**strategy.load_checkpoint(engine, checkpoint_dir))
+                load_rank_state(checkpoint_dir, strategy.rank)
+                if not restore_selected(checkpoint_dir, self.export_dir if strategy.is_rank_zero else None):
+                    state.best_step = state.best_accuracy = None  # a selection without its export is not kept
         resumed_from = state.global_step
-        tracker = create_tracker(
-            cfg.tracking,
-            strategy.is_rank_zero,
-            run_name=cfg.tracking.run_name or cfg.run.name,
-            resume_run_id=state.mlflow_run_id,
-            parent_run_id=self.parent_run_id,
-            tags={
-                "method": cfg.method.name,
-                "dataset": cfg.data.dataset,
-                "model": cfg.model.name,
-                **self.run_tags,
-            },
-        )
+        tracker = self._tracker(method, state.mlflow_run_id)
         state.mlflow_run_id = strategy.broadcast_object(tracker.run_id)
+        tracker.requeue_metrics(state.pending_metrics)
+        if tracker.resumed:
+            tracker.record_restart(resumed_from, self.launch_id)
         if resumed_from == 0:
             self._log_run_setup(tracker, len(splits.train), len(features), len(splits.dev), num_parameters)
             tracker.log_input(
-                features.dataset,
-                name=f"{cfg.data.dataset}-{method.name}-train",
-                digest=features.digest,
-                source=str(features.path),
-                context="training",
+                huggingface_input(
+                    features.dataset,
+                    name=f"{cfg.data.dataset}-{method.name}-train",
+                    digest=features.digest,
+                    source=str(features.path),
+                ),
+                "training",
             )
-        else:
-            tracker.set_tags({"resumed_from_step": str(resumed_from)})
+            self._log_inputs(tracker, method)
+            if method.uses_rationales:
+                tracker.log_metrics(answer_leakage(splits.train, cfg.data.rationale_source, cfg.run.seed), step=0)
 
         eval_result = self._train(engine, method, loader, sampler, splits.dev, state, tracker)
         self._mark("worker.trained")
         if eval_result is None:  # resumed at max_steps, or the last step was not an eval step
             eval_result = self._evaluate(engine, method, splits.dev)
         self._mark("worker.evaluated")
+        final_selected = state.offer(eval_result.accuracy, always=not cfg.run.eval_every)
+        final_dir = self.export_dir if final_selected else self.final_export_dir
+        self._export(engine, method, final_dir)
+        if final_selected and strategy.is_rank_zero:
+            shutil.rmtree(self.final_export_dir, ignore_errors=True)  # an earlier run's last step, now superseded
         final = {
             **eval_result.metrics(),
+            "dev/best_accuracy": state.best_accuracy,
+            "dev/best_step": float(state.best_step),
             "train/steps": float(state.global_step),
             "train/wall_time_s": state.wall_time_s,
             "model/num_parameters": float(num_parameters),
         }
         tracker.log_metrics(final, step=state.global_step)
-        predictions = [asdict(p) for p in eval_result.predictions]
-        tracker.log_jsonl(predictions, "predictions/dev.jsonl")
-        tracker.log_table(eval_result.table_rows(), "predictions/dev_table.json")
+        predictions = self._log_predictions(tracker, eval_result)
 
-        staging = self.checkpoint_io.staging_dir(state.global_step)
-        strategy.save_checkpoint(engine, staging, asdict(state))
-        export_dir = Path(cfg.run.output_dir) / cfg.run.name / "export"
-        engine.module.generation_config.max_new_tokens = method.max_new_tokens()
-        strategy.export_model(engine, tokenizer, export_dir)
-        model_uri = tracker.log_model(export_dir) if cfg.tracking.log_model else None
-        self.checkpoint_io.report({**final, "mlflow_run_id": state.mlflow_run_id, "model_uri": model_uri}, staging)
+        staging = self._save_checkpoint(engine, state, tracker)
+        log_model = cfg.tracking.log_model
+        model_uri = tracker.log_model(self.export_dir, method.pyfunc) if log_model else None
+        final_model_uri = (
+            tracker.log_model(final_dir, method.pyfunc, FINAL_MODEL_ARTIFACT_PATH)
+            if log_model and not final_selected
+            else None
+        )
+        self.checkpoint_io.report(
+            {**final, "mlflow_run_id": state.mlflow_run_id, "model_uri": model_uri, "final_model_uri": final_model_uri},
+            staging,
+        )
         tracker.finish()
         self._mark("worker.exported")
+        rank_zero = strategy.is_rank_zero
         return TrainingResult(
             state.global_step,
             final,
             state.mlflow_run_id,
             model_uri,
-            export_dir if strategy.is_rank_zero else None,
+            self.export_dir if rank_zero else None,
             predictions,
+            final_model_uri,
+            final_dir if rank_zero else None,
         )
+
+    def _export(self, engine: Any, method: Method, directory: Path) -> None:
+        """A consolidated HF directory (a collective under ZeRO-3: every rank calls it), swapped in whole."""
+        partial = directory.with_name(f"{directory.name}.partial")
+        if self.strategy.is_rank_zero:
+            shutil.rmtree(partial, ignore_errors=True)
+        method.prepare_export(engine.module)
+        self.strategy.export_model(engine, method.tokenizer, partial)
+        if self.strategy.is_rank_zero:
+            replace_dir(partial, directory)
+
+    def _save_checkpoint(self, engine: Any, state: TrainState, tracker: Tracker) -> Path:
+        """Every rank writes its shard (DeepSpeed state, RNG streams; rank 0 with model selection: the selected
+        model's export), then seals it once all ranks wrote."""
+        strategy, step = self.strategy, state.global_step
+        state.pending_metrics = tracker.pending_metrics()
+        staging = self.checkpoint_io.staging_dir(step)
+        strategy.save_checkpoint(engine, staging, asdict(state))
+        save_rank_state(staging, strategy.rank)
+        if self.cfg.run.eval_every and state.best_step is not None and strategy.is_rank_zero:
+            stash_selected(self.export_dir, staging)  # a run resumed where that export is gone keeps its selection
+        failpoint("checkpoint.save", step=step, rank=strategy.rank, run=self.cfg.run.name)
+        strategy.barrier()
+        seal(staging, strategy.rank, strategy.world_size)
+        return staging
 
     def _mark(self, event: str) -> None:
         if self.strategy.is_rank_zero:
@@ -203,9 +328,20 @@ class Trainer:
         tracker.log_text(yaml.safe_dump(self.cfg.model_dump(mode="json"), sort_keys=False), "config/config.yaml")
         tracker.log_dict(self.strategy.resolved_config, "config/deepspeed.json")
 
-    def _evaluate(self, engine: torch.nn.Module, method: Method, dev: list[QAExample]) -> EvalResult:
+    def _log_inputs(self, tracker: Tracker, method: Method) -> None:
+        for dataset, context in method.logged_inputs():
+            tracker.log_input(dataset, context)
+
+    @staticmethod
+    def _log_predictions(tracker: Tracker, result: EvalResult) -> list[dict[str, Any]]:
+        predictions = [asdict(p) for p in result.predictions]
+        tracker.log_jsonl(predictions, "predictions/dev.jsonl")
+        tracker.log_table(result.table_rows(), "predictions/dev_table.json")
+        return predictions
+
+    def _eval_settings(self) -> EvalSettings:
         run = self.cfg.run
-        settings = EvalSettings(
+        return EvalSettings(
             batch_size=run.eval_batch_size,
             num_beams=run.eval_num_beams,
             vote_samples=run.eval_vote_samples,
@@ -213,7 +349,10 @@ class Trainer:
             sample_top_p=run.eval_sample_top_p,
             seed=run.seed,
         )
-        return evaluate(method, engine.module, dev, self.strategy, settings, self.strategy.generation_kwargs(engine))
+
+    def _evaluate(self, engine: torch.nn.Module, method: Method, dev: list[QAExample]) -> EvalResult:
+        model = engine.module
+        return method.evaluate(model, dev, self.strategy, self._eval_settings(), self.strategy.generation_kwargs(model))
 
     def _train(
         self,
@@ -240,6 +379,7 @@ class Trainer:
                 if index < skip:
                     continue
                 batch = {k: v.to(strategy.device) for k, v in batch.items()}
+                method.progress = state.global_step / cfg.optim.max_steps
                 parts = method.loss(engine, batch)
                 for key, value in parts.items():
                     running[key] = running.get(key, 0.0) + float(value.detach())
@@ -251,6 +391,7 @@ class Trainer:
                 step = state.global_step
                 if step == first_step:
                     self._mark("worker.first_step")
+                failpoint("train.step", step=step, rank=strategy.rank, run=cfg.run.name)
                 if step % cfg.tracking.log_every == 0 or step == cfg.optim.max_steps:
                     elapsed = time.perf_counter() - window_start
                     state.wall_time_s += elapsed
@@ -270,9 +411,10 @@ class Trainer:
                 if cfg.run.eval_every and step % cfg.run.eval_every == 0:
                     last_eval = self._evaluate(engine, method, dev)
                     tracker.log_metrics(last_eval.metrics(), step=step)
+                    if step < cfg.optim.max_steps and state.offer(last_eval.accuracy):  # the last step: in fit
+                        self._export(engine, method, self.export_dir)
                 if cfg.run.save_every and step % cfg.run.save_every == 0 and step < cfg.optim.max_steps:
-                    staging = self.checkpoint_io.staging_dir(step)
-                    strategy.save_checkpoint(engine, staging, asdict(state))
+                    staging = self._save_checkpoint(engine, state, tracker)
                     self.checkpoint_io.report({"train/step": step}, staging)
                 if step >= cfg.optim.max_steps:
                     break

@@ -1,25 +1,29 @@
 """The KNIFE part of `make bench`: every method, same seeds, same tokenizer, same step budget, one MLflow store.
 
-    python -m ray_jobs.benchmarks.knife_benchmark --out bench_results/knife            # ~40 min on 2 CPU cores
-    python -m ray_jobs.benchmarks.knife_benchmark --out /tmp/knife --quick             # smoke size, ~1 min
+    python -m ray_jobs.benchmarks.knife_benchmark --out bench_results/knife            # ~1 h on 2 idle CPU cores
+    python -m ray_jobs.benchmarks.knife_benchmark --out /tmp/knife --quick             # smoke size, ~2 min
 
 Per dataset and seed it trains the KNIFE teacher first (input + free-text rationale), then the baselines
-(ft_io, ft_ior, ft_iro, multitask) and the KNIFE student from that teacher, two `trainer.train` processes at a
-time. The baselines get the teacher's tokenizer so every method sees the same vocabulary. All runs log to
-`<out>/mlflow.db` (experiment `knife-benchmark`, tag `bench_seed`); the benchmark owns `<out>` and clears its
-own previous runs there first, so the comparison never mixes two invocations. Writes `<out>/results.md`,
-`<out>/results.json` and `<out>/accuracy.png`.
+(ft_io, ft_ior, ft_iro, multitask), the KNIFE student and its ablations from that teacher, two `trainer.train`
+processes at a time. Each ablation changes one knob of the student (tag `variant`): KD-in only (lambda_out=0),
+KD-out only (lambda_in=0), and KD-out as KL (output_loss=kl, KD-in kept). The baselines get the teacher's
+tokenizer so every method sees the same vocabulary. All runs log to `<out>/mlflow.db` (experiment
+`knife-benchmark`, tag `bench_seed`); the benchmark owns `<out>` and clears its own previous runs there first, so
+the comparison never mixes two invocations. Writes `<out>/results.md`, `<out>/results.json` and
+`<out>/accuracy.png`.
+
+Dev accuracy is choice scoring (trainer.evaluation); the greedy-generation accuracy is reported beside it. Every
+run is scored at its last step (no model selection on the dev set it is reported on). Each method is compared with
+I→O seed by seed (the seed fixes data order and initialisation): the mean paired difference with a 95% t-interval
+over seeds, mean ± t(0.975, n − 1)·sd/√n.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
 import statistics
-import subprocess
-import sys
 import time
 from collections import Counter
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
@@ -29,14 +33,22 @@ from pathlib import Path
 from typing import Any
 
 from mlflow.tracking import MlflowClient
+from scipy.stats import t as student_t
 
+from ray_jobs.benchmarks.trainer_runs import run_trainer_process
 from trainer.config.schema import DataConfig
 from trainer.data.registry import load_splits
-from trainer.tracking.compare import METHOD_ORDER, Row, compare_runs, format_table
+from trainer.tracking.compare import KNIFE_METHODS, Row, compare_runs, format_table
 
 EXPERIMENT = "knife-benchmark"
 TEACHER, STUDENT, IO = "knife_teacher", "knife_student", "ft_io"
 BASELINES = ("ft_io", "ft_ior", "ft_iro", "multitask")
+# Ablations of the KNIFE student, each one knob away from it (λ_in = λ_out = 1, MSE): variant tag → overrides.
+ABLATIONS: dict[str, tuple[str, ...]] = {
+    "kd_in_only": ("method.knife.lambda_out=0",),
+    "kd_out_only": ("method.knife.lambda_in=0",),
+    "kd_out_kl": ("method.knife.output_loss=kl",),
+}
 PARALLEL = 2  # one training process per CPU core
 _COMMON = [
     "model.name=t5-tiny",
@@ -79,19 +91,26 @@ class Job:
     method: str
     seed: int
     overrides: tuple[str, ...]
+    variant: str = ""
+
+    @property
+    def label(self) -> str:
+        """The method's row in the report (compare.run_label's form)."""
+        return f"{self.method}/{self.variant}" if self.variant else self.method
 
     @property
     def run_name(self) -> str:
-        return f"{self.dataset}-{self.method}-seed{self.seed}"
+        return f"{self.dataset}-{self.label.replace('/', '-')}-seed{self.seed}"
 
 
 @dataclass(frozen=True)
 class RunResult:
     dataset: str
-    method: str
+    method: str  # the row label: method, or method/variant
     seed: int
     run_name: str
     accuracy: float
+    generation_accuracy: float
     unparsed_rate: float
     steps: int
     train_wall_time_s: float
@@ -120,34 +139,22 @@ def _run(job: Job, out: Path) -> RunResult:
         f"run.name={job.run_name}",
         f"run.seed={job.seed}",
         f"tracking.tags.bench_seed='{job.seed}'",  # quoted: override values are YAML
+        *([f"tracking.tags.variant={job.variant}"] if job.variant else []),
     ]
-    env = {
-        **os.environ,
-        "OMP_NUM_THREADS": "1",
-        "MLFLOW_DISABLE_TELEMETRY": "true",
-        "DO_NOT_TRACK": "true",
-        "TOKENIZERS_PARALLELISM": "false",
-        "DS_ACCELERATOR": os.environ.get("DS_ACCELERATOR", "cpu"),
-    }
-    log = out / "logs" / f"{job.run_name}.log"
-    start = time.perf_counter()
-    with log.open("w") as handle:
-        code = subprocess.run(
-            [sys.executable, "-m", "trainer.train", *args], stdout=handle, stderr=subprocess.STDOUT, env=env
-        ).returncode
-    elapsed = time.perf_counter() - start
-    lines = log.read_text().splitlines()
-    if code != 0:
-        raise RuntimeError(f"{job.run_name} failed (exit {code}); see {log}:\n" + "\n".join(lines[-20:]))
-    final = json.loads(next(line for line in reversed(lines) if line.startswith("{")))
-    metrics = final["metrics"]
-    print(f"[{elapsed:6.0f} s] {job.run_name}: dev/accuracy {metrics['dev/accuracy']:.3f}", flush=True)
+    process = run_trainer_process(args, out / "logs" / f"{job.run_name}.log")
+    final, metrics, elapsed = process.final, process.metrics, process.wall_s
+    print(
+        f"[{elapsed:6.0f} s] {job.run_name}: dev/accuracy {metrics['dev/accuracy']:.3f} "
+        f"generation {metrics['dev/generation_accuracy']:.3f}",
+        flush=True,
+    )
     return RunResult(
         job.dataset,
-        job.method,
+        job.label,
         job.seed,
         job.run_name,
         metrics["dev/accuracy"],
+        metrics["dev/generation_accuracy"],
         metrics["dev/unparsed_rate"],
         final["global_step"],
         metrics["train/wall_time_s"],
@@ -160,11 +167,12 @@ def _student_jobs(teacher: Job, out: Path, student_overrides: list[str]) -> list
     export = out / "runs" / teacher.run_name / "export"
     jobs = [Job(teacher.dataset, m, teacher.seed, (*teacher.overrides, f"model.tokenizer={export}")) for m in BASELINES]
     knife = (*teacher.overrides, f"method.knife.teacher={export}", *student_overrides)
-    return [*jobs, Job(teacher.dataset, STUDENT, teacher.seed, knife)]
+    ablations = [Job(teacher.dataset, STUDENT, teacher.seed, (*knife, *extra), v) for v, extra in ABLATIONS.items()]
+    return [*jobs, Job(teacher.dataset, STUDENT, teacher.seed, knife), *ablations]
 
 
 def run_all(teachers: list[Job], out: Path, student_overrides: list[str]) -> list[RunResult]:
-    """Teachers first; each finished teacher queues its five runs. Any failure stops the benchmark."""
+    """Teachers first; each finished teacher queues its students and baselines. Any failure stops the benchmark."""
     results: list[RunResult] = []
     with ThreadPoolExecutor(PARALLEL) as pool:
         pending: dict[Future[RunResult], Job] = {pool.submit(_run, job, out): job for job in teachers}
@@ -196,52 +204,86 @@ def paired_differences(results: list[RunResult], dataset: str, a: str, b: str) -
     return {seed: acc[a, seed] - acc[b, seed] for _, seed in sorted(acc) if (a, seed) in acc and (b, seed) in acc}
 
 
-def _mean_std(values: list[float]) -> tuple[float, float | None]:
-    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else None
+@dataclass(frozen=True)
+class PairedDifference:
+    """accuracy(method) − accuracy(I→O) over seeds, with a 95% t-interval (None with fewer than two seeds)."""
+
+    mean: float
+    std: float | None
+    ci95: tuple[float, float] | None
+    per_seed: dict[int, float]
+
+    @classmethod
+    def of(cls, per_seed: dict[int, float]) -> PairedDifference:
+        values = list(per_seed.values())
+        mean = statistics.fmean(values)
+        if len(values) < 2:
+            return cls(mean, None, None, per_seed)
+        std = statistics.stdev(values)
+        half = float(student_t.ppf(0.975, len(values) - 1)) * std / len(values) ** 0.5
+        return cls(mean, std, (mean - half, mean + half), per_seed)
+
+    def cell(self) -> str:
+        if self.ci95 is None:
+            return f"{self.mean:+.3f} (1 seed, no interval)"
+        return f"{self.mean:+.3f} [{self.ci95[0]:+.3f}, {self.ci95[1]:+.3f}]"
+
+    def verdict(self) -> str:
+        if self.ci95 is None:
+            return "one seed: no interval"
+        if self.ci95[0] > 0:
+            return "better than I→O (95% interval above 0)"
+        if self.ci95[1] < 0:
+            return "worse than I→O (95% interval below 0)"
+        return "no difference from I→O detectable (95% interval contains 0)"
 
 
-def _pm(mean: float, std: float | None) -> str:
-    return f"{mean:+.3f} ± {std:.3f}" if std is not None else f"{mean:+.3f} (1 seed)"
+LABELS = (*KNIFE_METHODS, *(f"{STUDENT}/{variant}" for variant in ABLATIONS))  # the report's row order
 
 
 def _reading(
-    dataset: str, rows: dict[str, Row], diffs: dict[str, dict[int, float]], majority: float, unparsed: dict[str, float]
+    dataset: str,
+    rows: dict[str, Row],
+    paired: dict[str, PairedDifference],
+    majority: float,
+    unparsed: dict[str, float],
 ) -> str:
     """A plain-language reading generated from the numbers, so the report cannot drift from them."""
     io, teacher, student = rows.get(IO), rows.get(TEACHER), rows.get(STUDENT)
-    if not (io and teacher and student):
+    if not (io and teacher and student and STUDENT in paired):
         return f"**{dataset}**: incomplete (a method has no finished run)."
-    t_gap = teacher.accuracy_mean - io.accuracy_mean
-    spread = max(io.accuracy_std or 0.0, teacher.accuracy_std or 0.0)
-    teacher_verdict = "clearly beats" if t_gap > max(0.02, 2 * spread) else "does not clearly beat"
-    s_diffs = list(diffs["student_minus_io"].values())
-    s_mean, s_std = _mean_std(s_diffs)
-    wins = sum(d > 0 for d in s_diffs)
-    if s_std is not None and s_mean > 0 and s_mean > 2 * s_std / len(s_diffs) ** 0.5:
-        student_verdict = "beats I→O consistently"
-    elif s_mean > 0:
-        student_verdict = "is ahead of I→O on average, but within seed noise"
-    else:
-        student_verdict = "does not beat I→O"
+    s = paired[STUDENT]
+    wins = sum(d > 0 for d in s.per_seed.values())
+    text = [
+        f"**{dataset}**: the KNIFE teacher, which reads the rationale at dev time too, scores "
+        f"{teacher.accuracy_mean:.3f} against I→O's {io.accuracy_mean:.3f} ({paired[TEACHER].verdict()}).",
+        f"The KNIFE student − I→O = {s.cell()} over {len(s.per_seed)} seed(s), ahead on {wins}/{len(s.per_seed)}: "
+        f"{s.verdict()}.",
+    ]
+    ablations = [
+        f"{label.split('/', 1)[1]} {paired[label].cell()}" for label in LABELS[len(KNIFE_METHODS) :] if label in paired
+    ]
+    if ablations:
+        text.append(f"Ablations − I→O: {'; '.join(ablations)}.")
+    others = [m for m in (*BASELINES[1:], *LABELS[len(KNIFE_METHODS) :]) if m in paired and paired[m].ci95]
+    if clear := [
+        f"{m} ({paired[m].verdict().split(' (')[0]})" for m in others if "detectable" not in paired[m].verdict()
+    ]:
+        text.append(f"Clearly different from I→O: {', '.join(clear)}.")
     near_floor = [m for m, r in rows.items() if m != TEACHER and abs(r.accuracy_mean - majority) < 0.03]
-    floor = (
-        f" {', '.join(near_floor)} sit within 3 points of the majority-class floor ({majority:.3f}): "
-        "these tiny models have not learnt the task beyond the label prior, which is expected here."
+    text.append(
+        f"{', '.join(near_floor)} sit within 3 points of the majority-class floor ({majority:.3f}): these tiny "
+        "models have not learnt the task beyond the label prior."
         if near_floor
-        else f" The majority-class floor is {majority:.3f}."
+        else f"The majority-class floor is {majority:.3f}."
     )
     broken = [f"{m} ({rate:.0%})" for m, rate in unparsed.items() if rate > 0.5]
     if broken:
-        floor += (
-            f" Most dev outputs of {', '.join(broken)} hold no parsable answer: at this budget the generated "
-            "text does not reach a well-formed answer, so their accuracy measures output format, not reasoning."
+        text.append(
+            f"Most greedy outputs of {', '.join(broken)} name no choice, so their generation accuracy measures "
+            "output format; their choice-scoring accuracy does not depend on it."
         )
-    return (
-        f"**{dataset}**: the KNIFE teacher, which reads the rationale, {teacher_verdict} I→O "
-        f"({teacher.accuracy_mean:.3f} vs {io.accuracy_mean:.3f}, {t_gap:+.3f}). The KNIFE student "
-        f"{student_verdict}: student − I→O = {_pm(s_mean, s_std)} over {len(s_diffs)} seed(s), ahead on "
-        f"{wins}/{len(s_diffs)} seeds.{floor}"
-    )
+    return " ".join(text)
 
 
 CAVEAT = (
@@ -260,19 +302,19 @@ def write_plot(rows: list[Row], majority: dict[str, float], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     datasets = sorted({r.dataset for r in rows})
-    fig, axes = plt.subplots(1, len(datasets), figsize=(6 * len(datasets), 4), squeeze=False)
+    fig, axes = plt.subplots(1, len(datasets), figsize=(7 * len(datasets), 4.5), squeeze=False)
     for ax, dataset in zip(axes[0], datasets, strict=True):
         by_method = {r.method: r for r in rows if r.dataset == dataset}
-        methods = [m for m in METHOD_ORDER if m in by_method]
+        methods = [m for m in LABELS if m in by_method]
         for x, method in enumerate(methods):
             row = by_method[method]
             ax.bar(x, row.accuracy_mean, yerr=row.accuracy_std or 0.0, capsize=4, color=f"C{x}", alpha=0.7)
             ax.scatter([x] * row.n, row.accuracies, color="black", s=12, zorder=3)
         ax.axhline(majority[dataset], color="grey", linestyle="--", label="majority class")
-        ax.set_xticks(range(len(methods)), methods, rotation=30, ha="right")
+        ax.set_xticks(range(len(methods)), methods, rotation=35, ha="right")
         ax.set_ylim(0, 1)
         ax.set_title(f"{dataset} (bars: mean ± std, dots: seeds)")
-        ax.set_ylabel("dev accuracy")
+        ax.set_ylabel("dev accuracy (choice scoring)")
         ax.legend(loc="lower right")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
@@ -286,13 +328,34 @@ def write_report(
     datasets = sorted({r.dataset for r in results})
     seeds = sorted({r.seed for r in results})
     majority = {d: majority_accuracy(d, budget["quick"]) for d in datasets}
-    diffs = {d: {"student_minus_io": paired_differences(results, d, STUDENT, IO)} for d in datasets}
+    paired = {
+        d: {
+            label: PairedDifference.of(diffs)
+            for label in LABELS
+            if label != IO and (diffs := paired_differences(results, d, label, IO))
+        }
+        for d in datasets
+    }
     acc = {(r.dataset, r.method, r.seed): r.accuracy for r in results}
+    generation = {(r.dataset, r.method, r.seed): r.generation_accuracy for r in results}
     unparsed = {
         d: {m: statistics.fmean(r.unparsed_rate for r in results if (r.dataset, r.method) == (d, m)) for m in methods}
         for d in datasets
         if (methods := {r.method for r in results if r.dataset == d})
     }
+
+    def per_seed_table(values: dict[tuple[str, str, int], float]) -> list[str]:
+        return [
+            "| dataset | method | " + " | ".join(f"seed {s}" for s in seeds) + " |",
+            "|---|---|" + "---|" * len(seeds),
+            *[
+                f"| {d} | {m} | "
+                + " | ".join(f"{values[d, m, s]:.3f}" if (d, m, s) in values else "–" for s in seeds)
+                + " |"
+                for d in datasets
+                for m in LABELS
+            ],
+        ]
 
     md = [
         "# KNIFE benchmark",
@@ -308,35 +371,42 @@ def write_report(
             for d in datasets
         ],
         f"- common: `{' '.join(_COMMON)}`; KNIFE student extra: `{' '.join(student_overrides) or 'none (λ=1, mse)'}`",
+        "- ablations (one knob from the student each): "
+        + "; ".join(f"{v}: `{' '.join(extra)}`" for v, extra in ABLATIONS.items()),
+        "- dev accuracy: choice scoring (every choice ranked by the mean log-probability per token of its answer "
+        "text after the method's answer prefix); generation accuracy: the greedy output parsed into a choice. "
+        "Every run is scored at its last step.",
         "",
         "## Results (from the MLflow store)",
         "",
         format_table(rows),
         "",
-        "## Per-seed dev accuracy",
+        "## Per-seed dev accuracy (choice scoring)",
         "",
-        "| dataset | method | " + " | ".join(f"seed {s}" for s in seeds) + " |",
-        "|---|---|" + "---|" * len(seeds),
+        *per_seed_table(acc),
+        "",
+        "## Per-seed generation accuracy",
+        "",
+        *per_seed_table(generation),
+        "",
+        "## Method − I→O, paired by seed (mean [95% t-interval over seeds])",
+        "",
+        "| dataset | method | difference | per seed | reading |",
+        "|---|---|---|---|---|",
         *[
-            f"| {d} | {m} | " + " | ".join(f"{acc[d, m, s]:.3f}" if (d, m, s) in acc else "–" for s in seeds) + " |"
+            f"| {d} | {label} | {diff.cell()} | "
+            + ", ".join(f"{x:+.3f}" for _, x in sorted(diff.per_seed.items()))
+            + f" | {diff.verdict()} |"
             for d in datasets
-            for m in METHOD_ORDER
+            for label, diff in paired[d].items()
         ],
         "",
-        "## KNIFE student − I→O (paired by seed)",
-        "",
-        *[
-            f"- {d}: {_pm(*_mean_std(list(v.values())))} (per seed: "
-            + ", ".join(f"seed {s}: {x:+.3f}" for s, x in v.items())
-            + f"); majority-class floor {majority[d]:.3f}"
-            for d, v in ((d, diffs[d]["student_minus_io"]) for d in datasets)
-            if v
-        ],
+        f"Majority-class floor: {', '.join(f'{d} {majority[d]:.3f}' for d in datasets)}.",
         "",
         "## Reading",
         "",
         " ".join(
-            _reading(d, {r.method: r for r in rows if r.dataset == d}, diffs[d], majority[d], unparsed[d])
+            _reading(d, {r.method: r for r in rows if r.dataset == d}, paired[d], majority[d], unparsed[d])
             for d in datasets
         )
         + " "
@@ -344,23 +414,35 @@ def write_report(
         "",
     ]
     (out / "results.md").write_text("\n".join(md))
+
+    def by_seed(values: dict[tuple[str, str, int], float]) -> dict[str, dict[str, dict[str, float]]]:
+        return {
+            d: {m: {str(s): values[d, m, s] for s in seeds if (d, m, s) in values} for m in LABELS} for d in datasets
+        }
+
     summary = {
         "experiment": EXPERIMENT,
         "tracking_uri": f"sqlite:///{out / 'mlflow.db'}",
         "wall_time_s": wall_s,
         "budget": budget,
         "student_overrides": student_overrides,
+        "ablations": {v: list(extra) for v, extra in ABLATIONS.items()},
         "majority_class_accuracy": majority,
         "runs": [asdict(r) for r in results],
-        "per_seed_accuracy": {
-            d: {m: {str(s): acc[d, m, s] for s in seeds if (d, m, s) in acc} for m in METHOD_ORDER} for d in datasets
-        },
+        "per_seed_accuracy": by_seed(acc),
+        "per_seed_generation_accuracy": by_seed(generation),
         "summary": [asdict(r) for r in rows],
-        "knife_student_minus_ft_io": {
-            d: dict(zip(("mean", "std"), _mean_std(list(v.values())), strict=True))
-            | {"per_seed": {str(s): x for s, x in v.items()}}
-            for d, v in ((d, diffs[d]["student_minus_io"]) for d in datasets)
-            if v
+        "paired_minus_ft_io": {
+            d: {
+                label: {
+                    "mean": diff.mean,
+                    "std": diff.std,
+                    "ci95": list(diff.ci95) if diff.ci95 else None,
+                    "per_seed": {str(s): x for s, x in diff.per_seed.items()},
+                }
+                for label, diff in paired[d].items()
+            }
+            for d in datasets
         },
     }
     (out / "results.json").write_text(json.dumps(summary, indent=2))
@@ -371,7 +453,7 @@ def write_report(
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=Path("bench_results/knife"))
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
     parser.add_argument("--datasets", nargs="+", choices=sorted(DATASETS), default=list(DATASETS))
     parser.add_argument("--quick", action="store_true", help="smoke size: 24 steps, seed 0, small dev, synthetic")
     parser.add_argument("--max-steps", type=int, help="override every dataset's step budget")

@@ -222,7 +222,10 @@ class ElasticsearchBackend(SearchBackend):
                     raise
                 error = exc
             if attempt == self.settings.max_retries:
-                raise BackendError(f"elasticsearch {what} failed after {attempt + 1} attempts: {error}") from error
+                hosts = ", ".join(re.sub(r"//[^/@]*@", "//", h) for h in self.settings.hosts)  # no credentials
+                raise BackendError(
+                    f"elasticsearch at {hosts}: {what} failed after {attempt + 1} attempts: {error}"
+                ) from error
             sleep = min(self.settings.backoff_max, delay) * (0.5 + random.random() / 2)
             log.warning("elasticsearch %s failed (%s); retry %d in %.2fs", what, error, attempt + 1, sleep)
             time.sleep(sleep)

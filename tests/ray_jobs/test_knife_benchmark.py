@@ -1,4 +1,5 @@
-"""The KNIFE benchmark at smoke size: real `trainer.train` subprocesses, a real MLflow store, real report files."""
+"""The KNIFE benchmark: its paired statistics on hand-made numbers, and the whole benchmark at smoke size (real
+`trainer.train` subprocesses, a real MLflow store, real report files)."""
 
 import json
 import subprocess
@@ -7,35 +8,60 @@ from pathlib import Path
 
 import pytest
 
-from trainer.tracking.compare import METHOD_ORDER
+from ray_jobs.benchmarks.knife_benchmark import LABELS, PairedDifference
+from trainer.tracking.compare import KNIFE_METHODS
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
+def test_paired_difference_has_a_t_interval_over_seeds() -> None:
+    diff = PairedDifference.of({0: 0.1, 1: 0.2, 2: 0.3})
+    assert diff.mean == pytest.approx(0.2) and diff.std == pytest.approx(0.1)
+    half = 4.302653 * 0.1 / 3**0.5  # t(0.975, df=2)
+    assert diff.ci95 == pytest.approx((0.2 - half, 0.2 + half), abs=1e-6)
+    assert diff.cell() == "+0.200 [-0.048, +0.448]"
+    assert "contains 0" in diff.verdict()
+    assert "above 0" in PairedDifference.of({0: 0.1, 1: 0.12, 2: 0.11, 3: 0.1, 4: 0.13}).verdict()
+    assert "below 0" in PairedDifference.of({0: -0.2, 1: -0.21, 2: -0.2}).verdict()
+    single = PairedDifference.of({3: 0.05})
+    assert single.ci95 is None and single.cell() == "+0.050 (1 seed, no interval)"
+
+
 @pytest.mark.slow
 def test_quick_benchmark_writes_table_json_and_plot(tmp_path: Path) -> None:
+    """~2 min on an idle 2-core machine (9 runs of 24 steps); the timeout is only a safety net."""
     out = tmp_path / "knife"
     result = subprocess.run(
         [sys.executable, "-m", "ray_jobs.benchmarks.knife_benchmark", "--out", str(out), "--quick"],
         cwd=REPO_ROOT,
         capture_output=True,
         text=True,
-        timeout=150,
+        timeout=2400,
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert (out / "accuracy.png").stat().st_size > 0
 
     report = (out / "results.md").read_text()
-    table = report.split("## Results (from the MLflow store)")[1]
-    for method in METHOD_ORDER:
-        assert f"| {method} | " in table and f"| {method} | – |" not in table
-    assert "KNIFE student − I→O" in report and "## Reading" in report
+    results_part = report.split("## Results (from the MLflow store)")[1]
+    accuracy_table, generation_table = results_part.split("\n\n")[1:3]
+    for label in LABELS:
+        for table in (accuracy_table, generation_table):
+            assert f"| {label} | " in table and f"| {label} | – |" not in table, (label, table)
+    assert "generation accuracy" in generation_table
+    assert "## Method − I→O, paired by seed" in report and "## Reading" in report
+    assert "| synthetic | knife_student/kd_out_kl | " in report
 
     results = json.loads((out / "results.json").read_text())
     per_seed = results["per_seed_accuracy"]["synthetic"]
-    assert set(per_seed) == set(METHOD_ORDER)
+    assert set(per_seed) == set(LABELS) and set(KNIFE_METHODS) < set(LABELS)
     assert all(set(seeds) == {"0"} and 0.0 <= seeds["0"] <= 1.0 for seeds in per_seed.values())
-    assert len(results["runs"]) == len(METHOD_ORDER) and all(r["steps"] == 24 for r in results["runs"])
-    diff = results["knife_student_minus_ft_io"]["synthetic"]
-    assert diff["per_seed"]["0"] == pytest.approx(per_seed["knife_student"]["0"] - per_seed["ft_io"]["0"])
+    generation = results["per_seed_generation_accuracy"]["synthetic"]
+    assert all(0.0 <= seeds["0"] <= 1.0 for seeds in generation.values())
+    assert len(results["runs"]) == len(LABELS) and all(r["steps"] == 24 for r in results["runs"])
+    paired = results["paired_minus_ft_io"]["synthetic"]
+    assert set(paired) == set(LABELS) - {"ft_io"}
+    student = paired["knife_student"]
+    assert student["per_seed"]["0"] == pytest.approx(per_seed["knife_student"]["0"] - per_seed["ft_io"]["0"])
+    assert student["ci95"] is None  # one seed
     assert results["budget"]["datasets"]["synthetic"]["max_steps"] == 24
+    assert results["ablations"]["kd_in_only"] == ["method.knife.lambda_out=0"]

@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -26,7 +27,7 @@ def submit(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
         capture_output=True,
         text=True,
         timeout=900,
-        env={**os.environ, "OMP_NUM_THREADS": "1"},
+        env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO_ROOT)},
     )
 
 
@@ -82,14 +83,30 @@ def test_ray_job_trains_tracks_exports_and_resumes(shared_data: Path, tmp_path: 
         assert resumed.data.tags["resumed_from_step"] == "4" and resumed.data.metrics["train/steps"] == 6
         assert [m.step for m in client.get_metric_history(run.info.run_id, "train/loss")] == [1, 2, 3, 4, 5, 6]
 
-        # 3) A job that fails inside the workers makes the submitter exit non-zero.
+        # 3) A job that fails inside the workers (preflight skipped, so the job itself meets the missing data)
+        # makes the submitter exit non-zero, its last line the root cause: stage, rank, exception.
         failed = submit(
-            [*overrides, "run.name=broken", f"data.data_dir={tmp_path / 'missing'}", "--address", head.address],
+            [
+                *overrides,
+                "run.name=broken",
+                f"data.data_dir={tmp_path / 'missing'}",
+                "--address",
+                head.address,
+                "--no-preflight",
+            ],
             tmp_path,
         )
         assert failed.returncode == 1
         assert "Ray job ended FAILED" in failed.stderr
-        assert "not found" in failed.stdout
+        assert re.search(
+            r"root cause \(stage 'broken', rank \d\): DataError: dataset 'strategyqa': \S+ not found",
+            failed.stderr.strip().splitlines()[-1],
+        ), failed.stderr[-2000:]
+
+
+def test_missing_data_caught_by_preflight(tmp_path: Path) -> None:
+    result = submit(["data.dataset=strategyqa", f"data.data_dir={tmp_path / 'missing'}"], tmp_path)
+    assert result.returncode == 2 and "data: dataset 'strategyqa'" in result.stderr
 
 
 def test_bad_config_fails_before_submitting(tmp_path: Path) -> None:

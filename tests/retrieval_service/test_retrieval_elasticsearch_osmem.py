@@ -235,3 +235,37 @@ def test_score_and_version_requests(backend: ElasticsearchBackend) -> None:
     assert set(batch[0]) == {"d3", "d4"} and batch[1] == {}
     backend.index_documents(docs(21))
     assert backend.version() != first  # the count changed
+
+
+def test_kard_knowledge_stage_in_elasticsearch_mode(
+    osmem: osmem_server.OsmemServer, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """Contract only: the knowledge build's searches, scores and fetches as Elasticsearch requests (msearch,
+    ids-filtered msearch, mget) against the emulator; its ranking is not BM25, so no recall is asserted."""
+    from trainer.config import load_config
+    from trainer.data.synthetic_kb import SyntheticKBSpec, generate_synthetic_kb_task
+    from trainer.kard.knowledge import KnowledgeBase
+    from trainer.kard.prepare import prepare_knowledge
+
+    settings = settings_for(osmem.url)
+    passages = generate_synthetic_kb_task(SyntheticKBSpec(seed=0)).passages
+    with ElasticsearchBackend(settings) as backend:
+        backend.index_documents(Document(**p) for p in passages)
+    for name, value in {"RETRIEVAL_ES_PLAIN_JSON": "true", "RETRIEVAL_ES_ANALYZER": "standard",
+                        "RETRIEVAL_ES_TOKEN_PATTERN": RE2_PATTERN}.items():  # fmt: skip
+        monkeypatch.setenv(name, value)
+    cfg = load_config(
+        overrides=[
+            "data.dataset=synthetic_kb", "data.max_train_examples=30", "data.max_dev_examples=6",
+            "retrieval.mode=elasticsearch", f"retrieval.url={osmem.url}", f"retrieval.index={settings.alias}",
+            "method.kard.candidates=5", "method.reranker.candidates_per_query=4", f"run.output_dir={tmp_path}",
+        ]
+    )  # fmt: skip
+    build = prepare_knowledge(cfg)
+    knowledge = KnowledgeBase(build.path)
+    assert build.manifest["request"]["retriever_version"].startswith(f"elasticsearch-{settings.alias}-v")
+    assert len(knowledge.dev) == 6 and sum(len(r) for r in knowledge.train.values()) == 60
+    row = next(iter(knowledge.train.values()))[0]
+    assert row.passage_ids and set(row.passage_ids) <= set(row.candidate_ids) <= set(knowledge.passages)
+    assert all(isinstance(v, float) for v in row.candidate_rho)
+    assert prepare_knowledge(cfg).reused

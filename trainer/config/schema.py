@@ -14,7 +14,8 @@ class _Section(BaseModel):
 
 
 class ModelConfig(_Section):
-    """Which seq2seq model to train: an HF hub name, a local path, or a tiny offline preset."""
+    """Which seq2seq model to train: an HF hub name, a local path, an MLflow model URI, or a preset
+    (trainer/models/presets.py: tiny offline shapes and the published T5 / T5 v1.1 / Flan-T5 architectures)."""
 
     name: str = "t5-tiny"
     tokenizer: str | None = Field(
@@ -23,6 +24,17 @@ class ModelConfig(_Section):
         "Presets build a word-level tokenizer offline from the training data.",
     )
     tokenizer_vocab_size: int = Field(default=4000, ge=64)
+    init: Literal["auto", "pretrained", "random"] = Field(
+        default="auto",
+        description="published presets (t5-base, flan-t5-xl, ...): pretrained weights when they can be had (auto), "
+        "always (pretrained: fail otherwise), or never (random: the same architecture randomly initialised)",
+    )
+    weights_from: str | None = Field(
+        default=None, description="published presets: a local HF directory (or hub name) holding their weights"
+    )
+    gradient_checkpointing: bool = Field(
+        default=False, description="recompute each block's activations in backward: less memory, ~1/3 more compute"
+    )
 
 
 class DataConfig(_Section):
@@ -81,6 +93,11 @@ class KnifeConfig(_Section):
     decoder_layers: list[int] = Field(default_factory=lambda: [-1])
     output_loss: Literal["mse", "kl"] = "mse"
     kl_temperature: float = Field(default=1.0, gt=0.0)
+    projection: bool = Field(
+        default=False,
+        description="align hidden states through a learned linear map from the student's width to the teacher's "
+        "(a wider teacher, e.g. T5-Large -> T5-Base); trained and checkpointed with the student, never exported",
+    )
     teacher_zero_stage: Literal[0, 3] = 3
 
 
@@ -156,14 +173,18 @@ class DeepSpeedConfig(_Section):
     """How DeepSpeed shards the run; the template's "auto" values are filled from the rest of the config."""
 
     template: str = Field(default="zero2", description="name in ds_configs/ (zero1, zero2, zero3) or a JSON path")
-    zero_stage: Literal[0, 1, 2, 3] | None = Field(default=None, description="override the template's stage")
+    zero_stage: Literal[0, 1, 2, 3, "auto"] | None = Field(
+        default=None,
+        description="override the template's stage; auto: the memory planner (trainer.planning) picks the stage, "
+        "offload and gradient checkpointing for the `cluster` hardware when the job is submitted or rendered",
+    )
     offload_optimizer: bool = False
     offload_param: bool = False
     precision: Literal["fp32", "bf16"] = "fp32"
 
     @model_validator(mode="after")
     def _offload_needs_zero(self) -> DeepSpeedConfig:
-        if self.offload_param and self.zero_stage not in (None, 3):
+        if self.offload_param and self.zero_stage not in (None, 3, "auto"):
             raise ValueError("ds.offload_param needs ds.zero_stage=3")
         return self
 
@@ -177,6 +198,10 @@ class TrackingConfig(_Section):
     log_model: bool = True
     log_every: int = Field(default=10, ge=1)
     tags: dict[str, str] = Field(default_factory=dict)
+    max_outage_s: float = Field(
+        default=900.0, gt=0.0, description="how long metrics may wait for an unreachable MLflow before the run fails"
+    )
+    max_buffered_metrics: int = Field(default=200_000, ge=1, description="undelivered metrics held in memory at most")
 
 
 class RunConfig(_Section):
@@ -230,6 +255,16 @@ class RetrievalConfig(_Section):
     retries: int = Field(default=3, ge=0)
 
 
+class ClusterConfig(_Section):
+    """The hardware a run is planned for: `ds.zero_stage=auto` and the Kubernetes RayJob's pod sizes come from it."""
+
+    gpus_per_node: int = Field(default=8, ge=1, description="GPUs (one Ray Train worker each) per GPU node")
+    gpu_memory_gib: float = Field(default=80.0, gt=0.0, description="memory of one GPU")
+    node_memory_gib: float = Field(
+        default=512.0, gt=0.0, description="host memory of one GPU node (CPU offload), or of one CPU-only worker pod"
+    )
+
+
 class ExperimentConfig(_Section):
     """The whole run, as loaded from YAML plus dotted overrides."""
 
@@ -241,3 +276,4 @@ class ExperimentConfig(_Section):
     ds: DeepSpeedConfig = Field(default_factory=DeepSpeedConfig)
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
     run: RunConfig = Field(default_factory=RunConfig)
+    cluster: ClusterConfig = Field(default_factory=ClusterConfig)

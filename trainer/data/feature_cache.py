@@ -143,8 +143,10 @@ def _probe_schema(examples: Sequence[QAExample], encode: Encoder, rng: random.Ra
 
 
 def _value_type(values: list[Any]) -> Any:
-    """A column's type from sample values; token-id lists (the usual case) default to int64 when all empty."""
+    """A column's type from sample values (lists, dicts, scalars); token-id lists default to int64 when all empty."""
     sample = next((v for v in values if not (isinstance(v, list) and not v)), None)
+    if isinstance(sample, dict):  # nested features (multitask's answer/explain pair) become Arrow structs
+        return {key: _value_type([v[key] for v in values]) for key in sample}
     if isinstance(sample, list):
         return datasets.List(_value_type([item for v in values for item in v]))
     if sample is None and values and isinstance(values[0], list):

@@ -36,6 +36,12 @@ def _whole_word_pattern(option: str) -> re.Pattern[str]:
     return re.compile(rf"(?<!\w){re.escape(option)}(?!\w)")
 
 
+def mentions_option(text: str, option: str) -> bool:
+    """Whether `text` contains the option's text as whole words, compared as parse_choice compares them."""
+    normalised = _normalise(option)
+    return bool(normalised) and _whole_word_pattern(normalised).search(_normalise(text)) is not None
+
+
 def parse_choice(text: str, choices: tuple[str, ...]) -> int | None:
     """Map an answer text to a choice index, or None when it names no choice unambiguously.
 

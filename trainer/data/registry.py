@@ -13,6 +13,7 @@ from trainer.config.schema import DataConfig
 from trainer.data.example import DataError, QAExample
 from trainer.data.jsonl import read_examples
 from trainer.data.synthetic import SyntheticTaskSpec, generate_synthetic_task
+from trainer.data.synthetic_kb import SyntheticKBSpec, generate_synthetic_kb_task, write_corpus
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -109,6 +110,28 @@ def _synthetic(cfg: DataConfig) -> DatasetSplits:
         train=[QAExample.from_row(row, where=f"{name}:train:{i}") for i, row in enumerate(task.train)],
         dev=[QAExample.from_row(row, where=f"{name}:dev:{i}") for i, row in enumerate(task.dev)],
     )
+
+
+@register_dataset("synthetic_kb")
+def _synthetic_kb(cfg: DataConfig) -> DatasetSplits:
+    """The seeded knowledge-intensive task (trainer.data.synthetic_kb): dev entities are known only to the corpus."""
+    task = generate_synthetic_kb_task(SyntheticKBSpec(seed=cfg.synthetic_seed))
+    name = f"synthetic_kb(seed={cfg.synthetic_seed})"
+    return DatasetSplits(
+        train=[QAExample.from_row(row, where=f"{name}:train:{i}") for i, row in enumerate(task.train)],
+        dev=[QAExample.from_row(row, where=f"{name}:dev:{i}") for i, row in enumerate(task.dev)],
+    )
+
+
+def default_corpus(cfg: DataConfig, cache_dir: Path) -> Path | None:
+    """The knowledge corpus a dataset retrieves from unless retrieval.corpus names one: the shared Wikipedia
+    passages for StrategyQA and OBQA (as KARD), the generated passages for synthetic_kb, none otherwise (MedQA's
+    PubMed and user datasets name theirs)."""
+    if cfg.dataset in ("strategyqa", "obqa"):
+        return data_root(cfg) / "wikipedia" / "passages.jsonl.gz"
+    if cfg.dataset == "synthetic_kb":
+        return write_corpus(SyntheticKBSpec(seed=cfg.synthetic_seed), cache_dir / "corpora")
+    return None
 
 
 def load_splits(cfg: DataConfig, seed: int) -> DatasetSplits:

@@ -11,15 +11,13 @@ answer easy, while a model without it must infer both hops from the training set
 from __future__ import annotations
 
 import argparse
-import gzip
 import hashlib
-import json
-import os
 import random
-import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from trainer.data.jsonl import write_jsonl_gz
 
 RATIONALE_SOURCE = "synthetic-template-v1"
 
@@ -93,7 +91,7 @@ class _World:
         return self.table[self.entity_category[entity]][prop]
 
 
-def _make_names(rng: random.Random, count: int, syllables: int, taken: set[str]) -> list[str]:
+def make_names(rng: random.Random, count: int, syllables: int, taken: set[str]) -> list[str]:
     """Made-up lowercase words, so a from-scratch model has no prior about them."""
     names: list[str] = []
     while len(names) < count:
@@ -110,10 +108,10 @@ def _make_world(spec: SyntheticTaskSpec, rng: random.Random) -> _World:
     templates = _YESNO_QUESTIONS + _CHOICE_QUESTIONS + _FACT_TEMPLATES + sum(RATIONALE_TEMPLATES, ())
     taken = {w.strip(".,?") for text in templates + (_PASSAGE_TEMPLATE,) for w in text.lower().split()}
     taken.update(_ADJECTIVES)
-    categories = _make_names(rng, spec.num_categories, 3, taken)
-    entities = _make_names(rng, spec.num_entities, 2, taken)
+    categories = make_names(rng, spec.num_categories, 3, taken)
+    entities = make_names(rng, spec.num_entities, 2, taken)
     properties = list(_ADJECTIVES[: spec.num_properties])
-    properties += [w + "ish" for w in _make_names(rng, spec.num_properties - len(properties), 2, taken)]
+    properties += [w + "ish" for w in make_names(rng, spec.num_properties - len(properties), 2, taken)]
     world_props = range(spec.num_properties)
     while True:  # distinct category rows and no constant property column, so every hop carries information
         table = [tuple(rng.random() < 0.5 for _ in world_props) for _ in range(spec.num_categories)]
@@ -278,19 +276,6 @@ def generate_synthetic_task(spec: SyntheticTaskSpec) -> SyntheticTask:
     return SyntheticTask(spec=spec, train=train, dev=dev, passages=_make_passages(world))
 
 
-def _write_jsonl_gz(rows: list[dict], path: Path) -> None:
-    """Fixed gzip header (no mtime/name) keeps bytes reproducible; tmp + rename so no reader sees half."""
-    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as raw, gzip.GzipFile(filename="", fileobj=raw, mode="wb", mtime=0) as gz:
-            for row in rows:
-                gz.write((json.dumps(row, ensure_ascii=False) + "\n").encode("utf-8"))
-        os.replace(tmp_name, path)
-    except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
-        raise
-
-
 def write_synthetic_task(spec: SyntheticTaskSpec, out_dir: Path) -> dict[str, Path]:
     """Write train/dev/passages .jsonl.gz into out_dir and return their paths."""
     out_dir = Path(out_dir)
@@ -298,7 +283,7 @@ def write_synthetic_task(spec: SyntheticTaskSpec, out_dir: Path) -> dict[str, Pa
     task = generate_synthetic_task(spec)
     paths = {name: out_dir / f"{name}.jsonl.gz" for name in ("train", "dev", "passages")}
     for name, rows in (("train", task.train), ("dev", task.dev), ("passages", task.passages)):
-        _write_jsonl_gz(rows, paths[name])
+        write_jsonl_gz(rows, paths[name])
     return paths
 
 

@@ -7,7 +7,7 @@ import json
 import math
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor, nn
@@ -16,7 +16,9 @@ from transformers.modeling_outputs import BaseModelOutput
 from trainer.data.example import QAExample
 from trainer.evaluation.choice_scoring import score_choices
 from trainer.evaluation.voting import majority_vote
-from trainer.methods.base import Method
+
+if TYPE_CHECKING:  # methods call evaluate(); evaluate calls their hooks
+    from trainer.methods.base import Method
 
 
 @dataclass(frozen=True)
@@ -53,6 +55,7 @@ class Prediction:
 class EvalResult:
     predictions: list[Prediction]
     voted: bool = False
+    extra_metrics: dict[str, float] = field(default_factory=dict)  # method-specific, e.g. KARD's retrieval recall
 
     def _share(self, hits: int) -> float:
         return hits / len(self.predictions)
@@ -82,7 +85,7 @@ class EvalResult:
         }
         if self.voted:
             values[f"{prefix}/vote_accuracy"] = self._share(sum(p.vote_index == p.gold_index for p in self.predictions))
-        return values
+        return {**values, **{f"{prefix}/{k}": v for k, v in self.extra_metrics.items()}}
 
 
 def _fresh(encoder_outputs: BaseModelOutput) -> BaseModelOutput:

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
+from mlflow.data.dataset import Dataset
 from transformers import PretrainedConfig, PreTrainedTokenizerBase
 from transformers.modeling_outputs import BaseModelOutput
 
@@ -18,8 +19,11 @@ from trainer.data.example import QAExample
 from trainer.data.feature_cache import source_digest, tokenizer_digest
 from trainer.data.formatting import format_choice, parse_choice
 from trainer.data.rationales import select_rationales
+from trainer.evaluation.evaluator import EvalResult, EvalSettings, evaluate
+from trainer.models.factory import build_model
 from trainer.models.t5_knife import encode
 from trainer.objectives.task import token_cross_entropy
+from trainer.tracking.mlflow_tracker import SEQ2SEQ_PYFUNC, PyfuncSpec
 
 Features = dict[str, Any]
 Batch = dict[str, torch.Tensor]
@@ -38,14 +42,50 @@ DATA_PACKAGE = Path(__file__).resolve().parents[1] / "data"
 
 
 class Method(ABC):
-    """A named training recipe (config `method.name`); subclasses register in trainer.methods.registry."""
+    """A named training recipe (config `method.name`); subclasses register in trainer.methods.registry.
+
+    Defaults describe a seq2seq (T5) student evaluated by choice scoring; a method with another kind of model
+    (KARD's reranker) overrides the model hooks: build_model, evaluate, prepare_export and pyfunc.
+    """
 
     name: ClassVar[str]
     uses_rationales: ClassVar[bool] = False
+    pyfunc: ClassVar[PyfuncSpec] = SEQ2SEQ_PYFUNC
 
     def __init__(self, cfg: ExperimentConfig, tokenizer: PreTrainedTokenizerBase) -> None:
         self.cfg = cfg
         self.tokenizer = tokenizer
+        self.progress = 0.0  # share of optimizer steps done; schedules inside objectives read it
+
+    @property
+    def run_label(self) -> str:
+        """What this run is called in comparisons (the `method` tag)."""
+        return self.name
+
+    def build_model(self, model_config: PretrainedConfig) -> torch.nn.Module:
+        """The trained model, built inside the strategy's partitioned-init context."""
+        return build_model(self.cfg.model, model_config)
+
+    def prepare_evaluation(self, strategy: Any, examples: list[QAExample]) -> None:  # noqa: B027 - most need nothing
+        """Once, before the first dev evaluation: precompute what evaluation reads (KARD: the dev passages)."""
+
+    def evaluate(
+        self,
+        model: torch.nn.Module,
+        examples: list[QAExample],
+        strategy: Any,
+        settings: EvalSettings,
+        generation_kwargs: dict[str, Any],
+    ) -> EvalResult:
+        return evaluate(self, model, examples, strategy, settings, generation_kwargs)
+
+    def prepare_export(self, model: torch.nn.Module) -> None:
+        """Make the exported model self-describing: the generation budget its answers need."""
+        model.generation_config.max_new_tokens = self.max_new_tokens()
+
+    def logged_inputs(self) -> list[tuple[Dataset, str]]:
+        """Datasets (beyond the question set) this run trains or evaluates on, with their MLflow context."""
+        return []
 
     @classmethod
     def tokenizer_source(cls, cfg: ExperimentConfig) -> str | None:
@@ -72,11 +112,13 @@ class Method(ABC):
     def feature_fingerprint(self) -> dict[str, Any]:
         """Everything `train_features` depends on besides the examples and the seed (trainer.data.feature_cache
         adds those): the method, the data settings that shape features, the tokenizer's identity and the code
-        that builds them. A method whose features read more (KARD: its knowledge dataset) extends this dict."""
+        that builds them. A method whose features read more (KARD: its knowledge dataset) extends this dict.
+        Conservative: the whole method section counts, so an unrelated knob (a loss weight) only costs a rebuild."""
         data = self.cfg.data
         code = [Path(inspect.getfile(c)) for c in type(self).__mro__ if c.__module__.startswith("trainer.")]
         return {
             "method": self.name,
+            "method_config": self.cfg.method.model_dump(mode="json"),  # prompts, lengths, passages per example, ...
             "data": {field: getattr(data, field) for field in FEATURE_DATA_FIELDS if field in type(data).model_fields},
             "tokenizer": tokenizer_digest(self.tokenizer),
             "code": source_digest([*code, *DATA_PACKAGE.glob("*.py")]),
@@ -137,6 +179,11 @@ class Method(ABC):
 
     def setup(self, strategy: Any, model_config: PretrainedConfig) -> None:  # noqa: B027 - most need nothing
         """Load anything beyond the trained model (KNIFE's frozen teacher) once the process group exists."""
+
+    def auxiliary_modules(self) -> dict[str, torch.nn.Module]:
+        """Trainable modules the method adds beside the model, by name (after setup); the strategy trains and
+        checkpoints them with the model and never exports them. Most methods have none."""
+        return {}
 
 
 def encoder_inputs(method: Method, source: str) -> Features:

@@ -83,13 +83,20 @@ class KnifeTeacher(_KnifeLayout):
 
 class KnifeStudent(_KnifeLayout):
     """Student: input only; loss = λ_task·task + λ_in·KD-in (encoder states on input tokens)
-    + λ_out·KD-out (decoder states on answer tokens, MSE; or KL on output distributions)."""
+    + λ_out·KD-out (decoder states on answer tokens, MSE; or KL on output distributions).
+
+    A teacher wider than the student (the paper's T5-Large → T5-Base) works when only output distributions are
+    aligned (output_loss=kl, lambda_in=0), or with `method.knife.projection`: a learned linear map per aligned stack
+    (encoder, decoder) from the student's width to the teacher's, shared by that stack's aligned layers.
+    """
 
     name = "knife_student"
+    PROJECTION = "knife_projection"  # the projection's submodule name in the student (and its checkpoints)
 
     def __init__(self, cfg: ExperimentConfig, tokenizer: Any) -> None:
         super().__init__(cfg, tokenizer)
         self.teacher: torch.nn.Module | None = None
+        self.projection: torch.nn.ModuleDict | None = None
 
     @classmethod
     def tokenizer_source(cls, cfg: ExperimentConfig) -> str | None:
@@ -102,19 +109,61 @@ class KnifeStudent(_KnifeLayout):
             raise ValueError("method.knife.teacher: the KNIFE student needs a teacher model (path or runs:/ URI)")
         return cfg.method.knife.teacher
 
+    def _aligned_stacks(self) -> list[str]:
+        """The stacks whose hidden states are matched with the teacher's (MSE), as opposed to logits (KL)."""
+        knife = self.cfg.method.knife
+        return [
+            stack
+            for stack, aligned in (
+                ("encoder", knife.lambda_in > 0),
+                ("decoder", knife.lambda_out > 0 and knife.output_loss == "mse"),
+            )
+            if aligned
+        ]
+
+    def _check_teacher(self, teacher_config: PretrainedConfig, model_config: PretrainedConfig) -> None:
+        knife = self.cfg.method.knife
+        teacher_width, student_width = teacher_config.d_model, model_config.d_model
+        if knife.projection and not self._aligned_stacks():
+            raise ValueError(
+                "method.knife.projection=true, but no hidden states are aligned (lambda_in=0, and lambda_out=0 or "
+                "output_loss=kl): there is nothing to project; set method.knife.projection=false"
+            )
+        if teacher_width != student_width and self._aligned_stacks() and not knife.projection:
+            raise ValueError(
+                f"method.knife.teacher: teacher d_model {teacher_width} != student d_model {student_width}; aligning "
+                "hidden states needs equal widths. Set method.knife.projection=true to learn a student→teacher "
+                "projection, or align output distributions only: method.knife.output_loss=kl method.knife.lambda_in=0"
+            )
+        if knife.lambda_out > 0 and knife.output_loss == "kl" and teacher_config.vocab_size != model_config.vocab_size:
+            raise ValueError(
+                f"method.knife.teacher: teacher vocab_size {teacher_config.vocab_size} != student vocab_size "
+                f"{model_config.vocab_size}; output_loss=kl compares distributions over one vocabulary"
+            )
+
     def setup(self, strategy: Any, model_config: PretrainedConfig) -> None:
-        """Load the frozen teacher (partitioned as it loads under ZeRO-3) after checking it fits the student."""
+        """Load the frozen teacher (partitioned as it loads under ZeRO-3) after checking it fits the student, and
+        create the student→teacher projection when one is configured."""
         source = resolve_model_source(self._teacher_source(self.cfg), resolve_tracking_uri(self.cfg.tracking))
         teacher_config = AutoConfig.from_pretrained(source)
-        if teacher_config.d_model != model_config.d_model:
-            raise ValueError(
-                f"method.knife.teacher: teacher d_model {teacher_config.d_model} != student d_model "
-                f"{model_config.d_model}; KNIFE aligns hidden states, so the sizes must match"
+        self._check_teacher(teacher_config, model_config)
+        if self.cfg.method.knife.projection:
+            self.projection = torch.nn.ModuleDict(
+                {
+                    stack: torch.nn.Linear(model_config.d_model, teacher_config.d_model, bias=False)
+                    for stack in self._aligned_stacks()
+                }
             )
         ds_config = strategy.frozen_config(teacher_config.d_model, self.cfg.method.knife.teacher_zero_stage)
         with strategy.partitioned_init(ds_config):
             teacher = AutoModelForSeq2SeqLM.from_pretrained(source, config=teacher_config)
         self.teacher = strategy.prepare_frozen(teacher, ds_config)
+
+    def auxiliary_modules(self) -> dict[str, torch.nn.Module]:
+        return {self.PROJECTION: self.projection} if self.projection is not None else {}
+
+    def _projection(self, stack: str) -> torch.nn.Module | None:
+        return self.projection[stack] if self.projection is not None else None
 
     def eval_features(self, example: QAExample) -> Features:
         return self.knife_features(example, None, with_labels=False)
@@ -147,6 +196,7 @@ class KnifeStudent(_KnifeLayout):
                 teacher_inputs,
                 batch["input_alignment_mask"],
                 knife.encoder_layers,
+                project=self._projection("encoder"),
             )
         kd_out = zero
         if knife.lambda_out > 0:
@@ -158,6 +208,7 @@ class KnifeStudent(_KnifeLayout):
                     teacher.decoder_hidden_states,
                     batch["decoder_mask"],
                     knife.decoder_layers,
+                    project=self._projection("decoder"),
                 )
         loss = knife.lambda_task * task + knife.lambda_in * kd_in + knife.lambda_out * kd_out
         return {

@@ -5,11 +5,24 @@ from __future__ import annotations
 from trainer.config.schema import ExperimentConfig
 from trainer.methods.base import Method
 from trainer.methods.finetune import FinetuneIO, FinetuneIOR, FinetuneIRO
+from trainer.methods.kard import KardStudent, ReasoningDistillation
 from trainer.methods.knife import KnifeStudent, KnifeTeacher
 from trainer.methods.multitask import StepByStepMultitask
+from trainer.methods.reranker import KardReranker
 
 METHODS: dict[str, type[Method]] = {
-    cls.name: cls for cls in (FinetuneIO, FinetuneIOR, FinetuneIRO, StepByStepMultitask, KnifeTeacher, KnifeStudent)
+    cls.name: cls
+    for cls in (
+        FinetuneIO,
+        FinetuneIOR,
+        FinetuneIRO,
+        StepByStepMultitask,
+        KnifeTeacher,
+        KnifeStudent,
+        ReasoningDistillation,
+        KardStudent,
+        KardReranker,
+    )
 }
 
 

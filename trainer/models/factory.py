@@ -1,4 +1,4 @@
-"""Model and tokenizer construction: HF names/paths for real runs, tiny random presets for offline ones."""
+"""Model and tokenizer construction: HF names/paths/MLflow URIs, and presets (trainer/models/presets.py)."""
 
 from __future__ import annotations
 
@@ -16,32 +16,9 @@ from transformers import (
 )
 
 from trainer.config.schema import ModelConfig
+from trainer.models.presets import T5_VOCAB_SIZE, check_shape, get_preset, is_preset, pretrained_source
 from trainer.models.sources import resolve_model_source
 from trainer.models.tokenizer import tokenizer_from_json, train_tokenizer_json
-
-# Randomly initialised T5 shapes; they train in minutes on CPU and exercise every code path of real T5.
-TINY_PRESETS: dict[str, dict[str, int]] = {
-    "t5-tiny": {
-        "d_model": 64,
-        "d_ff": 256,
-        "num_layers": 2,
-        "num_decoder_layers": 2,
-        "num_heads": 4,
-        "d_kv": 16,
-    },
-    "t5-mini": {
-        "d_model": 128,
-        "d_ff": 512,
-        "num_layers": 4,
-        "num_decoder_layers": 4,
-        "num_heads": 4,
-        "d_kv": 32,
-    },
-}
-
-
-def is_preset(name: str) -> bool:
-    return name in TINY_PRESETS
 
 
 def build_tokenizer(
@@ -52,8 +29,9 @@ def build_tokenizer(
     tracking_uri: str | None = None,
 ) -> PreTrainedTokenizerBase:
     """The tokenizer at `source` (name, path or MLflow model URI; default: the model's own), or for presets
-    one trained offline on rank 0's corpus and broadcast, which guarantees identical vocabularies."""
-    source = source or cfg.tokenizer or (None if is_preset(cfg.name) else cfg.name)
+    without weights one trained offline on rank 0's corpus and broadcast, which guarantees identical vocabularies."""
+    default = pretrained_source(cfg, broadcast) if is_preset(cfg.name) else cfg.name
+    source = source or cfg.tokenizer or default
     if source is not None:
         return AutoTokenizer.from_pretrained(resolve_model_source(source, tracking_uri))
     return tokenizer_from_json(broadcast(train_tokenizer_json(corpus(), cfg.tokenizer_vocab_size)))
@@ -65,16 +43,18 @@ def build_model_config(
     """The architecture, known before any weight exists, so ZeRO-3 can be configured to partition at build."""
     if not is_preset(cfg.name):
         return AutoConfig.from_pretrained(resolve_model_source(cfg.name, tracking_uri))
-    return T5Config(
-        vocab_size=len(tokenizer),
-        pad_token_id=tokenizer.pad_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        decoder_start_token_id=tokenizer.pad_token_id,
-        dropout_rate=0.0,
-        feed_forward_proj="gated-gelu",
-        tie_word_embeddings=True,
-        **TINY_PRESETS[cfg.name],
-    )
+    preset = get_preset(cfg.name)
+    weights = pretrained_source(cfg)
+    if weights is not None:
+        config = AutoConfig.from_pretrained(weights)
+        check_shape(preset, config)
+        return config
+    # Published shapes keep the real embedding size (memory and speed are the real ones); the offline
+    # tokenizer's ids are a subset of its rows.
+    vocab_size = T5_VOCAB_SIZE if preset.published else len(tokenizer)
+    if len(tokenizer) > vocab_size:
+        raise ValueError(f"model.tokenizer_vocab_size: {len(tokenizer)} tokens do not fit {cfg.name}'s {vocab_size}")
+    return T5Config(**preset.config_kwargs(vocab_size, tokenizer.pad_token_id, tokenizer.eos_token_id))
 
 
 def build_model(cfg: ModelConfig, config: PretrainedConfig) -> PreTrainedModel:
@@ -82,9 +62,32 @@ def build_model(cfg: ModelConfig, config: PretrainedConfig) -> PreTrainedModel:
 
     Both paths honour an active transformers HfDeepSpeedConfig, i.e. build directly partitioned under ZeRO-3.
     """
-    if is_preset(cfg.name):
-        return AutoModelForSeq2SeqLM.from_config(config)
-    return AutoModelForSeq2SeqLM.from_pretrained(config.name_or_path, config=config)
+    if is_preset(cfg.name) and pretrained_source(cfg) is None:
+        model = AutoModelForSeq2SeqLM.from_config(config)
+        if not get_preset(cfg.name).shape.tie_word_embeddings:
+            _untie_output_layer(model)
+    else:
+        model = AutoModelForSeq2SeqLM.from_pretrained(config.name_or_path, config=config)
+    if cfg.gradient_checkpointing:
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+    return model
+
+
+def _untie_output_layer(model: PreTrainedModel) -> None:
+    """T5 v1.1 and Flan-T5 have their own output layer, but transformers 5 ties it to the input embedding
+    when a T5 is built from a config; give it its own weights so the shape is the published one."""
+    head = torch.nn.Linear(model.config.d_model, model.config.vocab_size, bias=False)
+    torch.nn.init.normal_(head.weight, std=model.config.initializer_factor)  # T5's init of an untied head
+    model.lm_head = head
+    model.all_tied_weights_keys.pop("lm_head.weight", None)  # else a later tie_weights() would share it again
+
+
+def model_hidden_size(config: PretrainedConfig) -> int:
+    """The width DeepSpeed's bucket sizes follow: T5's d_model, an encoder's hidden_size."""
+    size = getattr(config, "d_model", None) or getattr(config, "hidden_size", None)
+    if not size:
+        raise ValueError(f"model config {type(config).__name__} names neither d_model nor hidden_size")
+    return int(size)
 
 
 def count_parameters(model: torch.nn.Module) -> int:

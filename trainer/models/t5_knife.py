@@ -7,10 +7,17 @@ of the input tokens, which are exactly the states the student (input only) is tr
 calls the model with `encoder_outputs` and the narrower mask. Only standard HF calls are used
 (`get_encoder()`, `forward`), so `model` can be the plain module or a DeepSpeed engine's
 `.module`.
+
+The states returned for alignment end in each stack's final layer-norm output, taken before T5Stack's final
+dropout (HF's own `hidden_states[-1]` is after it): with dropout p on in the student, matching the dropped-out
+states would pull the student's normalised states to (1 − p)× the teacher's, the minimiser of the expected MSE
+under inverted dropout.
 """
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 from torch import Tensor, nn
@@ -19,9 +26,10 @@ from transformers.modeling_outputs import BaseModelOutput
 
 @dataclass
 class Seq2SeqStates:
-    """Logits, optional LM loss and per-layer states (embeddings first) of one seq2seq pass.
+    """Logits, optional LM loss and per-layer states of one seq2seq pass.
 
-    Without output_hidden_states the encoder tuple holds only the last state and the decoder tuple is empty.
+    With output_hidden_states each tuple runs from the embeddings to the final layer norm's output (before the
+    stack's final dropout). Without it the encoder tuple holds only the encoder's output and the decoder's is empty.
     """
 
     logits: Tensor
@@ -41,13 +49,42 @@ def encode(model: nn.Module, input_ids: Tensor, attention_mask: Tensor, **kwargs
     return model.get_encoder()(input_ids=input_ids, attention_mask=attention_mask, return_dict=True, **kwargs)
 
 
-def _states(output, encoder_outputs: BaseModelOutput, output_attentions: bool) -> Seq2SeqStates:
-    encoder_states = encoder_outputs.hidden_states or (encoder_outputs.last_hidden_state,)
+@contextlib.contextmanager
+def final_norm_outputs(model: nn.Module, capture: bool = True) -> Iterator[dict[str, Tensor]]:
+    """Within the block, the latest output of the encoder's and the decoder's `final_layer_norm` (keys "encoder",
+    "decoder"): the stacks' last states before their final dropout. Forward hooks on the norm modules, which
+    DeepSpeed ZeRO-3 leaves alone (it gathers parameters in its own hooks around every module's forward)."""
+    captured: dict[str, Tensor] = {}
+    if not capture:
+        yield captured
+        return
+
+    def keep(side: str):
+        return lambda _module, _inputs, output: captured.__setitem__(side, output)
+
+    stacks = {"encoder": model.get_encoder(), "decoder": model.get_decoder()}
+    handles = [stack.final_layer_norm.register_forward_hook(keep(side)) for side, stack in stacks.items()]
+    try:
+        yield captured
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def _before_final_dropout(states: tuple[Tensor, ...] | None, final_norm: Tensor | None) -> tuple[Tensor, ...]:
+    """HF's hidden-state tuple with its last (dropped-out) entry replaced by the final layer norm's output."""
+    return (*states[:-1], final_norm) if states else ()
+
+
+def _states(
+    output, encoder_outputs: BaseModelOutput, output_attentions: bool, final_norms: dict[str, Tensor]
+) -> Seq2SeqStates:
+    encoder_states = _before_final_dropout(encoder_outputs.hidden_states, final_norms.get("encoder"))
     return Seq2SeqStates(
         logits=output.logits,
         loss=output.loss,
-        encoder_hidden_states=tuple(encoder_states),
-        decoder_hidden_states=tuple(output.decoder_hidden_states or ()),
+        encoder_hidden_states=encoder_states or (encoder_outputs.last_hidden_state,),
+        decoder_hidden_states=_before_final_dropout(output.decoder_hidden_states, final_norms.get("decoder")),
         cross_attentions=tuple(output.cross_attentions) if output_attentions else None,
     )
 
@@ -65,16 +102,17 @@ def teacher_forward(
     """Encode input + FTR under attention_mask; decode cross-attending only cross_attention_mask positions."""
     _check_decoder_inputs(labels, decoder_input_ids)
     flags = {"output_hidden_states": output_hidden_states, "output_attentions": output_attentions}
-    encoder_outputs = encode(model, input_ids, attention_mask, **flags)
-    output = model(
-        encoder_outputs=encoder_outputs,
-        attention_mask=cross_attention_mask,
-        labels=labels,
-        decoder_input_ids=decoder_input_ids,
-        return_dict=True,
-        **flags,
-    )
-    return _states(output, encoder_outputs, output_attentions)
+    with final_norm_outputs(model, capture=output_hidden_states) as final_norms:
+        encoder_outputs = encode(model, input_ids, attention_mask, **flags)
+        output = model(
+            encoder_outputs=encoder_outputs,
+            attention_mask=cross_attention_mask,
+            labels=labels,
+            decoder_input_ids=decoder_input_ids,
+            return_dict=True,
+            **flags,
+        )
+    return _states(output, encoder_outputs, output_attentions, final_norms)
 
 
 def student_forward(
@@ -88,16 +126,17 @@ def student_forward(
 ) -> Seq2SeqStates:
     """Plain seq2seq pass on the task input, returning the states KNIFE aligns to the teacher's."""
     _check_decoder_inputs(labels, decoder_input_ids)
-    output = model(
-        input_ids=input_ids,
-        attention_mask=attention_mask,
-        labels=labels,
-        decoder_input_ids=decoder_input_ids,
-        output_hidden_states=output_hidden_states,
-        output_attentions=output_attentions,
-        return_dict=True,
-    )
+    with final_norm_outputs(model, capture=output_hidden_states) as final_norms:
+        output = model(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            labels=labels,
+            decoder_input_ids=decoder_input_ids,
+            output_hidden_states=output_hidden_states,
+            output_attentions=output_attentions,
+            return_dict=True,
+        )
     encoder_outputs = BaseModelOutput(
         last_hidden_state=output.encoder_last_hidden_state, hidden_states=output.encoder_hidden_states
     )
-    return _states(output, encoder_outputs, output_attentions)
+    return _states(output, encoder_outputs, output_attentions, final_norms)

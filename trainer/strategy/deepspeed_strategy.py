@@ -7,7 +7,7 @@ import json
 import os
 import random
 import socket
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +16,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 from deepspeed import DeepSpeedEngine
+from deepspeed.accelerator import get_accelerator
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from transformers.integrations.deepspeed import HfDeepSpeedConfig, unset_hf_deepspeed_config
 
@@ -37,6 +38,34 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
+def check_accelerator(on_gpu: bool, accelerator: str) -> None:
+    """DeepSpeed picks its accelerator once, at import (DS_ACCELERATOR, else CUDA when it sees a GPU); a
+    mismatch with run.use_gpu would put the engine and our batches on different devices."""
+    expected = "cuda" if on_gpu else "cpu"
+    if accelerator == expected:
+        return
+    if on_gpu:
+        raise RuntimeError(
+            f"run.use_gpu=true but DeepSpeed's accelerator is {accelerator!r} "
+            f"(DS_ACCELERATOR={os.environ.get('DS_ACCELERATOR', '<unset>')}); unset DS_ACCELERATOR or set it to cuda"
+        )
+    raise RuntimeError(
+        f"run.use_gpu=false but DeepSpeed picked the {accelerator!r} accelerator (it auto-detects a GPU); "
+        "set DS_ACCELERATOR=cpu for a CPU run on a GPU machine"
+    )
+
+
+def cuda_device_index(local_rank: int, device_count: int) -> int:
+    """The GPU of a rank started by torchrun/deepspeed (one process per visible GPU, in LOCAL_RANK order)."""
+    if not 0 <= local_rank < device_count:
+        raise RuntimeError(
+            f"LOCAL_RANK={local_rank} but this process sees {device_count} CUDA device(s) "
+            f"(CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES', '<unset>')}); "
+            "start at most one rank per GPU"
+        )
+    return local_rank
+
+
 class DeepSpeedStrategy:
     """Owns every DeepSpeed call so the training loop and methods stay framework-agnostic.
 
@@ -45,12 +74,27 @@ class DeepSpeedStrategy:
     """
 
     def __init__(self, cfg: ExperimentConfig) -> None:
+        if cfg.run.use_gpu and not torch.cuda.is_available():
+            raise RuntimeError(
+                f"run.use_gpu=true but torch {torch.__version__} sees no CUDA device (built for CUDA "
+                f"{torch.version.cuda}); install a CUDA torch (scripts/install_gpu.py) or set run.use_gpu=false"
+            )
         self.cfg = cfg
-        self.on_gpu = torch.cuda.is_available() and cfg.run.use_gpu
+        self.on_gpu = cfg.run.use_gpu
         self.resolved_config: dict[str, Any] | None = None
+        self.auxiliary_names: tuple[str, ...] = ()
 
     # ---- process group -------------------------------------------------------------------------
     def setup_distributed(self) -> None:
+        """Join (Ray Train) or create (torchrun, a plain process) the process group, on this rank's GPU.
+
+        The GPU is chosen before the group exists, so NCCL binds each rank to its own device. Ray Train creates
+        the group itself and has already made its worker's GPU current (ray.train.torch.get_device()); that
+        choice is kept, since Ray may share several GPUs among a node's workers in an order of its own.
+        """
+        check_accelerator(self.on_gpu, get_accelerator().device_name())
+        if self.on_gpu and not dist.is_initialized():
+            torch.cuda.set_device(cuda_device_index(int(os.environ.get("LOCAL_RANK", 0)), torch.cuda.device_count()))
         if not dist.is_initialized() and "RANK" not in os.environ:
             os.environ.update(
                 {
@@ -62,8 +106,6 @@ class DeepSpeedStrategy:
                 }
             )
         deepspeed.init_distributed(dist_backend="nccl" if self.on_gpu else "gloo")
-        if self.on_gpu:
-            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
         self.seed_everything(self.cfg.run.seed)
 
     @property
@@ -142,10 +184,23 @@ class DeepSpeedStrategy:
             del hf_deepspeed_config
             unset_hf_deepspeed_config()
 
-    def prepare(self, model: PreTrainedModel) -> DeepSpeedEngine:
-        """Wrap a model for training with the resolved template (optimizer and schedule included)."""
+    def prepare(
+        self, model: PreTrainedModel, auxiliary: Mapping[str, torch.nn.Module] | None = None
+    ) -> DeepSpeedEngine:
+        """Wrap a model for training with the resolved template (optimizer and schedule included).
+
+        `auxiliary` modules (KNIFE's student→teacher projection) become submodules of the model under their names,
+        so the same engine and optimizer train them (partitioned like the rest under ZeRO-3) and checkpoints carry
+        them; export_model leaves them out of the HF directory.
+        """
         if self.resolved_config is None:
             raise RuntimeError("DeepSpeedStrategy.configure() must run before prepare()")
+        for name, module in (auxiliary or {}).items():
+            if hasattr(model, name):
+                raise ValueError(f"auxiliary module name {name!r} clashes with an attribute of the model")
+            model.add_module(name, module)
+        self.auxiliary_names = tuple(auxiliary or ())
+        # Counted after the auxiliary modules joined: their gradients travel in the same buckets.
         trainable = sum(getattr(p, "ds_numel", p.numel()) for p in model.parameters() if p.requires_grad)
         self.resolved_config = size_buckets(self.resolved_config, trainable)
         engine, *_ = deepspeed.initialize(
@@ -176,9 +231,15 @@ class DeepSpeedStrategy:
     def current_lr(self, engine: DeepSpeedEngine) -> float:
         return float(engine.get_lr()[0])
 
-    def generation_kwargs(self, engine: DeepSpeedEngine) -> dict[str, Any]:
+    def optimizer_name(self, engine: DeepSpeedEngine) -> str:
+        """The optimizer DeepSpeed built from the template: FusedAdam, DeepSpeedCPUAdam (offload) or torch's
+        AdamW, depending on the device and offload; benchmarks record which one ran."""
+        return type(engine.basic_optimizer).__name__
+
+    def generation_kwargs(self, model: torch.nn.Module) -> dict[str, Any]:
         """ZeRO-3 shards weights: every rank must join every forward, so generation stays in lock-step."""
-        return {"synced_gpus": self.world_size > 1 and engine.zero_optimization_partition_weights()}
+        partitioned = any(hasattr(p, "ds_id") for p in model.parameters())
+        return {"synced_gpus": self.world_size > 1 and partitioned}
 
     # ---- checkpoints ---------------------------------------------------------------------------
     def save_checkpoint(self, engine: DeepSpeedEngine, directory: Path, client_state: dict[str, Any]) -> None:
@@ -201,6 +262,9 @@ class DeepSpeedStrategy:
             state_dict = {k: v.detach().cpu().clone() for k, v in engine.module.state_dict().items()}
         else:
             state_dict = None
+        if state_dict is not None:
+            auxiliary = tuple(f"{name}." for name in self.auxiliary_names)
+            state_dict = {k: v for k, v in state_dict.items() if not k.startswith(auxiliary)}
         if self.is_rank_zero:
             directory.mkdir(parents=True, exist_ok=True)
             engine.module.save_pretrained(directory, state_dict=state_dict)

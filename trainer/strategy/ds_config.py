@@ -137,6 +137,11 @@ def _resolve_zero(config: dict[str, Any], ds: DeepSpeedConfig, ctx: ResolveConte
     """Stage, overlap, ZeRO-3 prefetch/persistence and offload; a training config's buckets stay "auto" until
     `size_buckets` knows the model (a frozen model has no gradients to bucket)."""
     zero = config.setdefault("zero_optimization", {})
+    if ds.zero_stage == AUTO:
+        raise DeepSpeedConfigError(
+            "ds.zero_stage=auto is resolved by the memory planner before a run starts (ray_jobs.submit, "
+            "ray_jobs.k8s render, trainer.train); this config reached DeepSpeed unresolved"
+        )
     if ds.zero_stage is not None:
         zero["stage"] = ds.zero_stage
     stage = zero.get("stage", 0)

@@ -3,7 +3,9 @@
     python -m trainer.tracking.compare --experiment knife-benchmark [--tracking-uri sqlite:////abs/mlflow.db]
 
 Only finished runs that carry a `method` tag count: pipeline parent runs have none, and failed or
-still-running runs would bias the mean.
+still-running runs would bias the mean. A run's `variant` tag (e.g. an ablation, `kd_in_only`) makes it a row of
+its own, `method/variant`. Dev accuracy is choice scoring (`dev/accuracy`); the greedy generation parsed into a
+choice (`dev/generation_accuracy`) has a table beside it.
 """
 
 from __future__ import annotations
@@ -22,8 +24,11 @@ from mlflow.tracking import MlflowClient
 from trainer.config.schema import TrackingConfig
 from trainer.tracking.mlflow_tracker import resolve_experiment, resolve_tracking_uri
 
-METHOD_ORDER = ("ft_io", "ft_ior", "ft_iro", "multitask", "knife_teacher", "knife_student")
+KNIFE_METHODS = ("ft_io", "ft_ior", "ft_iro", "multitask", "knife_teacher", "knife_student")
+KARD_METHODS = ("ft_io", "rd", "kard_bm25", "kard_reranker", "kard_oracle")
+METHOD_ORDER = tuple(dict.fromkeys(KNIFE_METHODS + KARD_METHODS))
 ACCURACY = "dev/accuracy"
+GENERATION_ACCURACY = "dev/generation_accuracy"
 _PAGE = 1000
 
 
@@ -34,11 +39,12 @@ class ExperimentNotFoundError(LookupError):
 @dataclass(frozen=True)
 class Row:
     dataset: str
-    method: str
+    method: str  # the `method` tag, then `/variant` when the run has a `variant` tag
     n: int
     accuracy_mean: float
     accuracy_std: float | None  # sample std over runs; None with a single run
     accuracies: tuple[float, ...]
+    generation_accuracies: tuple[float, ...]  # of the runs that logged it
     steps_mean: float
     wall_time_s_mean: float
     num_parameters: int
@@ -71,6 +77,19 @@ def _experiment_id(client: MlflowClient, tracking_uri: str, experiment: str) -> 
     return found.experiment_id
 
 
+def run_label(run: Run) -> str:
+    """The row a run belongs to: its method, and its variant when it has one."""
+    variant = run.data.tags.get("variant")
+    return f"{run.data.tags['method']}/{variant}" if variant else run.data.tags["method"]
+
+
+def mean_std(values: tuple[float, ...]) -> tuple[float | None, float | None]:
+    """Mean and sample std; None where there are too few values."""
+    if not values:
+        return None, None
+    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else None
+
+
 def compare_runs(tracking_uri: str, experiment: str) -> list[Row]:
     """Group the experiment's finished method runs by (dataset, method), sorted by dataset then METHOD_ORDER."""
     # A missing SQLite file would otherwise be created empty by the client as a side effect.
@@ -81,18 +100,22 @@ def compare_runs(tracking_uri: str, experiment: str) -> list[Row]:
     groups: dict[tuple[str, str], list[Run]] = defaultdict(list)
     for run in _finished_method_runs(client, experiment_id):
         if ACCURACY in run.data.metrics:
-            groups[run.data.tags.get("dataset", "?"), run.data.tags["method"]].append(run)
+            groups[run.data.tags.get("dataset", "?"), run_label(run)].append(run)
     rows = []
     for (dataset, method), runs in groups.items():
         acc = tuple(run.data.metrics[ACCURACY] for run in runs)
+        mean, std = mean_std(acc)
         rows.append(
             Row(
                 dataset=dataset,
                 method=method,
                 n=len(runs),
-                accuracy_mean=statistics.fmean(acc),
-                accuracy_std=statistics.stdev(acc) if len(acc) > 1 else None,
+                accuracy_mean=mean,
+                accuracy_std=std,
                 accuracies=acc,
+                generation_accuracies=tuple(
+                    run.data.metrics[GENERATION_ACCURACY] for run in runs if GENERATION_ACCURACY in run.data.metrics
+                ),
                 steps_mean=statistics.fmean(run.data.metrics.get("train/steps", 0.0) for run in runs),
                 wall_time_s_mean=statistics.fmean(run.data.metrics.get("train/wall_time_s", 0.0) for run in runs),
                 num_parameters=int(max(run.data.metrics.get("model/num_parameters", 0.0) for run in runs)),
@@ -101,7 +124,8 @@ def compare_runs(tracking_uri: str, experiment: str) -> list[Row]:
     return sorted(rows, key=lambda r: (r.dataset, _method_rank(r.method), r.method))
 
 
-def _method_rank(method: str) -> int:
+def _method_rank(label: str) -> int:
+    method = label.split("/", 1)[0]
     return METHOD_ORDER.index(method) if method in METHOD_ORDER else len(METHOD_ORDER)
 
 
@@ -112,6 +136,14 @@ def _accuracy_cell(row: Row | None) -> str:
     return f"{row.accuracy_mean:.3f}{spread} (n={row.n})"
 
 
+def _generation_cell(row: Row | None) -> str:
+    if row is None or not row.generation_accuracies:
+        return "–"
+    mean, std = mean_std(row.generation_accuracies)
+    spread = f" ± {std:.3f}" if std is not None else ""
+    return f"{mean:.3f}{spread} (n={len(row.generation_accuracies)})"
+
+
 def _cost_cell(row: Row | None) -> str:
     if row is None:
         return "–"
@@ -119,10 +151,14 @@ def _cost_cell(row: Row | None) -> str:
 
 
 def format_table(rows: list[Row]) -> str:
-    """Markdown: methods as rows (fixed order, then any others), one accuracy column per dataset,
-    then a cost table with the same layout (mean steps, mean train wall time, model size)."""
+    """Markdown: methods as rows (fixed order, variants after their method, then any others), one accuracy column
+    per dataset; then the generation accuracy and a cost table (mean steps, train wall time, model size) with the
+    same layout."""
     datasets = sorted({r.dataset for r in rows})
-    methods = sorted({r.method for r in rows} | set(METHOD_ORDER), key=lambda m: (_method_rank(m), m))
+    present = {r.method for r in rows}
+    # A comparison lists every method of the families it holds (KNIFE's, KARD's), so a missing run shows as "–".
+    families = [set(f) for f in (KNIFE_METHODS, KARD_METHODS) if present & (set(f) - {"ft_io"})]
+    methods = sorted(present.union(*families), key=lambda m: (_method_rank(m), m))
     by_key = {(r.dataset, r.method): r for r in rows}
 
     def table(title: str, cell: Callable[[Row | None], str]) -> list[str]:
@@ -133,9 +169,10 @@ def format_table(rows: list[Row]) -> str:
 
     if not datasets:
         return "(no finished runs with a `method` tag)"
-    accuracy = table("dev accuracy (mean ± std over seeds)", _accuracy_cell)
+    accuracy = table("dev accuracy (choice scoring; mean ± std over seeds)", _accuracy_cell)
+    generation = table("dev generation accuracy (greedy output parsed)", _generation_cell)
     cost = table("cost (mean per run)", _cost_cell)
-    return "\n".join([*accuracy, "", *cost])
+    return "\n".join([*accuracy, "", *generation, "", *cost])
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -6,33 +6,63 @@ import json
 import os
 import tempfile
 from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import mlflow
 import mlflow.data
 import pandas as pd
-from mlflow.entities import DatasetInput, InputTag, Metric, Param, RunStatus
+from mlflow.data.dataset import Dataset
+from mlflow.entities import DatasetInput, InputTag, Param, RunStatus
 from mlflow.models import ModelSignature
 from mlflow.tracking import MlflowClient
 from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema
+from mlflow.types.schema import Array
 from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
-from mlflow.utils.time import get_current_time_millis
 
 from trainer.config.schema import TrackingConfig
+from trainer.tracking.metric_buffer import MetricBuffer
+from trainer.tracking.redaction import redact_text, redact_value
 
 if TYPE_CHECKING:
     import datasets
 
 DEFAULT_EXPERIMENT = "reasondistill"
-MODEL_ARTIFACT_PATH = "model"
-HF_MODEL_ARTIFACT = "hf_model"  # the artifact key seq2seq_pyfunc.py loads the HF directory from
-PYFUNC_FILE = Path(__file__).with_name("seq2seq_pyfunc.py")
+MODEL_ARTIFACT_PATH = "model"  # the selected model: what later stages and users load
+FINAL_MODEL_ARTIFACT_PATH = "model_final"  # the last step's model, when selection picked an earlier one
+HF_MODEL_ARTIFACT = "hf_model"  # the artifact key every pyfunc loads the exported HF directory from
 _PARAM_BATCH = 100
-PYFUNC_SIGNATURE = ModelSignature(
-    inputs=Schema([ColSpec("string", "input")]),
-    outputs=Schema([ColSpec("string")]),
-    params=ParamSchema([ParamSpec("max_new_tokens", "long", 0), ParamSpec("batch_size", "long", 32)]),
+LAUNCH_TAG = "reasondistill.launch_id"  # one per job submission and run: a restarted worker group finds its run
+RESTARTS_TAG = "reasondistill.restarts"
+
+
+@dataclass(frozen=True)
+class PyfuncSpec:
+    """How an exported model directory is logged: a "model from code" file, extra artifacts, and its signature."""
+
+    python_model: Path
+    signature: ModelSignature
+    artifacts: dict[str, Path] = field(default_factory=dict)
+
+
+SEQ2SEQ_PYFUNC = PyfuncSpec(
+    python_model=Path(__file__).with_name("seq2seq_pyfunc.py"),
+    signature=ModelSignature(
+        inputs=Schema([ColSpec("string", "input")]),
+        outputs=Schema([ColSpec("string")]),
+        params=ParamSchema([ParamSpec("max_new_tokens", "long", 0), ParamSpec("batch_size", "long", 32)]),
+    ),
+)
+
+
+RERANKER_PYFUNC = PyfuncSpec(
+    python_model=Path(__file__).with_name("reranker_pyfunc.py"),
+    signature=ModelSignature(
+        inputs=Schema([ColSpec("string", "query"), ColSpec(Array("string"), "passages")]),
+        outputs=Schema([ColSpec(Array("double"))]),
+    ),
+    artifacts={"late_interaction": Path(__file__).parents[1] / "models" / "late_interaction.py"},
 )
 
 
@@ -45,6 +75,11 @@ def resolve_experiment(cfg: TrackingConfig) -> str:
     return cfg.experiment or os.environ.get("MLFLOW_EXPERIMENT_NAME") or DEFAULT_EXPERIMENT
 
 
+def huggingface_input(dataset: datasets.Dataset, name: str, digest: str, source: str) -> Dataset:
+    """A Hugging Face dataset as an MLflow dataset for `log_input` (name, digest, schema and row count in the UI)."""
+    return mlflow.data.from_huggingface(dataset, name=name, digest=digest, source=source)
+
+
 def _local_artifact_root(tracking_uri: str) -> str | None:
     """Artifacts beside a local SQLite store, not in the process's cwd (a Ray job's cwd is a temp copy)."""
     if tracking_uri.startswith("sqlite:///"):
@@ -53,7 +88,12 @@ def _local_artifact_root(tracking_uri: str) -> str | None:
 
 
 class MLflowTracker:
-    """Logs one run; creates it or re-opens it (resume) and optionally nests it under a parent run."""
+    """Logs one run; creates it or re-opens it (resume) and optionally nests it under a parent run.
+
+    Metrics go through a `MetricBuffer`: training never waits for MLflow, an outage only delays delivery, and
+    (key, step) pairs the run already has are not logged twice, so a resumed run replaying the steps since its
+    last checkpoint leaves one value per step. Params, tags and artifacts pass through `redaction`.
+    """
 
     def __init__(
         self,
@@ -62,18 +102,34 @@ class MLflowTracker:
         resume_run_id: str | None = None,
         parent_run_id: str | None = None,
         tags: Mapping[str, str] | None = None,
+        launch_id: str | None = None,
     ) -> None:
         self.tracking_uri = resolve_tracking_uri(cfg)
         self.client = MlflowClient(self.tracking_uri)
         self.experiment_id = self._experiment_id(resolve_experiment(cfg))
+        resume_run_id = resume_run_id or (self._run_of_launch(launch_id) if launch_id else None)
+        self.resumed = resume_run_id is not None
         if resume_run_id:
             self.run_id = resume_run_id
             self.client.update_run(resume_run_id, status=RunStatus.to_string(RunStatus.RUNNING))
         else:
-            run_tags = {**cfg.tags, **(tags or {})}
+            run_tags = {**cfg.tags, **(tags or {}), **({LAUNCH_TAG: launch_id} if launch_id else {})}
             if parent_run_id:
                 run_tags["mlflow.parentRunId"] = parent_run_id
+            run_tags = {k: str(redact_value(k, v)) for k, v in run_tags.items()}
             self.run_id = self.client.create_run(self.experiment_id, run_name=run_name, tags=run_tags).info.run_id
+        self.metrics = MetricBuffer(
+            self.client, self.run_id, cfg.max_buffered_metrics, cfg.max_outage_s, self.tracking_uri
+        )
+        if self.resumed:
+            self.metrics.skip_logged(list(self.client.get_run(self.run_id).data.metrics))
+
+    def _run_of_launch(self, launch_id: str) -> str | None:
+        """The run this launch already created (a worker group restarted before its first checkpoint)."""
+        runs = self.client.search_runs(
+            [self.experiment_id], filter_string=f"tags.`{LAUNCH_TAG}` = '{launch_id}'", max_results=1
+        )
+        return runs[0].info.run_id if runs else None
 
     def _experiment_id(self, name: str) -> str:
         experiment = self.client.get_experiment_by_name(name)
@@ -88,23 +144,49 @@ class MLflowTracker:
 
     def log_params(self, params: Mapping[str, Any]) -> None:
         existing = self.client.get_run(self.run_id).data.params
-        items = [Param(k, str(v)[:6000]) for k, v in params.items() if k not in existing]
+        items = [Param(k, str(redact_value(k, v))[:6000]) for k, v in params.items() if k not in existing]
         for start in range(0, len(items), _PARAM_BATCH):
             self.client.log_batch(self.run_id, params=items[start : start + _PARAM_BATCH])
 
     def log_metrics(self, metrics: Mapping[str, float], step: int) -> None:
-        now = get_current_time_millis()
-        self.client.log_batch(self.run_id, metrics=[Metric(k, float(v), now, step) for k, v in metrics.items()])
+        """Queue for delivery; raises TrackingUnavailableError once MLflow has been unreachable too long."""
+        self.metrics.add(metrics, step)
+
+    def pending_metrics(self) -> list[list[Any]]:
+        """Metrics not yet delivered, as checkpointable rows (a restart re-queues them: no silent loss)."""
+        return self.metrics.pending()
+
+    def requeue_metrics(self, rows: list[list[Any]]) -> None:
+        self.metrics.requeue(rows)
 
     def set_tags(self, tags: Mapping[str, str]) -> None:
         for key, value in tags.items():
-            self.client.set_tag(self.run_id, key, value)
+            self.client.set_tag(self.run_id, key, str(redact_value(key, value)))
+
+    def run_tags(self) -> dict[str, str]:
+        return dict(self.client.get_run(self.run_id).data.tags)
+
+    def record_restart(self, from_step: int, launch_id: str | None) -> None:
+        """Tag a run that started again: how often, from which step, and whether Ray Train restarted its
+        worker group (same launch) or the job was submitted again."""
+        tags = self.run_tags()
+        count = int(tags.get(RESTARTS_TAG, "0")) + 1
+        same_launch = launch_id is not None and tags.get(LAUNCH_TAG) == launch_id
+        cause = "worker group restarted by Ray Train" if same_launch else "job submitted again"
+        self.set_tags(
+            {
+                RESTARTS_TAG: str(count),
+                f"{RESTARTS_TAG}.{count}": f"resumed from step {from_step}: {cause}",
+                "resumed_from_step": str(from_step),
+                **({LAUNCH_TAG: launch_id} if launch_id else {}),
+            }
+        )
 
     def log_dict(self, data: Any, artifact_file: str) -> None:
-        self.client.log_dict(self.run_id, data, artifact_file)
+        self.client.log_dict(self.run_id, redact_value("", data), artifact_file)
 
     def log_text(self, text: str, artifact_file: str) -> None:
-        self.client.log_text(self.run_id, text, artifact_file)
+        self.client.log_text(self.run_id, redact_text(text), artifact_file)
 
     def log_jsonl(self, rows: list[dict[str, Any]], artifact_file: str) -> None:
         with tempfile.TemporaryDirectory() as tmp:
@@ -116,45 +198,65 @@ class MLflowTracker:
         """Rows as an MLflow table artifact, browsable in the run's Artifacts tab and the Evaluation view."""
         self.client.log_table(self.run_id, data=pd.DataFrame(rows), artifact_file=artifact_file)
 
-    def log_input(self, dataset: datasets.Dataset, name: str, digest: str, source: str, context: str) -> None:
-        """Record a Hugging Face dataset as the run's input (the UI's Dataset column: name, digest, schema, rows)."""
-        logged = mlflow.data.from_huggingface(dataset, name=name, digest=digest, source=source)
-        entity = DatasetInput(logged._to_mlflow_entity(), tags=[InputTag(MLFLOW_DATASET_CONTEXT, context)])
-        self.client.log_inputs(self.run_id, datasets=[entity])
+    def log_input(self, dataset: Dataset, context: str) -> None:
+        """Record a dataset as this run's input (the UI's Dataset column): the training features, KARD's knowledge."""
+        tags = [InputTag(MLFLOW_DATASET_CONTEXT, context)]
+        self.client.log_inputs(self.run_id, datasets=[DatasetInput(dataset._to_mlflow_entity(), tags)])
 
-    def log_model(self, export_dir: Path) -> str:
+    def log_model(self, export_dir: Path, spec: PyfuncSpec = SEQ2SEQ_PYFUNC, name: str = MODEL_ARTIFACT_PATH) -> str:
         """Log an exported HF dir as a pyfunc model; returns its `runs:/` URI."""
         mlflow.set_tracking_uri(self.tracking_uri)
+        artifacts = {HF_MODEL_ARTIFACT: str(export_dir), **{k: str(v) for k, v in spec.artifacts.items()}}
         with mlflow.start_run(run_id=self.run_id, experiment_id=self.experiment_id):
             mlflow.pyfunc.log_model(
-                name=MODEL_ARTIFACT_PATH,
-                python_model=str(PYFUNC_FILE),
-                artifacts={HF_MODEL_ARTIFACT: str(export_dir)},
-                signature=PYFUNC_SIGNATURE,
+                name=name,
+                python_model=str(spec.python_model),
+                artifacts=artifacts,
+                signature=spec.signature,
                 pip_requirements=[f"mlflow=={mlflow.__version__}", "torch", "transformers", "pandas"],
             )
         # Leaving the fluent context marks the run finished; training still owns its status.
         self.client.update_run(self.run_id, status=RunStatus.to_string(RunStatus.RUNNING))
-        return f"runs:/{self.run_id}/{MODEL_ARTIFACT_PATH}"
+        return f"runs:/{self.run_id}/{name}"
+
+    def flush(self) -> None:
+        """Deliver every queued metric, or raise TrackingUnavailableError after the configured outage limit."""
+        self.metrics.flush()
 
     def finish(self, status: str = "FINISHED") -> None:
-        self.client.set_terminated(self.run_id, status=status)
+        try:
+            self.metrics.close()
+        finally:
+            self.client.set_terminated(self.run_id, status=status)
 
 
 class NullTracker:
     """Stands in on non-zero ranks so callers never branch on rank."""
 
     run_id: str | None = None
+    resumed = False
 
     def log_params(self, params: Mapping[str, Any]) -> None: ...
     def log_metrics(self, metrics: Mapping[str, float], step: int) -> None: ...
+    def pending_metrics(self) -> list[list[Any]]:
+        return []
+
+    def requeue_metrics(self, rows: list[list[Any]]) -> None: ...
     def set_tags(self, tags: Mapping[str, str]) -> None: ...
+    def run_tags(self) -> dict[str, str]:
+        return {}
+
+    def record_restart(self, from_step: int, launch_id: str | None) -> None: ...
+
     def log_dict(self, data: Any, artifact_file: str) -> None: ...
     def log_text(self, text: str, artifact_file: str) -> None: ...
     def log_jsonl(self, rows: list[dict[str, Any]], artifact_file: str) -> None: ...
     def log_table(self, rows: list[dict[str, Any]], artifact_file: str) -> None: ...
-    def log_input(self, dataset: datasets.Dataset, name: str, digest: str, source: str, context: str) -> None: ...
-    def log_model(self, export_dir: Path) -> str | None: ...
+    def log_input(self, dataset: Dataset, context: str) -> None: ...
+    def log_model(
+        self, export_dir: Path, spec: PyfuncSpec = SEQ2SEQ_PYFUNC, name: str = MODEL_ARTIFACT_PATH
+    ) -> str | None: ...
+    def flush(self) -> None: ...
     def finish(self, status: str = "FINISHED") -> None: ...
 
 
@@ -168,8 +270,11 @@ def create_tracker(
     resume_run_id: str | None = None,
     parent_run_id: str | None = None,
     tags: Mapping[str, str] | None = None,
+    launch_id: str | None = None,
 ) -> Tracker:
     """MLflow on rank 0 only: one run per training job however many workers it has."""
     if not is_rank_zero:
         return NullTracker()
-    return MLflowTracker(cfg, run_name, resume_run_id=resume_run_id, parent_run_id=parent_run_id, tags=tags)
+    return MLflowTracker(
+        cfg, run_name, resume_run_id=resume_run_id, parent_run_id=parent_run_id, tags=tags, launch_id=launch_id
+    )

@@ -5,6 +5,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from torch.utils.data import DataLoader
 
 from trainer.config import load_config
 from trainer.data.example import QAExample
@@ -39,7 +40,9 @@ def decode(tokenizer, ids: list[int]) -> str:
 
 
 def test_every_configured_method_is_registered() -> None:
-    assert set(METHODS) == {"ft_io", "ft_ior", "ft_iro", "multitask", "knife_teacher", "knife_student"}
+    assert set(METHODS) == {
+        "ft_io", "ft_ior", "ft_iro", "multitask", "knife_teacher", "knife_student", "rd", "kard", "kard_reranker"
+    }  # fmt: skip
 
 
 def test_io_targets_the_answer_text() -> None:
@@ -92,17 +95,46 @@ def test_examples_without_rationales_give_no_rationale_features() -> None:
 def test_multitask_features_and_weighted_loss() -> None:
     cfg, method, tok = make("multitask", "data.rationale_source=llm_all", "method.multitask_alpha=0.25")
     features = method.train_features(EXAMPLE, random.Random(0))
-    assert [f["task_ids"] for f in features] == [0, 1, 1]
-    assert decode(tok, features[0]["input_ids"]).startswith("[answer]")
-    assert decode(tok, features[1]["input_ids"]).startswith("[explain]")
+    assert len(features) == 2  # one (answer, rationale) pair per rationale
+    assert [decode(tok, f["explain"]["labels"]) for f in features] == ["fish have no legs.", "fish live in water."]
+    assert all(decode(tok, f["answer"]["labels"]) == "no" for f in features)
+    batch = method.collate(features)
+    assert batch["task_ids"].tolist() == [0, 0, 1, 1]
+    assert decode(tok, batch["input_ids"][0].tolist()).startswith("[answer]")
+    assert decode(tok, batch["input_ids"][2].tolist()).startswith("[explain]")
     model = fresh_model(cfg, tok)
-    parts = method.loss(model, method.collate(features))
+    parts = method.loss(model, batch)
     torch.testing.assert_close(parts["loss"], parts["task_loss"] + parts["rationale_loss"])
-    answer_only = method.collate(features[:1])
+    answer_only = {k: v[:2] for k, v in batch.items()}
     unweighted = token_cross_entropy(
         model(**{k: answer_only[k] for k in ("input_ids", "attention_mask", "labels")}).logits, answer_only["labels"]
     )
     torch.testing.assert_close(parts["task_loss"], 0.25 * unweighted)
+
+
+def test_multitask_batches_hold_each_examples_answer_and_rationale_together() -> None:
+    """Whatever the shuffle, a batch of B pairs is B answer rows then the same B examples' rationale rows."""
+    examples = [
+        QAExample(id=f"q{i}", question=f"Is thing {i} big?", choices=("yes", "no"), answer_index=i % 2,
+                  rationales=(f"Thing {i} is {'small' if i % 2 else 'large'}.",))
+        for i in range(37)
+    ]  # fmt: skip
+    cfg, method, tok = make("multitask", "data.rationale_source=llm_first")
+    features = [f for ex in examples for f in method.train_features(ex, random.Random(0))]
+    loader = DataLoader(features, batch_size=16, shuffle=True, collate_fn=method.collate,
+                        generator=torch.Generator().manual_seed(0))  # fmt: skip
+    sizes = []
+    for batch in loader:
+        pairs = batch["task_ids"].shape[0] // 2
+        sizes.append(pairs)
+        assert batch["task_ids"].tolist() == [0] * pairs + [1] * pairs
+        for row in range(pairs):
+            question = decode(tok, batch["input_ids"][row].tolist()).removeprefix("[answer]")
+            assert decode(tok, batch["input_ids"][pairs + row].tolist()).removeprefix("[explain]") == question
+            thing = question.split("thing ")[1].split(" ")[0]
+            assert decode(tok, batch["labels"][row].tolist()) == ("no" if int(thing) % 2 else "yes")
+            assert decode(tok, batch["labels"][pairs + row].tolist()).startswith(f"thing {thing} is")
+    assert sizes == [16, 16, 5]
 
 
 def test_knife_teacher_reads_the_rationale_and_student_does_not(tmp_path: Path) -> None:

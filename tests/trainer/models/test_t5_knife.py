@@ -207,3 +207,71 @@ def test_gradients_reach_student_not_teacher_through_alignment(batch: dict[str, 
     student_grads = [p.grad for p in student.parameters() if p.grad is not None]
     assert student_grads and any(torch.count_nonzero(g) > 0 for g in student_grads)
     assert all(p.grad is None for p in teacher.parameters())
+
+
+def _dropout_t5(p: float) -> T5ForConditionalGeneration:
+    model = _tiny_t5(seed=5)
+    for module in model.modules():
+        if isinstance(module, torch.nn.Dropout):
+            module.p = p
+    return model.train()
+
+
+@pytest.mark.parametrize("side", ["student", "teacher"])
+def test_aligned_last_states_are_the_final_layer_norm_outputs_before_dropout(
+    batch: dict[str, torch.Tensor], side: str
+) -> None:
+    """With dropout on (train mode), the last aligned state of each stack is final_layer_norm(x), while HF's own
+    last state is that tensor dropped out: zero or scaled by 1/(1 − p) elementwise."""
+    p = 0.5
+    model = _dropout_t5(p)
+    norm_inputs: dict[str, torch.Tensor] = {}
+    stack_outputs: dict[str, torch.Tensor] = {}
+    handles = []
+    for name, stack in (("encoder", model.encoder), ("decoder", model.decoder)):
+        handles.append(
+            stack.final_layer_norm.register_forward_pre_hook(
+                lambda _m, args, name=name: norm_inputs.__setitem__(name, args[0].detach())
+            )
+        )
+        handles.append(
+            stack.register_forward_hook(
+                lambda _m, _a, output, name=name: stack_outputs.__setitem__(name, output.last_hidden_state.detach())
+            )
+        )
+    if side == "student":
+        states = student_forward(
+            model, batch["student_input_ids"], batch["student_attention_mask"], labels=batch["labels"]
+        )
+    else:
+        states = _teacher(model, batch)
+    for handle in handles:
+        handle.remove()
+
+    aligned = {"encoder": states.encoder_hidden_states[-1], "decoder": states.decoder_hidden_states[-1]}
+    for name, state in aligned.items():
+        assert state.requires_grad  # the student learns through it
+        with torch.no_grad():
+            expected = getattr(model, name).final_layer_norm(norm_inputs[name])
+        torch.testing.assert_close(state.detach(), expected, rtol=0, atol=0)
+        dropped = stack_outputs[name]
+        kept = dropped != 0
+        assert 0.3 < kept.float().mean() < 0.7  # dropout really was on
+        assert not torch.equal(dropped, state.detach())
+        torch.testing.assert_close(dropped[kept], state.detach()[kept] / (1 - p))
+    assert len(states.encoder_hidden_states) == 3 and len(states.decoder_hidden_states) == 3
+
+
+def test_aligned_last_states_equal_hf_states_without_dropout(batch: dict[str, torch.Tensor]) -> None:
+    model = _tiny_t5()
+    ids, mask = batch["student_input_ids"], batch["student_attention_mask"]
+    states = student_forward(model, ids, mask, labels=batch["labels"])
+    with torch.no_grad():
+        reference = model(input_ids=ids, attention_mask=mask, labels=batch["labels"], output_hidden_states=True)
+    for ours, theirs in (
+        (states.encoder_hidden_states, reference.encoder_hidden_states),
+        (states.decoder_hidden_states, reference.decoder_hidden_states),
+    ):
+        assert len(ours) == len(theirs)
+        for a, b in zip(ours, theirs, strict=True):
+            torch.testing.assert_close(a, b)

@@ -106,3 +106,37 @@ def test_layerwise_alignment_names_the_bad_layer_index() -> None:
         layerwise_alignment(states, states, torch.ones(1, 2), [-4])
     with pytest.raises(ValueError, match="at least one"):
         layerwise_alignment(states, states, torch.ones(1, 2), [])
+
+
+def test_layerwise_alignment_projects_only_the_chosen_student_states() -> None:
+    student = [torch.full((1, 2, 2), 9.0), torch.ones(1, 2, 2)]  # the first state would fail to project (unused)
+    teacher = [torch.zeros(1, 2, 4), torch.full((1, 2, 4), 2.0)]
+    seen = []
+
+    def widen(state: torch.Tensor) -> torch.Tensor:
+        seen.append(state)
+        return torch.cat([state, state], dim=-1)
+
+    loss = layerwise_alignment(student, teacher, torch.ones(1, 2), [-1], project=widen)
+    assert loss.item() == pytest.approx(1.0) and len(seen) == 1 and seen[0] is student[1]
+    with pytest.raises(ValueError, match="shapes differ"):
+        layerwise_alignment(student, teacher, torch.ones(1, 2), [-1])
+
+
+def test_bf16_states_give_a_float32_loss_exact_to_float32_rounding() -> None:
+    """Under ds.precision=bf16 the hidden states and logits are bf16; the losses must not round to bf16."""
+    torch.manual_seed(0)
+    student, teacher = torch.randn(2, 5, 64).bfloat16(), torch.randn(2, 5, 64).bfloat16()
+    mask = torch.tensor([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1]])
+    weights = mask.double()
+    mse_ref = ((student.double() - teacher.double()).pow(2).mean(-1) * weights).sum() / weights.sum()
+    mse = masked_mse(student, teacher, mask)
+    assert mse.dtype == torch.float32
+    assert mse.item() == pytest.approx(mse_ref.item(), rel=1e-6)
+
+    kl = masked_kl(student, teacher, mask, temperature=2.0)
+    log_p_s = torch.log_softmax(student.double() / 2, -1)
+    log_p_t = torch.log_softmax(teacher.double() / 2, -1)
+    kl_ref = 4 * ((log_p_t.exp() * (log_p_t - log_p_s)).sum(-1) * weights).sum() / weights.sum()
+    assert kl.dtype == torch.float32
+    assert kl.item() == pytest.approx(kl_ref.item(), rel=1e-5)

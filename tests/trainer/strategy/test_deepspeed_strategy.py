@@ -91,6 +91,7 @@ def test_fit_exports_a_loadable_model_that_reproduces_predictions(tiny_config) -
 
     run = mlflow.MlflowClient(cfg.tracking.tracking_uri).get_run(result.mlflow_run_id)
     assert run.data.metrics["train/steps"] == 6
+    assert "data/ftr_answer_leak_rate" not in run.data.metrics  # I→O reads no FTR
     assert run.data.params["ds.template"] == "zero2"
 
 
@@ -115,12 +116,14 @@ def test_bf16_training_runs_and_exports(tiny_config) -> None:
 
 @pytest.mark.parametrize("name", ["ft_ior", "ft_iro", "multitask"])
 def test_rationale_methods_train_end_to_end(tiny_config, name: str) -> None:
-    result = fit(
-        tiny_config(
-            f"method.name={name}", "optim.max_steps=2", "tracking.log_model=false", "data.max_rationale_length=32"
-        )
+    cfg = tiny_config(
+        f"method.name={name}", "optim.max_steps=2", "tracking.log_model=false", "data.max_rationale_length=32"
     )
+    result = fit(cfg)
     assert result.global_step == 2 and len(result.predictions) == 16
+    metrics = mlflow.MlflowClient(cfg.tracking.tracking_uri).get_run(result.mlflow_run_id).data.metrics
+    assert metrics["data/num_train_ftrs"] == 64  # one human-facts FTR per training question
+    assert 0.0 <= metrics["data/ftr_answer_leak_rate"] <= 1.0 and "data/ftr_states_answer_rate" in metrics
 
 
 @pytest.mark.slow

@@ -1,4 +1,5 @@
-"""ZeRO-3 across two real processes (torchrun, gloo): sharded save, resume, consolidated export."""
+"""ZeRO-3 across two real processes (torchrun, gloo): sharded save, resume, consolidated exports (the collective
+export of a best dev step during training included)."""
 
 import json
 import os
@@ -14,14 +15,17 @@ from trainer.data.formatting import format_question
 from trainer.data.registry import load_splits
 
 pytestmark = pytest.mark.slow
+REPO_ROOT = Path(__file__).resolve().parents[3]
 
 
 def torchrun(cfg_overrides: list[str], cwd: Path) -> dict:
+    """Two ranks of this repository's trainer (PYTHONPATH: the cwd is elsewhere, and an installed copy may differ).
+    Each run takes ~30 s on an idle 2-core machine; the timeout is a safety net."""
     torchrun_bin = Path(sys.executable).with_name("torchrun")
     command = [str(torchrun_bin), "--standalone", "--nproc-per-node", "2", "-m", "trainer.train", *cfg_overrides]
-    proc = subprocess.run(
-        command, cwd=cwd, capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"}
-    )
+    python_path = os.pathsep.join(p for p in (str(REPO_ROOT), os.environ.get("PYTHONPATH")) if p)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": python_path}
+    proc = subprocess.run(command, cwd=cwd, capture_output=True, text=True, timeout=900, env=env)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
     return json.loads([line for line in proc.stdout.splitlines() if line.startswith("{")][-1])
 
@@ -50,15 +54,20 @@ def test_zero3_two_ranks_save_resume_export(tiny_config, tmp_path: Path) -> None
     assert any(name.startswith("zero_pp_rank_1") for name in shards)  # each rank wrote its own partition
     assert (checkpoints / "step_2").is_dir()  # the periodic checkpoint
 
-    second = torchrun([*base, "optim.max_steps=5"], tmp_path)
+    # With eval_every the second run exports its best dev step in the middle of training, on both ranks.
+    second = torchrun([*base, "optim.max_steps=5", "run.eval_every=2"], tmp_path)
     assert second["global_step"] == 5 and second["mlflow_run_id"] == first["mlflow_run_id"]
+    assert second["metrics"]["dev/best_step"] in (4, 5)  # the first run selected nothing (no eval_every)
+    assert Path(second["export_dir"]) == Path(cfg.run.output_dir) / "z3" / "export"
+    for export in {second["export_dir"], second["final_export_dir"]}:
+        assert AutoModelForSeq2SeqLM.from_pretrained(export).config.d_model == 64
     client = mlflow.MlflowClient(cfg.tracking.tracking_uri)
     assert client.get_run(first["mlflow_run_id"]).data.tags["resumed_from_step"] == "3"
     losses = client.get_metric_history(first["mlflow_run_id"], "train/loss")
     assert sorted(m.step for m in losses) == [1, 2, 3, 4, 5]
 
-    # The consolidated export reproduces the predictions the 2 sharded ranks made at the end of training.
-    export = Path(cfg.run.output_dir) / "z3" / "export"
+    # The last step's consolidated export reproduces the predictions the 2 sharded ranks made at the end.
+    export = Path(second["final_export_dir"])
     model = AutoModelForSeq2SeqLM.from_pretrained(export).eval()
     # Built partitioned (zero.Init), yet the logged size is the full model's.
     logged_size = client.get_run(first["mlflow_run_id"]).data.metrics["model/num_parameters"]

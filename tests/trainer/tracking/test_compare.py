@@ -16,7 +16,7 @@ EXPERIMENT = "cmp"
 
 @pytest.fixture(scope="module")
 def store(tmp_path_factory: pytest.TempPathFactory) -> str:
-    """Three seeds of ft_io and knife_student on two datasets, plus runs that must not count."""
+    """Three seeds of ft_io and knife_student on two datasets, an ablation variant, plus runs that must not count."""
     uri = f"sqlite:///{tmp_path_factory.mktemp('store') / 'mlflow.db'}"
     cfg = TrackingConfig(tracking_uri=uri, experiment=EXPERIMENT)
 
@@ -31,8 +31,14 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> str:
         for seed, acc in enumerate(accs):
             tags = {"dataset": dataset, "bench_seed": str(seed), "model": "t5-tiny"}
             common = {"train/steps": 100.0 + seed, "train/wall_time_s": 10.0 * (seed + 1)}
-            run({**tags, "method": "ft_io"}, {"dev/accuracy": acc, **common, "model/num_parameters": 321536.0})
-            run({**tags, "method": "knife_student"}, {"dev/accuracy": acc + 0.1, **common})
+            generation = {"dev/generation_accuracy": acc - 0.1}
+            run(
+                {**tags, "method": "ft_io"},
+                {"dev/accuracy": acc, **generation, **common, "model/num_parameters": 321536.0},
+            )
+            run({**tags, "method": "knife_student"}, {"dev/accuracy": acc + 0.1, **common})  # no generation metric
+            if dataset == "synthetic":
+                run({**tags, "method": "knife_student", "variant": "kd_in_only"}, {"dev/accuracy": 0.4, **common})
     parent = run({"reasondistill.pipeline": "kard"}, {"dev/accuracy": 0.99})
     run({"method": "ft_io", "dataset": "synthetic", "mlflow.parentRunId": parent.run_id}, {"dev/accuracy": 0.8})
     run({"method": "ft_io", "dataset": "synthetic"}, {"dev/accuracy": 0.0}, status=None)  # still running
@@ -47,7 +53,9 @@ def test_groups_finished_method_runs_with_mean_and_std(store: str) -> None:
         ("strategyqa", "knife_student"),
         ("synthetic", "ft_io"),
         ("synthetic", "knife_student"),
+        ("synthetic", "knife_student/kd_in_only"),
     }
+    assert rows["synthetic", "knife_student/kd_in_only"].n == 3 and rows["synthetic", "knife_student"].n == 3
     # Four finished synthetic ft_io runs: three seeds and the pipeline child; parent/running/failed are out.
     io = rows["synthetic", "ft_io"]
     assert io.n == 4 and sorted(io.accuracies) == pytest.approx([0.5, 0.6, 0.7, 0.8])
@@ -58,13 +66,17 @@ def test_groups_finished_method_runs_with_mean_and_std(store: str) -> None:
     assert student.accuracy_std == pytest.approx(statistics.stdev([0.65, 0.65, 0.68]))
     assert student.steps_mean == pytest.approx(101.0) and student.wall_time_s_mean == pytest.approx(20.0)
     assert rows["strategyqa", "ft_io"].num_parameters == 321536
-    assert [r.method for r in compare_runs(store, EXPERIMENT)] == ["ft_io", "knife_student"] * 2
+    assert rows["strategyqa", "ft_io"].generation_accuracies == pytest.approx((0.45, 0.45, 0.48))
+    assert rows["strategyqa", "knife_student"].generation_accuracies == ()
+    assert [r.method for r in compare_runs(store, EXPERIMENT)] == [
+        "ft_io", "knife_student", "ft_io", "knife_student", "knife_student/kd_in_only"
+    ]  # fmt: skip
 
 
 def test_table_has_methods_in_fixed_order_and_one_column_per_dataset(store: str) -> None:
     table = format_table(compare_runs(store, EXPERIMENT))
-    accuracy = table.split("\n\n")[0].splitlines()
-    assert accuracy[0] == "| dev accuracy (mean ± std over seeds) | strategyqa | synthetic |"
+    accuracy, generation, cost = (part.splitlines() for part in table.split("\n\n"))
+    assert accuracy[0] == "| dev accuracy (choice scoring; mean ± std over seeds) | strategyqa | synthetic |"
     assert [line.split(" | ")[0].lstrip("| ") for line in accuracy[2:]] == [
         "ft_io",
         "ft_ior",
@@ -72,10 +84,15 @@ def test_table_has_methods_in_fixed_order_and_one_column_per_dataset(store: str)
         "multitask",
         "knife_teacher",
         "knife_student",
+        "knife_student/kd_in_only",
     ]
     assert accuracy[2] == "| ft_io | 0.560 ± 0.017 (n=3) | 0.650 ± 0.129 (n=4) |"
     assert accuracy[3] == "| ft_ior | – | – |"
-    assert "101 steps, 20 s" in table.split("\n\n")[1]
+    assert accuracy[8] == "| knife_student/kd_in_only | – | 0.400 ± 0.000 (n=3) |"
+    assert generation[0] == "| dev generation accuracy (greedy output parsed) | strategyqa | synthetic |"
+    assert generation[2] == "| ft_io | 0.460 ± 0.017 (n=3) | 0.500 ± 0.100 (n=3) |"  # the pipeline child lacks it
+    assert generation[7] == "| knife_student | – | – |"
+    assert "101 steps, 20 s" in "\n".join(cost)
 
 
 def test_unknown_experiment_is_named(store: str, tmp_path: Path) -> None:
@@ -99,15 +116,18 @@ def test_cli_prints_table_and_fails_on_unknown_experiment(
 
 
 def test_cli_as_module_exit_code(store: str) -> None:
+    """Each subprocess takes ~5 s idle; the timeouts are safety nets."""
     ok = subprocess.run(
         [sys.executable, "-m", "trainer.tracking.compare", "--experiment", EXPERIMENT, "--tracking-uri", store],
         capture_output=True,
         text=True,
+        timeout=300,
     )
     assert ok.returncode == 0 and "| ft_io |" in ok.stdout
     bad = subprocess.run(
         [sys.executable, "-m", "trainer.tracking.compare", "--experiment", "nope", "--tracking-uri", store],
         capture_output=True,
         text=True,
+        timeout=300,
     )
     assert bad.returncode == 2 and "experiment 'nope' not found" in bad.stderr

@@ -1,0 +1,66 @@
+"""What `ray_jobs.submit` sends: `ds.zero_stage=auto` is resolved before submission, for runs and pipelines."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from ray_jobs.job_payload import PAYLOAD_ENV, decode_payload
+from ray_jobs.pipeline import PipelinePlan
+from ray_jobs.submit import build_request, job_env
+from trainer.config import ConfigError, ExperimentConfig
+
+CONFIGS = Path(__file__).resolve().parents[2] / "ray_jobs" / "configs"
+
+
+def test_auto_stage_is_resolved_in_the_payload(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    request = build_request(
+        [
+            str(CONFIGS / "demo.yaml"),
+            "model.name=t5-3b",
+            "run.use_gpu=true",
+            "run.num_workers=1",
+            "ds.zero_stage=auto",
+            "ds.precision=bf16",
+            "data.max_input_length=512",
+            "data.max_target_length=128",
+            "optim.micro_batch_size=8",
+        ]
+    )
+    cfg = decode_payload(ExperimentConfig, request.payload)
+    assert (cfg.ds.zero_stage, cfg.ds.template, cfg.model.gradient_checkpointing) == (2, "zero2", True)
+    assert cfg.tracking.tracking_uri == f"sqlite:///{tmp_path / 'mlflow.db'}"  # still localized for this machine
+
+
+def test_auto_stage_in_a_pipeline(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    request = build_request([str(CONFIGS / "knife_synthetic.yaml"), "ds.zero_stage=auto"])
+    plan = decode_payload(PipelinePlan, request.payload)
+    assert {s.config.ds.zero_stage for s in plan.stages} == {2}
+
+
+def test_auto_that_cannot_fit_fails_before_submission(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ConfigError, match="ds.zero_stage=auto: t5-3b does not fit"):
+        build_request(
+            [
+                str(CONFIGS / "demo.yaml"),
+                "model.name=t5-3b",
+                "run.use_gpu=true",
+                "run.num_workers=1",
+                "ds.zero_stage=auto",
+                "cluster.gpu_memory_gib=8",
+                "cluster.node_memory_gib=16",
+            ]
+        )
+
+
+def test_credentials_never_enter_the_job_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A Ray job's runtime_env is readable by anyone who can list jobs; pods read secrets from Secrets."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MLFLOW_TRACKING_TOKEN", "t0k3n")
+    request = build_request([str(CONFIGS / "demo.yaml")])
+    env = job_env(False, request)
+    assert "MLFLOW_TRACKING_TOKEN" not in env and PAYLOAD_ENV in env
