@@ -33,19 +33,14 @@ from torch.nn.parallel import DistributedDataParallel
 from transformers import T5Config, T5ForConditionalGeneration
 
 from trainer.config import load_config
-from trainer.models.factory import TINY_PRESETS
+from trainer.models.presets import T5_VOCAB_SIZE, get_preset
 from trainer.strategy.deepspeed_strategy import DeepSpeedStrategy
 from trainer.strategy.ds_config import load_template, size_buckets
 
-BATCH, INPUT_LENGTH, TARGET_LENGTH, VOCAB = 16, 96, 8, 4000
+BATCH, INPUT_LENGTH, TARGET_LENGTH, TINY_VOCAB = 16, 96, 8, 4000
 LR, WARMUP_STEPS, MAX_STEPS, CLIP = 1e-3, 10, 10_000, 1.0
-# The larger shape is the published t5-small architecture (Raffel et al.) with its real 32128-row vocabulary.
-T5_SMALL = {"d_model": 512, "d_ff": 2048, "num_layers": 6, "num_decoder_layers": 6, "num_heads": 8, "d_kv": 64}
-SHAPES: dict[str, dict[str, Any]] = {
-    "t5-tiny": {**TINY_PRESETS["t5-tiny"], "vocab_size": VOCAB, "feed_forward_proj": "gated-gelu"},
-    "t5-mini": {**TINY_PRESETS["t5-mini"], "vocab_size": VOCAB, "feed_forward_proj": "gated-gelu"},
-    "t5-small": {**T5_SMALL, "vocab_size": 32128, "feed_forward_proj": "relu"},
-}
+# The tiny presets with an offline tokenizer's vocabulary; t5-small (the published shape) with its real one.
+SHAPES = {"t5-tiny": TINY_VOCAB, "t5-mini": TINY_VOCAB, "t5-small": T5_VOCAB_SIZE}
 HIDDEN2_BUCKETS = {"reduce_bucket_size": "hidden2", "allgather_bucket_size": "hidden2"}
 # name -> (ExperimentConfig overrides, explicit values patched into the template's zero_optimization)
 STRATEGY_LOOPS: dict[str, tuple[list[str], dict[str, Any]]] = {
@@ -66,14 +61,8 @@ LOOPS = ("ddp", *STRATEGY_LOOPS)
 
 
 def model_config(shape: str) -> T5Config:
-    return T5Config(
-        **SHAPES[shape],
-        pad_token_id=0,
-        eos_token_id=1,
-        decoder_start_token_id=0,
-        dropout_rate=0.0,
-        tie_word_embeddings=True,
-    )
+    kwargs = get_preset(shape).config_kwargs(SHAPES[shape], pad_token_id=0, eos_token_id=1)
+    return T5Config(**{**kwargs, "dropout_rate": 0.0})
 
 
 def make_batches(config: T5Config, rank: int, count: int = 4) -> list[dict[str, torch.Tensor]]:

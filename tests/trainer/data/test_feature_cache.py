@@ -1,6 +1,8 @@
 """The tokenised-feature cache: same features as building in memory, hit on reuse, invalidated by what shapes them."""
 
+import json
 import random
+import shutil
 from pathlib import Path
 
 import pytest
@@ -92,3 +94,32 @@ def test_a_build_without_features_caches_nothing(tmp_path: Path) -> None:
     _, method, examples = setup(tmp_path)
     empty = load_or_build(tmp_path / "cache", {"k": 1}, examples, lambda example, rng: [], seed=0)
     assert len(empty) == 0 and not list((tmp_path / "cache").glob("*/*.arrow"))
+
+
+def test_kard_features_are_keyed_by_the_knowledge_dataset_version(kard_knowledge, tmp_path: Path) -> None:
+    """KARD's training features read passages from its knowledge dataset: a rebuilt dataset (same path, new
+    manifest) must not reuse features built from the old one."""
+    cfg, knowledge_path = kard_knowledge
+    cfg = cfg.model_copy(
+        update={
+            "method": cfg.method.model_copy(update={"name": "kard"}),
+            "data": cfg.data.model_copy(update={"feature_cache_dir": str(tmp_path / "cache")}),
+        }
+    )
+    examples = load_splits(cfg.data, cfg.run.seed).train
+    tokenizer = build_tokenizer(cfg.model, lambda: tokenizer_corpus(examples), broadcast=lambda x: x)
+
+    def kard_features(copy: Path):
+        method = method_class(cfg)(cfg.model_copy(update={"method": cfg.method.model_copy(
+            update={"kard": cfg.method.kard.model_copy(update={"knowledge": str(copy)})})}), tokenizer)  # fmt: skip
+        method.setup(None, None)
+        return build_features(method, examples, cfg), method
+
+    copy = tmp_path / "knowledge"
+    shutil.copytree(knowledge_path, copy)
+    first, method = kard_features(copy)
+    assert first.built and first.dataset.to_list() == in_memory(method, examples, cfg.run.seed)
+    assert not kard_features(copy)[0].built
+    manifest = copy / "knowledge.json"
+    manifest.write_text(json.dumps({**json.loads(manifest.read_text()), "created": 0.0}))  # rebuilt in place
+    assert kard_features(copy)[0].built
