@@ -233,7 +233,7 @@ def time_loops(shape: str, loops: list[str], rounds: int, steps: int, warmup: in
         loop.close()
         del loop
         gc.collect()
-    all_ddp = [s for r in results for s in [r["ddp_ms_per_step"]]]
+    all_ddp = [r["ddp_ms_per_step"] for r in results]
     return {
         "shape": shape,
         "parameters": sum(p.numel() for p in fresh_model(config).parameters()),
