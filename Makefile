@@ -10,7 +10,7 @@ export DO_NOT_TRACK := true
 export TOKENIZERS_PARALLELISM := false
 export DS_ACCELERATOR ?= cpu
 
-.PHONY: venv demo test test-fast lint bench gpu-env bench-gpu clean
+.PHONY: venv demo test test-reliability test-fast lint bench gpu-env bench-gpu clean
 
 venv: $(STAMP)
 
@@ -27,9 +27,13 @@ $(STAMP): requirements.txt requirements-dev.txt requirements-models.txt constrai
 demo: $(STAMP)
 	$(PY) -m ray_jobs.submit ray_jobs/configs/demo.yaml
 
+# Everything but the multi-node fault-injection suite, which alone takes ~15 min here (docs/reliability.md).
 test: $(STAMP)
 	$(VENV)/bin/ruff check .
-	$(PY) -m pytest -q -p no:cacheprovider --durations=15
+	$(PY) -m pytest -q -p no:cacheprovider --durations=15 -m "not reliability"
+
+test-reliability: $(STAMP)
+	$(PY) -m pytest -q -p no:cacheprovider -s -m reliability
 
 test-fast: $(STAMP)
 	$(PY) -m pytest -q -m "not slow"

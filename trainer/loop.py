@@ -49,14 +49,14 @@ class TrainState:
     mlflow_run_id: str | None = None
     wall_time_s: float = 0.0
     best_step: int | None = None  # the step whose model the run exports as `model` (model selection on dev)
-    best_accuracy: float | None = None
+    best_score: float | None = None  # its dev score (the eval result's selection_score)
     pending_metrics: list[list[Any]] = field(default_factory=list)  # undelivered to MLflow when saved
 
-    def offer(self, accuracy: float, always: bool = False) -> bool:
-        """Is the model at the current step (now) the selected one, given its dev accuracy? A tie keeps the earlier
+    def offer(self, score: float, always: bool = False) -> bool:
+        """Is the model at the current step (now) the selected one, given its dev score? A tie keeps the earlier
         step; the selected step evaluated again (a run resumed at its end) stays selected; `always`: no selection."""
-        if always or self.best_accuracy is None or accuracy > self.best_accuracy:
-            self.best_step, self.best_accuracy = self.global_step, accuracy
+        if always or self.best_score is None or score > self.best_score:
+            self.best_step, self.best_score = self.global_step, score
         return self.best_step == self.global_step
 
 
@@ -216,7 +216,7 @@ class Trainer:
                 state = TrainState(**strategy.load_checkpoint(engine, checkpoint_dir))
                 load_rank_state(checkpoint_dir, strategy.rank)
                 if not restore_selected(checkpoint_dir, self.export_dir if strategy.is_rank_zero else None):
-                    state.best_step = state.best_accuracy = None  # a selection without its export is not kept
+                    state.best_step = state.best_score = None  # a selection without its export is not kept
         resumed_from = state.global_step
         tracker = self._tracker(method, state.mlflow_run_id)
         state.mlflow_run_id = strategy.broadcast_object(tracker.run_id)
@@ -243,14 +243,14 @@ class Trainer:
         if eval_result is None:  # resumed at max_steps, or the last step was not an eval step
             eval_result = self._evaluate(engine, method, splits.dev)
         self._mark("worker.evaluated")
-        final_selected = state.offer(eval_result.accuracy, always=not cfg.run.eval_every)
+        final_selected = state.offer(eval_result.selection_score, always=not cfg.run.eval_every)
         final_dir = self.export_dir if final_selected else self.final_export_dir
         self._export(engine, method, final_dir)
         if final_selected and strategy.is_rank_zero:
             shutil.rmtree(self.final_export_dir, ignore_errors=True)  # an earlier run's last step, now superseded
         final = {
             **eval_result.metrics(),
-            "dev/best_accuracy": state.best_accuracy,
+            f"dev/best_{eval_result.selection_metric}": state.best_score,
             "dev/best_step": float(state.best_step),
             "train/steps": float(state.global_step),
             "train/wall_time_s": state.wall_time_s,
@@ -411,7 +411,7 @@ class Trainer:
                 if cfg.run.eval_every and step % cfg.run.eval_every == 0:
                     last_eval = self._evaluate(engine, method, dev)
                     tracker.log_metrics(last_eval.metrics(), step=step)
-                    if step < cfg.optim.max_steps and state.offer(last_eval.accuracy):  # the last step: in fit
+                    if step < cfg.optim.max_steps and state.offer(last_eval.selection_score):  # the last step: in fit
                         self._export(engine, method, self.export_dir)
                 if cfg.run.save_every and step % cfg.run.save_every == 0 and step < cfg.optim.max_steps:
                     staging = self._save_checkpoint(engine, state, tracker)

@@ -227,7 +227,8 @@ class GpuBenchmark:
         command = shlex.join(["python", "-m", "ray_jobs.submit", *overrides])
         print(f"[gpu] end to end: {command}", flush=True)
         started = time.monotonic()
-        status, result = submit(build_request(overrides), address=None, timeout_s=max(self._time_left() - 60, 180))
+        outcome = submit(build_request(overrides), address=None, timeout_s=max(self._time_left() - 60, 180))
+        status, result = outcome.status, outcome.result
         record: dict[str, Any] = {
             "model": s.e2e_model,
             "template": s.e2e_template,

@@ -163,6 +163,36 @@ def _run(job: Job, out: Path) -> RunResult:
     )
 
 
+def finished_results(out: Path) -> dict[str, RunResult]:
+    """Runs an earlier invocation finished in <out>'s store, by run name (`--resume`). Their process wall time is the
+    MLflow run's start-to-end time."""
+    client = MlflowClient(f"sqlite:///{out / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name(EXPERIMENT)
+    if experiment is None:
+        return {}
+    finished: dict[str, RunResult] = {}
+    for run in client.search_runs([experiment.experiment_id], "attributes.status = 'FINISHED'", max_results=10_000):
+        tags, metrics = run.data.tags, run.data.metrics
+        if "dev/accuracy" not in metrics or "bench_seed" not in tags:
+            continue
+        name = tags["mlflow.runName"]
+        variant = tags.get("variant", "")
+        finished[name] = RunResult(
+            name.split("-", 1)[0],
+            f"{tags['method']}/{variant}" if variant else tags["method"],
+            int(tags["bench_seed"]),
+            name,
+            metrics["dev/accuracy"],
+            metrics["dev/generation_accuracy"],
+            metrics["dev/unparsed_rate"],
+            int(metrics["train/steps"]),
+            metrics["train/wall_time_s"],
+            (run.info.end_time - run.info.start_time) / 1000,
+            run.info.run_id,
+        )
+    return finished
+
+
 def _student_jobs(teacher: Job, out: Path, student_overrides: list[str]) -> list[Job]:
     export = out / "runs" / teacher.run_name / "export"
     jobs = [Job(teacher.dataset, m, teacher.seed, (*teacher.overrides, f"model.tokenizer={export}")) for m in BASELINES]
@@ -171,11 +201,27 @@ def _student_jobs(teacher: Job, out: Path, student_overrides: list[str]) -> list
     return [*jobs, Job(teacher.dataset, STUDENT, teacher.seed, knife), *ablations]
 
 
-def run_all(teachers: list[Job], out: Path, student_overrides: list[str]) -> list[RunResult]:
-    """Teachers first; each finished teacher queues its students and baselines. Any failure stops the benchmark."""
+def run_all(
+    teachers: list[Job], out: Path, student_overrides: list[str], finished: dict[str, RunResult] | None = None
+) -> list[RunResult]:
+    """Teachers first; each finished teacher queues its students and baselines. Any failure stops the benchmark.
+    Jobs already in `finished` (a resumed invocation) are not run again."""
+    finished = finished or {}
     results: list[RunResult] = []
     with ThreadPoolExecutor(PARALLEL) as pool:
-        pending: dict[Future[RunResult], Job] = {pool.submit(_run, job, out): job for job in teachers}
+        pending: dict[Future[RunResult], Job] = {}
+
+        def start(job: Job) -> None:
+            if job.run_name not in finished:
+                pending[pool.submit(_run, job, out)] = job
+                return
+            results.append(finished[job.run_name])
+            if job.method == TEACHER:
+                for student in _student_jobs(job, out, student_overrides):
+                    start(student)
+
+        for teacher in teachers:
+            start(teacher)
         try:
             while pending:
                 done, _ = wait(pending, return_when=FIRST_COMPLETED)
@@ -184,7 +230,7 @@ def run_all(teachers: list[Job], out: Path, student_overrides: list[str]) -> lis
                     results.append(future.result())
                     if job.method == TEACHER:
                         for student in _student_jobs(job, out, student_overrides):
-                            pending[pool.submit(_run, student, out)] = student
+                            start(student)
         except BaseException:
             pool.shutdown(cancel_futures=True)
             raise
@@ -324,8 +370,8 @@ def write_plot(rows: list[Row], majority: dict[str, float], path: Path) -> None:
 def write_report(
     out: Path, results: list[RunResult], budget: dict[str, Any], student_overrides: list[str], wall_s: float
 ) -> dict[str, Any]:
-    rows = compare_runs(f"sqlite:///{out / 'mlflow.db'}", EXPERIMENT)
     datasets = sorted({r.dataset for r in results})
+    rows = [r for r in compare_runs(f"sqlite:///{out / 'mlflow.db'}", EXPERIMENT) if r.dataset in datasets]
     seeds = sorted({r.seed for r in results})
     majority = {d: majority_accuracy(d, budget["quick"]) for d in datasets}
     paired = {
@@ -458,6 +504,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--quick", action="store_true", help="smoke size: 24 steps, seed 0, small dev, synthetic")
     parser.add_argument("--max-steps", type=int, help="override every dataset's step budget")
     parser.add_argument(
+        "--resume", action="store_true",
+        help="keep <out>'s store and the runs an earlier, interrupted invocation finished; run only the rest",
+    )  # fmt: skip
+    parser.add_argument(
         "--report-only", action="store_true", help="rewrite the reports from <out>/results.json without training"
     )
     parser.add_argument(
@@ -474,10 +524,10 @@ def main(argv: list[str] | None = None) -> None:
         print((out / "results.md").read_text())
         return
     out.mkdir(parents=True, exist_ok=True)
-    for name in _ARTIFACTS:
+    for name in _ARTIFACTS if not args.resume else ():
         target = out / name
         shutil.rmtree(target) if target.is_dir() else target.unlink(missing_ok=True)
-    (out / "logs").mkdir()
+    (out / "logs").mkdir(exist_ok=True)
 
     budget: dict[str, Any] = {"quick": args.quick, "parallel": PARALLEL, "datasets": {}}
     teachers = []
@@ -489,7 +539,8 @@ def main(argv: list[str] | None = None) -> None:
     # Create the SQLite schema once here: concurrent first runs would race on its migrations.
     MlflowClient(f"sqlite:///{out / 'mlflow.db'}").search_experiments()
     start = time.perf_counter()
-    results = run_all(teachers, out, args.student_override)
+    finished = finished_results(out) if args.resume else {}
+    results = run_all(teachers, out, args.student_override, finished)
     summary = write_report(out, results, budget, args.student_override, time.perf_counter() - start)
     print((out / "results.md").read_text())
     print(f"wrote {out / 'results.md'}, {out / 'results.json'}, {out / 'accuracy.png'} "

@@ -7,8 +7,17 @@ import sys
 from pathlib import Path
 
 import pytest
+from mlflow.tracking import MlflowClient
 
-from ray_jobs.benchmarks.knife_benchmark import LABELS, PairedDifference
+from ray_jobs.benchmarks.knife_benchmark import (
+    EXPERIMENT,
+    LABELS,
+    TEACHER,
+    Job,
+    PairedDifference,
+    finished_results,
+    run_all,
+)
 from trainer.tracking.compare import KNIFE_METHODS
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -25,6 +34,33 @@ def test_paired_difference_has_a_t_interval_over_seeds() -> None:
     assert "below 0" in PairedDifference.of({0: -0.2, 1: -0.21, 2: -0.2}).verdict()
     single = PairedDifference.of({3: 0.05})
     assert single.ci95 is None and single.cell() == "+0.050 (1 seed, no interval)"
+
+
+def test_resume_reuses_finished_runs_and_runs_only_the_rest(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An interrupted benchmark's finished runs (a real MLflow store) are read back and not run again."""
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    experiment = client.create_experiment(EXPERIMENT)
+    teacher = Job("synthetic", TEACHER, 0, ())
+    for job, status in ((teacher, "FINISHED"), (Job("synthetic", "ft_io", 0, ()), "KILLED")):
+        run = client.create_run(experiment, run_name=job.run_name, tags={"method": job.method, "bench_seed": "0"})
+        for key, value in {"dev/accuracy": 1.0, "dev/generation_accuracy": 0.5, "dev/unparsed_rate": 0.0,
+                           "train/steps": 500, "train/wall_time_s": 9.0}.items():  # fmt: skip
+            client.log_metric(run.info.run_id, key, value)
+        client.set_terminated(run.info.run_id, status)
+    finished = finished_results(tmp_path)
+    assert list(finished) == [teacher.run_name]  # the killed run is not a result
+    assert (finished[teacher.run_name].dataset, finished[teacher.run_name].accuracy) == ("synthetic", 1.0)
+
+    started: list[str] = []
+
+    def refuse(job: Job, out: Path) -> None:
+        started.append(job.run_name)
+        raise RuntimeError("stop here")
+
+    monkeypatch.setattr("ray_jobs.benchmarks.knife_benchmark._run", refuse)  # record what would start, start nothing
+    with pytest.raises(RuntimeError, match="stop here"):
+        run_all([teacher], tmp_path, [], finished)
+    assert teacher.run_name not in started and started  # the teacher's students were queued, the teacher was not
 
 
 @pytest.mark.slow

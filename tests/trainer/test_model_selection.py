@@ -25,10 +25,10 @@ def offers(state: TrainState, accuracies: dict[int, float], always: bool = False
 def test_offer_keeps_the_best_accuracy_and_the_earlier_step_on_ties() -> None:
     state = TrainState()
     assert offers(state, {2: 0.5, 4: 0.7, 6: 0.7, 8: 0.6}) == [True, True, False, False]
-    assert (state.best_step, state.best_accuracy) == (4, 0.7)
+    assert (state.best_step, state.best_score) == (4, 0.7)
     assert offers(state, {4: 0.7}) == [True]  # the selected step evaluated again (resumed at its end) stays selected
     assert offers(state, {10: 0.71}) == [True] and state.best_step == 10
-    assert offers(state, {12: 0.1}, always=True) == [True] and (state.best_step, state.best_accuracy) == (12, 0.1)
+    assert offers(state, {12: 0.1}, always=True) == [True] and (state.best_step, state.best_score) == (12, 0.1)
 
 
 def test_a_checkpoint_carries_the_selected_export_back(tmp_path: Path) -> None:

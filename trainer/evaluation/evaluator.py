@@ -64,6 +64,12 @@ class EvalResult:
     def accuracy(self) -> float:
         return self._share(sum(p.correct for p in self.predictions))
 
+    selection_metric = "accuracy"  # what model selection (run.eval_every) maximises
+
+    @property
+    def selection_score(self) -> float:
+        return self.accuracy
+
     def table_rows(self) -> list[dict[str, Any]]:
         """One flat row per question for MLflow's table view (lists and dicts as JSON text)."""
         return [

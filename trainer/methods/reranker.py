@@ -44,6 +44,15 @@ class RerankEvalResult:
     predictions: list[RerankPrediction]
     cutoffs: tuple[int, ...]
 
+    @property
+    def selection_metric(self) -> str:
+        """Model selection (run.eval_every) keeps the step with the best reranked recall at the smallest k."""
+        return f"reranker_recall_at_{min(self.cutoffs)}"
+
+    @property
+    def selection_score(self) -> float:
+        return self.metrics()[f"dev/{self.selection_metric}"]
+
     def metrics(self, prefix: str = "dev") -> dict[str, float]:
         judged = [p for p in self.predictions if p.target_ids]
         values = {f"{prefix}/num_examples": float(len(judged))}

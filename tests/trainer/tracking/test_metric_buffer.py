@@ -15,7 +15,7 @@ from trainer.config.schema import TrackingConfig
 from trainer.tracking.metric_buffer import TrackingUnavailableError
 from trainer.tracking.mlflow_tracker import MLflowTracker
 
-pytestmark = [pytest.mark.slow, pytest.mark.reliability]
+pytestmark = pytest.mark.slow  # own MLflow server; in `make test` (the cluster fault tests: `make test-reliability`)
 
 
 def tracking(server: MLflowServer, max_outage_s: float) -> TrackingConfig:
