@@ -46,6 +46,7 @@ bench: $(STAMP)
 	$(PY) -m ray_jobs.benchmarks.knife_benchmark --out bench_results/knife
 	$(PY) -m ray_jobs.benchmarks.kard_benchmark --out bench_results/kard
 	$(PY) -m ray_jobs.benchmarks.memory_benchmark --out bench_results/memory --models t5-tiny,t5-small,t5-base
+	$(PY) -m ray_jobs.benchmarks.perf --out bench_results/perf
 
 # A GPU machine with registry access: CUDA torch first, then every pin constrained to it, then a verification
 # (scripts/install_gpu.py; `python3 scripts/install_gpu.py plan` prints the commands). Not part of `make test`.

@@ -1,16 +1,26 @@
-"""A throw-away Ray head on loopback for runs without a cluster address."""
+"""A throw-away Ray head on loopback for runs without a cluster address.
+
+Stopping it does not wait for Ray's orderly shutdown (30-60 s here, and it can leave the dashboard, monitor and
+client server running): the head's process tree is a throw-away, so every process in it gets SIGTERM at once and
+SIGKILL after a short grace.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import os
-import signal
 import socket
 import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
+
+import psutil
+
+from trainer.tracking import timeline
 
 # Without the first, Ray swaps 127.0.0.1 for the eth0 address; without the second, a token written by an
 # earlier plain ray.init() switches auth on and job submission fails (see README, "Ray on one machine").
@@ -30,10 +40,14 @@ def free_port() -> int:
 class LocalRayHead:
     """`ray start --head --block` in its own process group; leaving the block stops it and its workers."""
 
-    def __init__(self, num_cpus: int, log_file: Path, startup_timeout_s: float = 120.0) -> None:
+    def __init__(
+        self, num_cpus: int, log_file: Path, startup_timeout_s: float = 120.0, stop_grace_s: float = 1.0
+    ) -> None:
         self.num_cpus = num_cpus
         self.log_file = log_file
         self.startup_timeout_s = startup_timeout_s
+        self.stop_grace_s = stop_grace_s
+        self._stopped = False
         self.dashboard_port = free_port()
         self.process: subprocess.Popen[bytes] | None = None
 
@@ -42,6 +56,7 @@ class LocalRayHead:
         return f"http://127.0.0.1:{self.dashboard_port}"
 
     def __enter__(self) -> LocalRayHead:
+        timeline.mark("head.start")
         # `python -m` rather than the `ray` script beside the interpreter: Ray installed with `pip --target`
         # (the offline GPU machines, scripts/install_gpu.py) has no bin/ray there.
         command = [
@@ -59,6 +74,8 @@ class LocalRayHead:
             "127.0.0.1",
             "--dashboard-port",
             str(self.dashboard_port),
+            "--ray-client-server-port",  # default 10001: a second head on the machine would collide
+            str(free_port()),
             "--num-cpus",
             str(self.num_cpus),
             "--object-store-memory",
@@ -75,6 +92,7 @@ class LocalRayHead:
                 start_new_session=True,
             )
         self._wait_until_ready()
+        timeline.mark("head.ready")
         return self
 
     def _wait_until_ready(self) -> None:
@@ -91,17 +109,60 @@ class LocalRayHead:
         self.stop()
         raise TimeoutError(f"local Ray head not ready after {self.startup_timeout_s:.0f}s; see {self.log_file}")
 
+    def processes(self) -> list[psutil.Process]:
+        """Every process of this head: `ray start`'s descendants (workers, job drivers in their own sessions)
+        and whatever is left in its process group after a parent exited."""
+        if self.process is None:
+            return []
+        found: dict[int, psutil.Process] = {}
+        with contextlib.suppress(psutil.NoSuchProcess):
+            root = psutil.Process(self.process.pid)
+            found = {p.pid: p for p in [root, *root.children(recursive=True)]}
+        for proc in psutil.process_iter():
+            with contextlib.suppress(psutil.Error, ProcessLookupError):
+                if proc.pid not in found and os.getpgid(proc.pid) == self.process.pid:
+                    found[proc.pid] = proc
+                    found.update((child.pid, child) for child in proc.children(recursive=True))
+        return list(found.values())
+
     def stop(self) -> None:
-        if self.process is None or self.process.poll() is not None:
+        """SIGTERM to the whole tree at once, SIGKILL to what is left after the grace; returns when all are gone."""
+        if self.process is None or self._stopped:
             return
-        os.killpg(self.process.pid, signal.SIGTERM)
-        try:
-            self.process.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.process.pid, signal.SIGKILL)
-            self.process.wait()
+        self._stopped = True
+        timeline.mark("head.stop")
+        processes = self.processes()
+        _signal_all(processes, psutil.Process.terminate)
+        alive = _wait_gone(processes, self.stop_grace_s)
+        _signal_all(alive, psutil.Process.kill)
+        _wait_gone(alive, 10.0)
+        self.process.wait()
+        timeline.mark("head.stopped")
 
     def __exit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         self.stop()
+
+
+def _signal_all(processes: list[psutil.Process], send: Callable[[psutil.Process], None]) -> None:
+    for proc in processes:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            send(proc)
+
+
+def _wait_gone(processes: list[psutil.Process], timeout_s: float) -> list[psutil.Process]:
+    """Wait until every process exited (a zombie counts: its parent was killed too); returns the ones still alive."""
+
+    def running(proc: psutil.Process) -> bool:
+        try:
+            return proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE
+        except psutil.NoSuchProcess:
+            return False
+
+    deadline = time.monotonic() + timeout_s
+    alive = [p for p in processes if running(p)]
+    while alive and time.monotonic() < deadline:
+        time.sleep(0.05)
+        alive = [p for p in alive if running(p)]
+    return alive

@@ -10,9 +10,11 @@ from typing import Any
 from mlflow.tracking import MlflowClient
 
 from ray_jobs.failure_report import print_failure
+from ray_jobs.job_payload import PAYLOAD_ENV, RESULT_MARKER, decode_payload
 from ray_jobs.pipeline import PipelinePlan, PlannedStage
 from ray_jobs.pipeline_resume import finished_stage_result, record_stage_result
-from ray_jobs.train_job import PAYLOAD_ENV, RESULT_MARKER, decode_payload, run_training_job
+from ray_jobs.train_job import run_training_job
+from trainer.tracking import timeline
 from trainer.tracking.mlflow_tracker import MLflowTracker, resolve_experiment, resolve_tracking_uri
 
 PIPELINE_TAG = "reasondistill.pipeline"  # on the parent and every stage's run
@@ -113,7 +115,9 @@ def run_pipeline(plan: PipelinePlan) -> dict[str, dict[str, Any]]:
                 continue
             wired, tags = wire_stage(stage, results)
             print(f"[pipeline {plan.name}] stage {stage.name}: {stage.kind} {wired.config.method.name}", flush=True)
+            timeline.mark("stage.start", stage=stage.name)
             metrics = run_stage(wired, parent.run_id, {PIPELINE_TAG: plan.name, "stage": stage.name, **tags})
+            timeline.mark("stage.end", stage=stage.name)
             results[stage.name] = metrics
             record_stage_result(client, parent.run_id, stage.name, metrics)
             parent.log_metrics(headline_metrics(stage.name, metrics), step=0)
@@ -128,6 +132,8 @@ def run_pipeline(plan: PipelinePlan) -> dict[str, dict[str, Any]]:
 
 
 def main() -> None:
+    timeline.mark("driver.process", at=timeline.process_start_time())
+    timeline.mark("driver.start")
     results = run_pipeline(decode_payload(PipelinePlan, os.environ[PAYLOAD_ENV]))
     print(RESULT_MARKER + json.dumps({"stages": results}, default=str), flush=True)
 

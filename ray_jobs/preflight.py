@@ -18,7 +18,7 @@ from trainer.config.schema import ExperimentConfig
 from trainer.data.example import DataError, QAExample
 from trainer.data.jsonl import iter_json_rows
 from trainer.data.registry import load_splits, registered_datasets
-from trainer.models.factory import is_preset
+from trainer.models.presets import is_preset
 from trainer.models.sources import is_mlflow_uri
 from trainer.tracking.redaction import redact_text
 

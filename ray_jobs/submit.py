@@ -26,15 +26,16 @@ from urllib.parse import urlparse
 from ray.job_submission import JobStatus, JobSubmissionClient
 
 from ray_jobs.failure_report import format_failure, parse_failure
+from ray_jobs.job_payload import PAYLOAD_ENV, RESULT_MARKER, encode_payload
 from ray_jobs.local_cluster import LOCAL_RAY_ENV, LocalRayHead
 from ray_jobs.pipeline import PipelinePlan, is_pipeline_file, load_pipeline
 from ray_jobs.preflight import preflight
-from ray_jobs.train_job import PAYLOAD_ENV, RESULT_MARKER, encode_payload
 from trainer.config import ConfigError, ExperimentConfig, load_config
 from trainer.config.loader import split_config_args
 from trainer.data.registry import data_root
 from trainer.failpoints import FAILPOINTS_ENV
 from trainer.planning.from_config import resolve_auto_zero
+from trainer.tracking import timeline
 from trainer.tracking.mlflow_tracker import resolve_experiment, resolve_tracking_uri
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -66,7 +67,7 @@ def localize(cfg: ExperimentConfig) -> ExperimentConfig:
         }
     )
     data = cfg.data.model_copy(update={"data_dir": str(data_root(cfg.data).resolve())})
-    for key in ("train_path", "dev_path"):
+    for key in ("train_path", "dev_path", "feature_cache_dir"):
         if getattr(data, key):
             data = data.model_copy(update={key: str(Path(getattr(data, key)).expanduser().resolve())})
     retrieval = cfg.retrieval.model_copy(
@@ -103,8 +104,10 @@ def job_env(local: bool, request: JobRequest) -> dict[str, str]:
         "MLFLOW_DISABLE_TELEMETRY": "true",
         "DO_NOT_TRACK": "true",
     }
-    if FAILPOINTS_ENV in os.environ:  # fault-injection tests arm failpoints in the job's processes
-        env[FAILPOINTS_ENV] = os.environ[FAILPOINTS_ENV]
+    # Fault-injection tests arm failpoints in the job's processes; the benchmark asks for phase markers.
+    for key in (FAILPOINTS_ENV, timeline.TIMELINE_ENV):
+        if key in os.environ:
+            env[key] = os.environ[key]
     if local:
         env.update(LOCAL_RAY_ENV)
     return env
@@ -225,6 +228,7 @@ def submit(
             },
             metadata=request.metadata,
         )
+        timeline.mark("submit.submitted", job_id=job_id)
         print(f"[submit] job {job_id} submitted to {resolved}", flush=True)
         started = time.monotonic()
         try:
@@ -236,6 +240,7 @@ def submit(
         while not status.is_terminal():
             time.sleep(1.0)
             status = client.get_job_status(job_id)
+        timeline.mark("submit.job_ended", status=status.value)
         logs = client.get_job_logs(job_id)
         print(f"[submit] job {job_id} {status.value} after {time.monotonic() - started:.0f}s", flush=True)
         failure = parse_failure(logs)
@@ -321,6 +326,7 @@ def main(argv: list[str] | None = None) -> int:
         help="interpreter on the cluster (default: this one for a local cluster, else `python`)",
     )
     args = parser.parse_args(argv)
+    timeline.mark("submit.process", at=timeline.process_start_time())
     try:
         request = build_request(args.args)
         if not args.no_preflight:

@@ -5,40 +5,34 @@ Submitted by ray_jobs.submit; runs on the cluster (driver side), never on the su
 
 from __future__ import annotations
 
-import base64
 import json
 import os
 import uuid
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
-from pydantic import BaseModel
+import ray.train
 from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchConfig, TorchTrainer
 
 from ray_jobs.failure_report import print_failure
+from ray_jobs.job_payload import PAYLOAD_ENV, RESULT_MARKER, decode_payload
 from ray_jobs.ray_checkpoint_io import RayCheckpointIO
 from trainer.config.schema import ExperimentConfig
-from trainer.loop import Trainer
+from trainer.tracking import timeline
 
-RESULT_MARKER = "REASONDISTILL_RESULT "
-# The config travels in the job's environment (base64 JSON): no quoting, no shared files, and no
-# multi-kilobyte entrypoint echoed into the job log.
-PAYLOAD_ENV = "REASONDISTILL_JOB_PAYLOAD"
-PayloadT = TypeVar("PayloadT", bound=BaseModel)
 LAUNCH_ID = uuid.uuid4().hex  # this driver process: Ray Train restarts inside it share it, a re-submission does not
 
 
-def encode_payload(payload: BaseModel) -> str:
-    return base64.urlsafe_b64encode(payload.model_dump_json().encode()).decode()
-
-
-def decode_payload(kind: type[PayloadT], blob: str) -> PayloadT:
-    return kind.model_validate_json(base64.urlsafe_b64decode(blob.encode()))
-
-
 def _train_worker(loop_config: dict[str, Any]) -> None:
+    # Imported here, in the workers only: the job driver (and the submitter, which imports this module's
+    # names) never touch DeepSpeed or transformers, which would cost them seconds of start-up.
+    from trainer.loop import Trainer
+
     cfg = ExperimentConfig.model_validate(loop_config["config"])
+    if ray.train.get_context().get_world_rank() == 0:
+        timeline.mark("worker.process", at=timeline.process_start_time(), run=cfg.run.name)
+        timeline.mark("worker.start", run=cfg.run.name)
     trainer = Trainer(
         cfg,
         RayCheckpointIO(),
@@ -83,10 +77,15 @@ def run_training_job(
             failure_config=FailureConfig(max_failures=cfg.run.max_failures),
         ),
     )
-    return dict(trainer.fit().metrics)
+    timeline.mark("driver.fit", run=cfg.run.name)
+    metrics = dict(trainer.fit().metrics)
+    timeline.mark("driver.fitted", run=cfg.run.name)
+    return metrics
 
 
 def main() -> None:
+    timeline.mark("driver.process", at=timeline.process_start_time())
+    timeline.mark("driver.start")
     cfg = decode_payload(ExperimentConfig, os.environ[PAYLOAD_ENV])
     try:
         metrics = run_training_job(cfg)

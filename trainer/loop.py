@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import random
 import shutil
 import time
 from dataclasses import asdict, dataclass, field
@@ -20,18 +19,26 @@ from trainer.checkpoint_shard import load_rank_state, save_rank_state, seal
 from trainer.config.loader import flatten
 from trainer.config.schema import ExperimentConfig
 from trainer.data.example import DataError, QAExample
+from trainer.data.feature_cache import CachedFeatures, examples_digest, load_or_build
 from trainer.data.formatting import tokenizer_corpus
 from trainer.data.rationales import answer_leakage
 from trainer.data.registry import DatasetSplits, load_splits
 from trainer.evaluation.evaluator import EvalResult, EvalSettings
 from trainer.failpoints import failpoint
-from trainer.methods.base import Features, Method
+from trainer.methods.base import Method
 from trainer.methods.registry import method_class
 from trainer.model_selection import replace_dir, restore_selected, stash_selected
 from trainer.models.factory import build_model_config, build_tokenizer, count_parameters, model_hidden_size
 from trainer.models.presets import weights_tags
 from trainer.strategy.deepspeed_strategy import DeepSpeedStrategy
-from trainer.tracking.mlflow_tracker import FINAL_MODEL_ARTIFACT_PATH, Tracker, create_tracker, resolve_tracking_uri
+from trainer.tracking import timeline
+from trainer.tracking.mlflow_tracker import (
+    FINAL_MODEL_ARTIFACT_PATH,
+    Tracker,
+    create_tracker,
+    huggingface_input,
+    resolve_tracking_uri,
+)
 
 
 @dataclass
@@ -73,10 +80,16 @@ def build_trained_model(method: Method, model_config: PretrainedConfig, strategy
         return method.build_model(model_config)
 
 
-def build_features(method: Method, examples: list[QAExample], seed: int) -> list[Features]:
-    rng = random.Random(seed)
-    features = [f for ex in examples for f in method.train_features(ex, rng)]
-    if not features:
+def feature_cache_dir(cfg: ExperimentConfig) -> Path:
+    return Path(cfg.data.feature_cache_dir or Path(cfg.run.output_dir) / "cache" / "features")
+
+
+def build_features(method: Method, examples: list[QAExample], cfg: ExperimentConfig) -> CachedFeatures:
+    """The training features, built once per fingerprint (examples, method, tokenizer, lengths; the seed when the
+    method draws at random) and loaded from the node's Arrow cache by every later rank, stage, seed or resubmission."""
+    fingerprint = {**method.feature_fingerprint(), "examples": examples_digest(examples)}
+    features = load_or_build(feature_cache_dir(cfg), fingerprint, examples, method.train_features, cfg.run.seed)
+    if not len(features):
         raise DataError(
             f"method {method.name!r} found no usable training example: data.rationale_source="
             f"{method.cfg.data.rationale_source!r} gives no rationale for dataset {method.cfg.data.dataset!r}"
@@ -109,6 +122,7 @@ class Trainer:
         """What training and evaluation share: process group, data, tokenizer, method, model architecture."""
         cfg, strategy = self.cfg, self.strategy
         strategy.setup_distributed()
+        self._mark("worker.fit")
         splits = load_splits(cfg.data, cfg.run.seed)
         method_cls = method_class(cfg)
         tracking_uri = resolve_tracking_uri(cfg.tracking)
@@ -173,14 +187,16 @@ class Trainer:
     def fit(self) -> TrainingResult:
         cfg, strategy = self.cfg, self.strategy
         splits, method, model_config = self._prepare()
-        features = build_features(method, splits.train, cfg.run.seed)
+        features = build_features(method, splits.train, cfg)
+        self._mark("worker.features")
         model = build_trained_model(method, model_config, strategy)
         num_parameters = count_parameters(model)
         engine = strategy.prepare(model, method.auxiliary_modules())
         method.prepare_evaluation(strategy, splits.dev)
+        self._mark("worker.engine")
 
         sampler = DistributedSampler(
-            features,
+            features.dataset,
             num_replicas=strategy.world_size,
             rank=strategy.rank,
             shuffle=True,
@@ -188,7 +204,7 @@ class Trainer:
             drop_last=len(features) >= strategy.world_size,
         )
         loader = DataLoader(
-            features,
+            features.dataset,
             batch_size=cfg.optim.micro_batch_size,
             sampler=sampler,
             collate_fn=method.collate,
@@ -209,13 +225,24 @@ class Trainer:
             tracker.record_restart(resumed_from, self.launch_id)
         if resumed_from == 0:
             self._log_run_setup(tracker, len(splits.train), len(features), len(splits.dev), num_parameters)
+            tracker.log_input(
+                huggingface_input(
+                    features.dataset,
+                    name=f"{cfg.data.dataset}-{method.name}-train",
+                    digest=features.digest,
+                    source=str(features.path),
+                ),
+                "training",
+            )
             self._log_inputs(tracker, method)
             if method.uses_rationales:
                 tracker.log_metrics(answer_leakage(splits.train, cfg.data.rationale_source, cfg.run.seed), step=0)
 
         eval_result = self._train(engine, method, loader, sampler, splits.dev, state, tracker)
+        self._mark("worker.trained")
         if eval_result is None:  # resumed at max_steps, or the last step was not an eval step
             eval_result = self._evaluate(engine, method, splits.dev)
+        self._mark("worker.evaluated")
         final_selected = state.offer(eval_result.selection_score, always=not cfg.run.eval_every)
         final_dir = self.export_dir if final_selected else self.final_export_dir
         self._export(engine, method, final_dir)
@@ -245,6 +272,7 @@ class Trainer:
             staging,
         )
         tracker.finish()
+        self._mark("worker.exported")
         rank_zero = strategy.is_rank_zero
         return TrainingResult(
             state.global_step,
@@ -281,6 +309,10 @@ class Trainer:
         strategy.barrier()
         seal(staging, strategy.rank, strategy.world_size)
         return staging
+
+    def _mark(self, event: str) -> None:
+        if self.strategy.is_rank_zero:
+            timeline.mark(event, run=self.cfg.run.name)
 
     def _log_run_setup(self, tracker: Tracker, n_examples: int, n_features: int, n_dev: int, n_params: int) -> None:
         tracker.log_params(
@@ -333,6 +365,7 @@ class Trainer:
         tracker: Tracker,
     ) -> EvalResult | None:
         cfg, strategy = self.cfg, self.strategy
+        first_step = state.global_step + 1
         accumulation = cfg.optim.gradient_accumulation_steps
         micro_done = state.global_step * accumulation
         epoch, skip = divmod(micro_done, len(loader))
@@ -356,6 +389,8 @@ class Trainer:
                 state.global_step += 1
                 last_eval = None
                 step = state.global_step
+                if step == first_step:
+                    self._mark("worker.first_step")
                 failpoint("train.step", step=step, rank=strategy.rank, run=cfg.run.name)
                 if step % cfg.tracking.log_every == 0 or step == cfg.optim.max_steps:
                     elapsed = time.perf_counter() - window_start

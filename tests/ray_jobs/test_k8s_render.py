@@ -12,12 +12,12 @@ from pathlib import Path
 import pytest
 import yaml
 
+from ray_jobs.job_payload import PAYLOAD_ENV, decode_payload
 from ray_jobs.k8s.__main__ import main
 from ray_jobs.k8s.lint import lint_document
 from ray_jobs.k8s.render import render
 from ray_jobs.k8s.validation import validate_document
 from ray_jobs.pipeline import PipelinePlan
-from ray_jobs.train_job import PAYLOAD_ENV, decode_payload
 from trainer.config import ConfigError, ExperimentConfig
 
 REPO_ROOT = Path(__file__).resolve().parents[2]

@@ -5,10 +5,12 @@ import os
 import re
 import subprocess
 import sys
+import uuid
 from pathlib import Path
 
 import mlflow
 import pandas as pd
+import psutil
 import pytest
 
 from ray_jobs.local_cluster import LocalRayHead
@@ -18,17 +20,31 @@ from trainer.data.registry import load_splits
 
 pytestmark = pytest.mark.slow
 REPO_ROOT = Path(__file__).resolve().parents[2]
+PROCESS_TAG = "REASONDISTILL_TEST_PROCESS_TAG"
 
 
-def submit(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
+def submit(args: list[str], cwd: Path, tag: str = "") -> subprocess.CompletedProcess:
+    """The submitter as a user runs it; `tag` marks its environment, which every process it starts inherits."""
     return subprocess.run(
         [sys.executable, "-m", "ray_jobs.submit", *args],
         cwd=cwd,
         capture_output=True,
         text=True,
         timeout=900,
-        env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO_ROOT)},
+        env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO_ROOT), PROCESS_TAG: tag},
     )
+
+
+def tagged_processes(tag: str) -> list[str]:
+    """Live processes (not zombies) whose environment carries `tag`: what a submit left running."""
+    found = []
+    for proc in psutil.process_iter(["pid", "cmdline", "status"]):
+        try:
+            if proc.info["status"] != psutil.STATUS_ZOMBIE and proc.environ().get(PROCESS_TAG) == tag:
+                found.append(f"{proc.info['pid']}: {' '.join(proc.info['cmdline'] or [])[:200]}")
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            continue
+    return found
 
 
 def test_ray_job_trains_tracks_exports_and_resumes(shared_data: Path, tmp_path: Path) -> None:
@@ -47,10 +63,13 @@ def test_ray_job_trains_tracks_exports_and_resumes(shared_data: Path, tmp_path: 
         "tracking.experiment=e2e",
         "run.name=e2e",
     ]
-    # 1) No address: the submitter starts a local head, runs the job, stops the head.
-    first = submit(overrides, tmp_path)
+    # 1) No address: the submitter starts a local head, runs the job, stops the head, and no Ray process of it
+    # (GCS, raylet, dashboard, workers, the job driver) outlives the submitter.
+    tag = uuid.uuid4().hex
+    first = submit(overrides, tmp_path, tag)
     assert first.returncode == 0, first.stdout[-4000:] + first.stderr[-4000:]
     assert "starting a local Ray head" in first.stdout and "local Ray head stopped" in first.stdout
+    assert tagged_processes(tag) == []
     assert "==== ReasonDistill result ====" in first.stdout
     tracking_uri = f"sqlite:///{tmp_path / 'mlflow.db'}"  # the default store lands in the submitter's cwd
     client = mlflow.MlflowClient(tracking_uri)

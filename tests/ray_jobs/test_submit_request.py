@@ -1,14 +1,17 @@
-"""What `ray_jobs.submit` sends: `ds.zero_stage=auto` is resolved before submission, for runs and pipelines."""
+"""What `ray_jobs.submit` sends (`ds.zero_stage=auto` resolved before submission, for runs and pipelines), and how
+little the submitter and the job drivers import."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
+from ray_jobs.job_payload import PAYLOAD_ENV, decode_payload
 from ray_jobs.pipeline import PipelinePlan
 from ray_jobs.submit import build_request, job_env
-from ray_jobs.train_job import PAYLOAD_ENV, decode_payload
 from trainer.config import ConfigError, ExperimentConfig
 
 CONFIGS = Path(__file__).resolve().parents[2] / "ray_jobs" / "configs"
@@ -64,3 +67,17 @@ def test_credentials_never_enter_the_job_env(tmp_path: Path, monkeypatch: pytest
     request = build_request([str(CONFIGS / "demo.yaml")])
     env = job_env(False, request)
     assert "MLFLOW_TRACKING_TOKEN" not in env and PAYLOAD_ENV in env
+
+@pytest.mark.parametrize(
+    ("module", "absent"),
+    [
+        ("ray_jobs.submit", ("torch", "transformers", "deepspeed", "datasets")),
+        ("ray_jobs.train_job", ("transformers", "deepspeed", "datasets")),  # Ray Train's torch backend needs torch
+        ("ray_jobs.pipeline_job", ("transformers", "deepspeed", "datasets")),
+    ],
+)
+def test_submitter_and_job_drivers_stay_import_light(module: str, absent: tuple[str, ...]) -> None:
+    """Seconds of start-up on every submit and every job: only the training workers import the ML stack."""
+    probe = f"import sys, {module}; print(' '.join(m for m in {absent!r} if m in sys.modules))"
+    loaded = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True, timeout=120)
+    assert loaded.stdout.strip() == ""

@@ -67,6 +67,11 @@ class DataConfig(_Section):
     )
     verifier_model: str | None = Field(default=None, description="seq2seq verifier: HF name, path or runs:/ URI")
     synthetic_seed: int = Field(default=0, description="world seed of the `synthetic` and `synthetic_kb` datasets")
+    feature_cache_dir: str | None = Field(
+        default=None,
+        description="tokenised training features shared by every run on a node (built once per dataset, method, "
+        "tokenizer and lengths); default <run.output_dir>/cache/features",
+    )
 
     @model_validator(mode="after")
     def _verifier_needs_a_model(self) -> DataConfig:

@@ -215,6 +215,11 @@ class KnowledgeBase:
     def key(self) -> str:
         return str(self.manifest["key"])
 
+    @property
+    def version(self) -> str:
+        """This build of the dataset (its key and build time): a rebuild at the same path is a new version."""
+        return hashlib.sha256(json.dumps(self.manifest, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
     def lookup(self, ids: Sequence[str]) -> list[Passage]:
         return [self.passages[i] for i in ids]
 

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import inspect
 import random
 from abc import ABC, abstractmethod
+from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
@@ -14,6 +16,7 @@ from transformers.modeling_outputs import BaseModelOutput
 from trainer.config.schema import ExperimentConfig
 from trainer.data.collate import pad_batch
 from trainer.data.example import QAExample
+from trainer.data.feature_cache import source_digest, tokenizer_digest
 from trainer.data.formatting import format_choice, parse_choice
 from trainer.data.rationales import select_rationales
 from trainer.evaluation.evaluator import EvalResult, EvalSettings, evaluate
@@ -24,6 +27,18 @@ from trainer.tracking.mlflow_tracker import SEQ2SEQ_PYFUNC, PyfuncSpec
 
 Features = dict[str, Any]
 Batch = dict[str, torch.Tensor]
+# Data settings a method's features are built from (the examples themselves are fingerprinted by the cache).
+FEATURE_DATA_FIELDS = (
+    "dataset",
+    "max_input_length",
+    "max_rationale_length",
+    "max_target_length",
+    "rationale_source",
+    "rationale_filter",
+    "keep_unstated_rationales",
+    "verifier_model",
+)
+DATA_PACKAGE = Path(__file__).resolve().parents[1] / "data"
 
 
 class Method(ABC):
@@ -93,6 +108,21 @@ class Method(ABC):
     @abstractmethod
     def train_features(self, example: QAExample, rng: random.Random) -> list[Features]:
         """Zero or more training features for one example (zero: it lacks what the method needs)."""
+
+    def feature_fingerprint(self) -> dict[str, Any]:
+        """Everything `train_features` depends on besides the examples and the seed (trainer.data.feature_cache
+        adds those): the method, the data settings that shape features, the tokenizer's identity and the code
+        that builds them. A method whose features read more (KARD: its knowledge dataset) extends this dict.
+        Conservative: the whole method section counts, so an unrelated knob (a loss weight) only costs a rebuild."""
+        data = self.cfg.data
+        code = [Path(inspect.getfile(c)) for c in type(self).__mro__ if c.__module__.startswith("trainer.")]
+        return {
+            "method": self.name,
+            "method_config": self.cfg.method.model_dump(mode="json"),  # prompts, lengths, passages per example, ...
+            "data": {field: getattr(data, field) for field in FEATURE_DATA_FIELDS if field in type(data).model_fields},
+            "tokenizer": tokenizer_digest(self.tokenizer),
+            "code": source_digest([*code, *DATA_PACKAGE.glob("*.py")]),
+        }
 
     @abstractmethod
     def eval_features(self, example: QAExample) -> Features:

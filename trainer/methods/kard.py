@@ -101,6 +101,10 @@ class KardStudent(FinetuneIRO):
             features.append({"input_ids": input_ids, "attention_mask": [1] * len(input_ids), "labels": labels})
         return features
 
+    def feature_fingerprint(self) -> dict[str, Any]:
+        """Training features read the knowledge dataset: its version is part of their identity."""
+        return {**super().feature_fingerprint(), "knowledge": self.knowledge.version if self.knowledge else None}
+
     def eval_features(self, example: QAExample) -> Features:
         input_ids = self.prompt_ids(example, self.dev_passages.get(example.id, []))
         return {"input_ids": input_ids, "attention_mask": [1] * len(input_ids)}

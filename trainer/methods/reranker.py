@@ -143,6 +143,10 @@ class KardReranker(Method):
             )
         return features
 
+    def feature_fingerprint(self) -> dict[str, Any]:
+        """Training features read the knowledge dataset: its version is part of their identity."""
+        return {**super().feature_fingerprint(), "knowledge": self.knowledge.version if self.knowledge else None}
+
     def eval_features(self, example: QAExample) -> Features:
         return {"query_input_ids": self._query_ids(example)}
 

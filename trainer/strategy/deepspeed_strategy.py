@@ -26,6 +26,7 @@ from trainer.strategy.ds_config import (
     load_template,
     resolve_inference_config,
     resolve_training_config,
+    size_buckets,
 )
 
 CLIENT_STATE_KEY = "reasondistill"
@@ -152,7 +153,8 @@ class DeepSpeedStrategy:
         return ResolveContext(world_size=self.world_size, hidden_size=hidden_size, on_gpu=self.on_gpu)
 
     def configure(self, hidden_size: int) -> dict[str, Any]:
-        """Resolve the training template; done before the model exists so ZeRO-3 can partition at build."""
+        """Resolve the training template; done before the model exists so ZeRO-3 can partition at build.
+        The bucket sizes stay "auto" (DeepSpeed's defaults, should anything read them) until `prepare`."""
         template, _ = load_template(self.cfg.ds.template)
         self.resolved_config = resolve_training_config(
             template, self.cfg.ds, self.cfg.optim, self._context(hidden_size)
@@ -198,6 +200,9 @@ class DeepSpeedStrategy:
                 raise ValueError(f"auxiliary module name {name!r} clashes with an attribute of the model")
             model.add_module(name, module)
         self.auxiliary_names = tuple(auxiliary or ())
+        # Counted after the auxiliary modules joined: their gradients travel in the same buckets.
+        trainable = sum(getattr(p, "ds_numel", p.numel()) for p in model.parameters() if p.requires_grad)
+        self.resolved_config = size_buckets(self.resolved_config, trainable)
         engine, *_ = deepspeed.initialize(
             model=model,
             model_parameters=[p for p in model.parameters() if p.requires_grad],

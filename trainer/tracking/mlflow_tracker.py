@@ -8,9 +8,10 @@ import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import mlflow
+import mlflow.data
 import pandas as pd
 from mlflow.data.dataset import Dataset
 from mlflow.entities import DatasetInput, InputTag, Param, RunStatus
@@ -23,6 +24,9 @@ from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
 from trainer.config.schema import TrackingConfig
 from trainer.tracking.metric_buffer import MetricBuffer
 from trainer.tracking.redaction import redact_text, redact_value
+
+if TYPE_CHECKING:
+    import datasets
 
 DEFAULT_EXPERIMENT = "reasondistill"
 MODEL_ARTIFACT_PATH = "model"  # the selected model: what later stages and users load
@@ -69,6 +73,11 @@ def resolve_tracking_uri(cfg: TrackingConfig) -> str:
 
 def resolve_experiment(cfg: TrackingConfig) -> str:
     return cfg.experiment or os.environ.get("MLFLOW_EXPERIMENT_NAME") or DEFAULT_EXPERIMENT
+
+
+def huggingface_input(dataset: datasets.Dataset, name: str, digest: str, source: str) -> Dataset:
+    """A Hugging Face dataset as an MLflow dataset for `log_input` (name, digest, schema and row count in the UI)."""
+    return mlflow.data.from_huggingface(dataset, name=name, digest=digest, source=source)
 
 
 def _local_artifact_root(tracking_uri: str) -> str | None:
@@ -190,7 +199,7 @@ class MLflowTracker:
         self.client.log_table(self.run_id, data=pd.DataFrame(rows), artifact_file=artifact_file)
 
     def log_input(self, dataset: Dataset, context: str) -> None:
-        """Record a dataset as this run's input (the UI's Dataset column), e.g. KARD's knowledge dataset."""
+        """Record a dataset as this run's input (the UI's Dataset column): the training features, KARD's knowledge."""
         tags = [InputTag(MLFLOW_DATASET_CONTEXT, context)]
         self.client.log_inputs(self.run_id, datasets=[DatasetInput(dataset._to_mlflow_entity(), tags)])
 

@@ -6,21 +6,25 @@ import pytest
 from trainer.config import load_config
 from trainer.strategy.ds_config import (
     DS_CONFIG_DIR,
+    MAX_BUCKET_ELEMENTS,
     DeepSpeedConfigError,
     ResolveContext,
     assert_no_auto,
     load_template,
     resolve_inference_config,
     resolve_training_config,
+    size_buckets,
+    zero_bucket_elements,
 )
 
 CTX = ResolveContext(world_size=4, hidden_size=64, on_gpu=False)
+TINY_MODEL_PARAMETERS = 529_411
 
 
-def resolve(*overrides: str, ctx: ResolveContext = CTX) -> dict:
+def resolve(*overrides: str, ctx: ResolveContext = CTX, parameters: int = TINY_MODEL_PARAMETERS) -> dict:
     cfg = load_config(overrides=list(overrides))
     template, _ = load_template(cfg.ds.template)
-    return resolve_training_config(template, cfg.ds, cfg.optim, ctx)
+    return size_buckets(resolve_training_config(template, cfg.ds, cfg.optim, ctx), parameters)
 
 
 @pytest.mark.parametrize("name", ["zero1", "zero2", "zero3"])
@@ -41,11 +45,32 @@ def test_all_shipped_templates_are_valid_json() -> None:
         json.loads(path.read_text())
 
 
-def test_zero_buckets_follow_hidden_size() -> None:
+def test_buckets_hold_the_whole_model_up_to_the_cap() -> None:
+    for name in ("zero1", "zero2"):
+        zero = resolve(f"ds.template={name}")["zero_optimization"]
+        # One reduce and one all-gather per step: the bucket holds every trainable parameter (rounded up to even).
+        assert zero["reduce_bucket_size"] == zero["allgather_bucket_size"] == TINY_MODEL_PARAMETERS + 1
+    t5_3b = resolve("ds.template=zero2", parameters=2_851_598_336)["zero_optimization"]
+    assert t5_3b["reduce_bucket_size"] == t5_3b["allgather_bucket_size"] == MAX_BUCKET_ELEMENTS
+    assert [zero_bucket_elements(n) for n in (0, 1, 2, 7)] == [2, 2, 2, 8]
+
+
+def test_training_config_leaves_only_bucket_sizes_for_the_model() -> None:
+    cfg = load_config(overrides=["ds.template=zero2"])
+    template, _ = load_template(cfg.ds.template)
+    before_model = resolve_training_config(template, cfg.ds, cfg.optim, CTX)
+    assert before_model["zero_optimization"]["reduce_bucket_size"] == "auto"
+    with pytest.raises(DeepSpeedConfigError, match="reduce_bucket_size"):
+        assert_no_auto(before_model)
+    assert_no_auto(size_buckets(before_model, 1000))
+
+
+def test_zero3_prefetch_and_persistence_follow_hidden_size() -> None:
     zero = resolve("ds.template=zero3")["zero_optimization"]
-    assert zero["reduce_bucket_size"] == 64 * 64
+    assert zero["reduce_bucket_size"] == TINY_MODEL_PARAMETERS + 1
     assert zero["stage3_prefetch_bucket_size"] == int(0.9 * 64 * 64)
     assert zero["stage3_param_persistence_threshold"] == 640
+    assert "allgather_bucket_size" not in zero
     assert "offload_param" not in zero and "offload_optimizer" not in zero
 
 

@@ -1,0 +1,505 @@
+"""Performance benchmark: the DeepSpeed strategy against plain torch DDP, Ray's overhead split into its parts,
+evaluation throughput. Writes <out>/results.md and <out>/results.json.
+
+    python -m ray_jobs.benchmarks.perf                                   # ~12 min on 2 CPU cores
+    python -m ray_jobs.benchmarks.perf --quick --out /tmp/perf           # ~3 min: t5-tiny, fewer cases
+
+Parts (each figure measured side by side in one run, so machine noise cancels in the ratios):
+- steps: `ray_jobs.benchmarks.perf_steps time` under torchrun (2 ranks, gloo), the strategy's ZeRO-1/2/3 and
+  ZeRO-3 with parameter offload against a DDP loop kept alive in the same processes, blocks alternating; also the
+  buckets the resolver used before (hidden_size²) and ZeRO-3 with DeepSpeed's own prefetch defaults; per preset;
+- memory: peak RSS per rank of each loop, each in fresh processes;
+- hf: transformers' Seq2SeqTrainer on the strategy's resolved ZeRO-2 config, between two DDP blocks;
+- eval: examples/s of greedy generation and of choice scoring (one process, the evaluator's own functions);
+- ray: a 3-stage pipeline submitted with `ray_jobs.submit` on a fresh local head, with timeline markers
+  (trainer.tracking.timeline) splitting its wall time into head start, submit → driver, driver → worker group,
+  per-stage set-up, training, evaluation, export + MLflow logging, and head stop.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shlex
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from trainer.tracking.timeline import TIMELINE_ENV, parse_marks
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+WORLD_SIZE = 2
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What one benchmark run measures; `quick` keeps it to a few minutes."""
+
+    step_cases: dict[str, list[str]]  # preset -> strategy loops timed against DDP
+    rounds: dict[str, int]  # preset -> alternating blocks
+    steps: dict[str, int]  # preset -> steps per block
+    memory_preset: str
+    memory_loops: list[str]
+    hf_preset: str | None
+    eval_examples: int
+    ray_steps: int
+    ray_stages: int
+
+    @classmethod
+    def build(cls, quick: bool) -> Plan:
+        if quick:
+            return cls(
+                step_cases={"t5-tiny": ["zero1", "zero2", "zero3"]},
+                rounds={"t5-tiny": 3},
+                steps={"t5-tiny": 5},
+                memory_preset="t5-tiny",
+                memory_loops=["ddp", "zero2"],
+                hf_preset=None,
+                eval_examples=32,
+                ray_steps=4,
+                ray_stages=2,
+            )
+        main_loops = [
+            "zero1",
+            "zero2",
+            "zero3",
+            "zero3-offload-param",
+            "zero1-hidden2-buckets",
+            "zero2-hidden2-buckets",
+            "zero3-deepspeed-defaults",
+        ]
+        return cls(
+            step_cases={"t5-tiny": ["zero1", "zero2", "zero3"], "t5-mini": main_loops, "t5-small": ["zero2", "zero3"]},
+            rounds={"t5-tiny": 4, "t5-mini": 4, "t5-small": 2},
+            steps={"t5-tiny": 8, "t5-mini": 8, "t5-small": 3},
+            memory_preset="t5-mini",
+            memory_loops=["ddp", "zero1", "zero2", "zero3", "zero3-offload-param"],
+            hf_preset="t5-mini",
+            eval_examples=128,
+            ray_steps=30,
+            ray_stages=3,
+        )
+
+
+# ---- two-rank step timing -------------------------------------------------------------------------------------
+def _env(**extra: str) -> dict[str, str]:
+    python_path = os.pathsep.join(p for p in (str(REPO_ROOT), os.environ.get("PYTHONPATH")) if p)
+    return {
+        **os.environ,
+        "OMP_NUM_THREADS": "1",
+        "TOKENIZERS_PARALLELISM": "false",
+        "DS_ACCELERATOR": "cpu",
+        "MLFLOW_DISABLE_TELEMETRY": "true",
+        "DO_NOT_TRACK": "true",
+        "PYTHONPATH": python_path,
+        **extra,
+    }
+
+
+def run_ranks(args: list[str], out: Path, log: Path, timeout_s: float = 900) -> dict[str, Any]:
+    """`perf_steps` on two torchrun ranks; returns rank 0's JSON, or {"error": ...} with the log's tail."""
+    command = [
+        str(Path(sys.executable).with_name("torchrun")),
+        "--standalone",
+        "--nproc-per-node",
+        str(WORLD_SIZE),
+        "-m",
+        "ray_jobs.benchmarks.perf_steps",
+        *args,
+        "--out",
+        str(out),
+    ]
+    with log.open("w") as handle:
+        proc = subprocess.run(command, stdout=handle, stderr=subprocess.STDOUT, timeout=timeout_s, env=_env())
+    if proc.returncode != 0 or not out.is_file():
+        return {"error": f"exit {proc.returncode}: " + log.read_text()[-1500:]}
+    return json.loads(out.read_text())
+
+
+def measure_steps(plan: Plan, work: Path) -> list[dict[str, Any]]:
+    results = []
+    for preset, loops in plan.step_cases.items():
+        print(f"[perf] steps: {preset} DDP vs {', '.join(loops)}", flush=True)
+        args = ["time", "--shape", preset, "--loops", ",".join(loops)]
+        args += ["--rounds", str(plan.rounds[preset]), "--steps", str(plan.steps[preset])]
+        timing = run_ranks(args, work / f"steps-{preset}.json", work / f"steps-{preset}.log")
+        results.append({"shape": preset, **timing})
+    return results
+
+
+def measure_memory(plan: Plan, work: Path) -> list[dict[str, Any]]:
+    results = []
+    for loop in plan.memory_loops:
+        print(f"[perf] memory: {plan.memory_preset} {loop}", flush=True)
+        name = f"memory-{plan.memory_preset}-{loop}"
+        args = ["memory", "--shape", plan.memory_preset, "--loop", loop, "--steps", "3"]
+        results.append({"loop": loop, **run_ranks(args, work / f"{name}.json", work / f"{name}.log")})
+    return results
+
+
+def measure_hf(plan: Plan, work: Path) -> dict[str, Any] | None:
+    if plan.hf_preset is None:
+        return None
+    print(f"[perf] HF Seq2SeqTrainer: {plan.hf_preset}", flush=True)
+    args = ["hf", "--shape", plan.hf_preset, "--rounds", "2", "--steps", "8"]
+    return run_ranks(args, work / "hf.json", work / "hf.log")
+
+
+# ---- evaluation throughput ------------------------------------------------------------------------------------
+def measure_eval(plan: Plan, work: Path) -> list[dict[str, Any]]:
+    """Answer-only (ft_io) and rationale-then-answer (ft_iro) outputs: their generation budgets differ ~30x."""
+    return [eval_throughput(plan, work, method) for method in ("ft_io", "ft_iro")]
+
+
+def eval_throughput(
+    plan: Plan, work: Path, method_name: str, preset: str = "t5-mini", batch_size: int = 32
+) -> dict[str, Any]:
+    """Greedy generation and choice scoring timed apart on the same batches, with the evaluator's own calls, in
+    this process (one rank: evaluation shards examples across ranks without communicating until the end). The
+    model is randomly initialised, so generation runs to its full budget: the worst case of a trained model."""
+    import torch
+
+    from trainer.config import load_config
+    from trainer.data.formatting import tokenizer_corpus
+    from trainer.data.registry import load_splits
+    from trainer.evaluation.choice_scoring import score_choices
+    from trainer.evaluation.evaluator import _decode, _fresh
+    from trainer.methods.registry import method_class
+    from trainer.models.factory import build_model, build_model_config, build_tokenizer
+
+    print(f"[perf] eval: {preset} {method_name}, {plan.eval_examples} examples", flush=True)
+    torch.set_num_threads(1)
+    cfg = load_config(
+        overrides=[
+            f"model.name={preset}",
+            "data.dataset=synthetic",
+            f"data.max_dev_examples={plan.eval_examples}",
+            f"method.name={method_name}",
+            f"run.output_dir={work / 'eval'}",
+        ]
+    )
+    splits = load_splits(cfg.data, cfg.run.seed)
+    tokenizer = build_tokenizer(cfg.model, lambda: tokenizer_corpus(splits.train), broadcast=lambda x: x)
+    method = method_class(cfg)(cfg, tokenizer)
+    torch.manual_seed(0)
+    model = build_model(cfg.model, build_model_config(cfg.model, tokenizer)).eval()
+    dev = splits.dev
+    timings = {"encoder": 0.0, "generation": 0.0, "choice_scoring": 0.0}
+    generated_tokens = 0
+    with torch.no_grad():
+        for start in range(0, len(dev), batch_size):
+            examples = dev[start : start + batch_size]
+            batch = method.collate([method.eval_features(ex) for ex in examples])
+            began = time.perf_counter()
+            encoder_outputs, mask = method.encoder_pass(model, batch)
+            encoded = time.perf_counter()
+            output = model.generate(
+                encoder_outputs=_fresh(encoder_outputs),
+                attention_mask=mask,
+                do_sample=False,
+                max_new_tokens=method.max_new_tokens(),
+            )
+            generated = time.perf_counter()
+            greedy = _decode(method, output)
+            prefixes = [method.encode_plain(method.scoring_prefix(text)) for text in greedy]
+            choices = [method.choice_continuations(ex) for ex in examples]
+            scored_from = time.perf_counter()
+            score_choices(model, encoder_outputs, mask, prefixes, choices)
+            scored = time.perf_counter()
+            timings["encoder"] += encoded - began
+            timings["generation"] += generated - encoded
+            timings["choice_scoring"] += scored - scored_from
+            generated_tokens += int(output.shape[0] * (output.shape[1] - 1))
+    n = len(dev)
+    return {
+        "preset": preset,
+        "method": cfg.method.name,
+        "examples": n,
+        "batch_size": batch_size,
+        "max_new_tokens": method.max_new_tokens(),
+        "choices_per_example": statistics.mean(len(ex.choices) for ex in dev),
+        "seconds": timings,
+        "generation_examples_per_s": n / timings["generation"],
+        "choice_scoring_examples_per_s": n / timings["choice_scoring"],
+        "encoder_examples_per_s": n / timings["encoder"],
+        "generated_tokens_per_s": generated_tokens / timings["generation"],
+    }
+
+
+# ---- Ray overhead ---------------------------------------------------------------------------------------------
+def ray_pipeline(plan: Plan) -> dict[str, Any]:
+    """ft_io, ft_ior and (full plan) ft_io again under another seed: its features come from the cache."""
+    stages: list[dict[str, Any]] = [
+        {"name": "ft_io", "overrides": {"method": {"name": "ft_io"}}},
+        {"name": "ft_io_seed1", "overrides": {"method": {"name": "ft_io"}, "run": {"seed": 1}}},
+        {"name": "ft_ior", "overrides": {"method": {"name": "ft_ior"}}},
+    ][: plan.ray_stages]
+    return {
+        "pipeline": {
+            "name": "perf",
+            "base": {
+                "model": {"name": "t5-tiny", "tokenizer_vocab_size": 400},
+                "data": {
+                    "dataset": "synthetic",
+                    "rationale_source": "llm_first",
+                    "max_dev_examples": 32,
+                    "max_input_length": 64,
+                    "max_rationale_length": 48,
+                    "max_target_length": 6,
+                },
+                "optim": {"max_steps": plan.ray_steps, "micro_batch_size": 16, "warmup_steps": 1},
+                "ds": {"template": "zero2"},
+                "run": {"num_workers": WORLD_SIZE, "output_dir": "runs"},
+                "tracking": {"experiment": "perf", "log_every": 10},
+            },
+            "stages": stages,
+        }
+    }
+
+
+def measure_ray(plan: Plan, work: Path) -> dict[str, Any]:
+    """Submit the pipeline on a fresh local head (no --address), marks on; the phases come from one clock."""
+    print(f"[perf] ray: {plan.ray_stages}-stage pipeline, {plan.ray_steps} steps a stage", flush=True)
+    directory = work / "ray"
+    directory.mkdir(parents=True, exist_ok=True)
+    config = directory / "pipeline.yaml"
+    config.write_text(yaml.safe_dump(ray_pipeline(plan)))
+    started = time.time()
+    proc = subprocess.run(
+        [sys.executable, "-m", "ray_jobs.submit", str(config)],
+        cwd=directory,
+        capture_output=True,
+        text=True,
+        timeout=1200,
+        env=_env(**{TIMELINE_ENV: "1"}),
+    )
+    ended = time.time()
+    (directory / "submit.log").write_text(proc.stdout + proc.stderr)
+    if proc.returncode != 0:
+        return {"error": f"exit {proc.returncode}: " + (proc.stdout + proc.stderr)[-1500:]}
+    return {"wall_s": ended - started, **ray_phases(parse_marks(proc.stdout.splitlines()), started, ended)}
+
+
+def ray_phases(marks: list[dict[str, Any]], started: float, ended: float) -> dict[str, Any]:
+    """Seconds per phase from the submitter's, the driver's and rank 0's markers (one clock on one machine)."""
+
+    def at(event: str, after: float = 0.0) -> float | None:
+        return next((m["t"] for m in marks if m["event"] == event and m["t"] >= after), None)
+
+    def span(a: float | None, b: float | None) -> float | None:
+        return None if a is None or b is None else b - a
+
+    stage_starts = [m for m in marks if m["event"] == "stage.start"]
+    stages = []
+    for index, start_mark in enumerate(stage_starts):
+        t0 = start_mark["t"]
+        end = at("stage.end", t0)
+        inside = [m for m in marks if t0 <= m["t"] <= (end or ended)]
+
+        def first(event: str, inside: list[dict[str, Any]] = inside) -> float | None:
+            return next((m["t"] for m in inside if m["event"] == event), None)
+
+        # A worker process Ray started before this stage (an idle pooled worker) counts from the stage's start.
+        worker_start = first("worker.start")
+        stages.append(
+            {
+                "stage": start_mark.get("stage", str(index)),
+                "worker_group_s": span(t0, worker_start),
+                "process_group_s": span(worker_start, first("worker.fit")),
+                "data_tokenizer_features_s": span(first("worker.fit"), first("worker.features")),
+                "model_engine_s": span(first("worker.features"), first("worker.engine")),
+                "to_first_step_s": span(first("worker.engine"), first("worker.first_step")),
+                "setup_s": span(t0, first("worker.first_step")),
+                "training_s": span(first("worker.first_step"), first("worker.trained")),
+                "evaluation_s": span(first("worker.trained"), first("worker.evaluated")),
+                "export_mlflow_s": span(first("worker.evaluated"), first("worker.exported")),
+                "teardown_s": span(first("worker.exported"), end),
+                "stage_s": span(t0, end),
+            }
+        )
+    submitter_start = at("submit.process")
+    first_step = at("worker.first_step")
+    return {
+        "head_start_s": span(at("head.start"), at("head.ready")),
+        "submitter_start_s": span(submitter_start, at("head.start")),
+        "submit_to_driver_s": span(at("submit.submitted"), at("driver.process")),
+        "driver_start_s": span(at("driver.process"), at("driver.start")),
+        "driver_to_first_stage_s": span(at("driver.start"), stage_starts[0]["t"] if stage_starts else None),
+        "submit_to_first_step_s": span(at("submit.submitted"), first_step),
+        "command_to_first_step_s": span(submitter_start, first_step),
+        "job_end_to_submitter_s": span(
+            at("stage.end", stage_starts[-1]["t"]) if stage_starts else None, at("submit.job_ended")
+        ),
+        "head_stop_s": span(at("head.stop"), at("head.stopped")),
+        "stages": stages,
+        "marks": len(marks),
+    }
+
+
+# ---- report ---------------------------------------------------------------------------------------------------
+def _num(value: Any, fmt: str = ".0f") -> str:
+    return "—" if value is None else format(value, fmt)
+
+
+def render(result: dict[str, Any]) -> str:
+    lines = [
+        "# Performance benchmark",
+        "",
+        f"Command: `{result['command']}` ({result['wall_s'] / 60:.1f} min, {result['machine']}). Every ratio "
+        "compares steps taken seconds apart in the same two processes (torchrun, gloo, OMP_NUM_THREADS=1), "
+        f"batch {result['batch']} per rank, input {result['input_length']}, target {result['target_length']}, "
+        "torch AdamW everywhere.",
+        "",
+        "## Strategy vs plain DDP",
+        "",
+        "| model | params | loop | ms/step | samples/s | DDP ms/step | vs DDP | buckets |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for shape in result["steps"]:
+        if "error" in shape:
+            lines.append(f"| {shape['shape']} | | error: {shape['error'][:120]!r} | | | | | |")
+            continue
+        for loop in shape["loops"]:
+            zero = loop.get("zero_optimization", {})
+            buckets = ", ".join(f"{k.replace('_bucket_size', '')} {v:,}" for k, v in zero.items() if "bucket" in k)
+            lines.append(
+                f"| {shape['shape']} | {shape['parameters'] / 1e6:.1f}M | {loop['loop']} | {loop['ms_per_step']:.0f} | "
+                f"{loop['samples_per_s']:.0f} | {loop['ddp_ms_per_step']:.0f} | {loop['vs_ddp']:.2f} | {buckets} |"
+            )
+    hf = result.get("hf")
+    if hf:
+        if "error" in hf:
+            lines += ["", f"HF Seq2SeqTrainer (ZeRO-2): did not run here: `{hf['error'][-300:]}`"]
+        else:
+            lines += [
+                "",
+                f"HF `Seq2SeqTrainer` with the same resolved ZeRO-2 config ({hf['shape']}, use_cpu=True): "
+                f"{hf['ms_per_step']:.0f} ms/step, {hf['samples_per_s']:.0f} samples/s, {hf['vs_ddp']:.2f}x DDP "
+                f"({hf['ddp_ms_per_step']:.0f} ms/step).",
+            ]
+    lines += ["", "## Peak RSS per rank", "", "| model | loop | rank 0 MB | rank 1 MB | before the model MB |"]
+    lines += ["|---|---|---|---|---|"]
+    for row in result["memory"]:
+        if "error" in row:
+            lines.append(f"| {result['plan']['memory_preset']} | {row['loop']} | error | | |")
+            continue
+        ranks = row["ranks"]
+        lines.append(
+            f"| {row['shape']} | {row['loop']} | {ranks[0]['peak_rss_mb']:.0f} | {ranks[1]['peak_rss_mb']:.0f} | "
+            f"{ranks[0]['rss_before_mb']:.0f} |"
+        )
+    if result["eval"]:
+        lines += [
+            "",
+            "## Evaluation throughput",
+            "",
+            "One process, randomly initialised t5-mini (generation runs to its full budget), batches of 32; the "
+            "evaluator's greedy generation and its choice scoring (every choice in one decoder pass after the "
+            "generated answer prefix) timed apart on the same batches.",
+            "",
+            "| method | examples | new tokens | generation ex/s | tokens/s | choice scoring ex/s | encoder ex/s |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        for ev in result["eval"]:
+            lines.append(
+                f"| {ev['method']} | {ev['examples']} | ≤{ev['max_new_tokens']} | "
+                f"{ev['generation_examples_per_s']:.0f} | {ev['generated_tokens_per_s']:.0f} | "
+                f"{ev['choice_scoring_examples_per_s']:.0f} | {ev['encoder_examples_per_s']:.0f} |"
+            )
+    ray = result["ray"]
+    lines += ["", "## Ray overhead", ""] if ray else []
+    if ray is None:
+        pass
+    elif "error" in ray:
+        lines.append(f"The Ray run failed: `{ray['error'][-500:]}`")
+    else:
+        lines += [
+            f"`python -m ray_jobs.submit` of a {len(ray['stages'])}-stage pipeline (t5-tiny, ZeRO-2, 2 workers, "
+            f"{result['plan']['ray_steps']} steps a stage) with no address: {ray['wall_s']:.0f} s in all.",
+            "",
+            "| phase | s |",
+            "|---|---|",
+            f"| submitter start-up (interpreter, imports, preflight) | {_num(ray['submitter_start_s'], '.1f')} |",
+            f"| local head start | {_num(ray['head_start_s'], '.1f')} |",
+            f"| submit → job driver process | {_num(ray['submit_to_driver_s'], '.1f')} |",
+            f"| driver start-up (imports) | {_num(ray['driver_start_s'], '.1f')} |",
+            f"| driver → first stage | {_num(ray['driver_to_first_stage_s'], '.1f')} |",
+            f"| **submit → first training step** | **{_num(ray['submit_to_first_step_s'], '.1f')}** |",
+            f"| command → first training step | {_num(ray['command_to_first_step_s'], '.1f')} |",
+            f"| last stage end → submitter sees the job end | {_num(ray['job_end_to_submitter_s'], '.1f')} |",
+            f"| **local head stop** | **{_num(ray['head_stop_s'], '.1f')}** |",
+            "",
+            "| stage | worker group | process group | data + features | model + engine | → first step | "
+            "**set-up** | training | evaluation | export + MLflow | teardown | stage |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        ]
+        for s in ray["stages"]:
+            cells = [
+                s["worker_group_s"], s["process_group_s"], s["data_tokenizer_features_s"], s["model_engine_s"],
+                s["to_first_step_s"],
+            ]  # fmt: skip
+            after = [s[k] for k in ("training_s", "evaluation_s", "export_mlflow_s", "teardown_s", "stage_s")]
+            lines.append(
+                f"| {s['stage']} | {' | '.join(_num(c, '.1f') for c in cells)} | **{_num(s['setup_s'], '.1f')}** | "
+                f"{' | '.join(_num(c, '.1f') for c in after)} |"
+            )
+    lines.append("")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", type=Path, default=Path("bench_results/perf"))
+    parser.add_argument("--quick", action="store_true", help="t5-tiny and the main cases only (~3 min)")
+    parser.add_argument(
+        "--parts", default="steps,memory,hf,eval,ray", help="comma-separated subset of steps,memory,hf,eval,ray"
+    )
+    args = parser.parse_args(argv)
+    from ray_jobs.benchmarks.perf_steps import BATCH, INPUT_LENGTH, TARGET_LENGTH
+
+    plan = Plan.build(args.quick)
+    parts = set(args.parts.split(","))
+    out: Path = args.out.resolve()
+    work = out / "work"
+    work.mkdir(parents=True, exist_ok=True)
+    began = time.monotonic()
+    runners: dict[str, Callable[[Plan, Path], Any]] = {
+        "steps": measure_steps,
+        "memory": measure_memory,
+        "hf": measure_hf,
+        "eval": measure_eval,
+        "ray": measure_ray,
+    }
+    result: dict[str, Any] = {
+        "command": "python -m ray_jobs.benchmarks.perf " + shlex.join(argv if argv is not None else sys.argv[1:]),
+        "machine": f"{os.cpu_count()} CPU cores, {platform.machine()}",
+        "batch": BATCH,
+        "input_length": INPUT_LENGTH,
+        "target_length": TARGET_LENGTH,
+        "plan": plan.__dict__,
+        "steps": [],
+        "memory": [],
+        "hf": None,
+        "eval": None,
+        "ray": None,
+    }
+    for name, run in runners.items():
+        if name in parts:
+            result[name] = run(plan, work)
+    result["wall_s"] = time.monotonic() - began
+    (out / "results.json").write_text(json.dumps(result, indent=2, default=str))
+    (out / "results.md").write_text(render(result))
+    print(f"[perf] wrote {out / 'results.md'} in {result['wall_s'] / 60:.1f} min", flush=True)
+
+
+if __name__ == "__main__":
+    main()

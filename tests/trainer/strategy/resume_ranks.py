@@ -1,0 +1,88 @@
+"""One rank of test_bucket_resume (run by torchrun, gloo): for each ZeRO stage, train four steps straight through,
+and separately train two, checkpoint, rebuild a differently initialised engine, resume and train two more.
+
+Writes, per stage, the resolved bucket sizes, the losses of both runs and the two consolidated exports.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import torch
+
+from trainer.config import load_config
+from trainer.data.formatting import tokenizer_corpus
+from trainer.data.registry import load_splits
+from trainer.models.factory import build_model, build_model_config, build_tokenizer, count_parameters
+from trainer.strategy.deepspeed_strategy import DeepSpeedStrategy
+
+STEPS, RESUME_AT = 4, 2
+
+
+def engine_for(overrides: list[str], init_seed: int):
+    cfg = load_config(overrides=overrides)
+    strategy = DeepSpeedStrategy(cfg)
+    strategy.setup_distributed()
+    splits = load_splits(cfg.data, cfg.run.seed)
+    tokenizer = build_tokenizer(cfg.model, lambda: tokenizer_corpus(splits.train), strategy.broadcast_object)
+    model_config = build_model_config(cfg.model, tokenizer)
+    strategy.configure(model_config.d_model)
+    torch.manual_seed(init_seed)
+    with strategy.partitioned_init(strategy.resolved_config):
+        model = build_model(cfg.model, model_config)
+    parameters = count_parameters(model)
+    return strategy, strategy.prepare(model), tokenizer, parameters
+
+
+def batches(tokenizer, rank: int) -> list[dict[str, torch.Tensor]]:
+    """One batch per rank, different across ranks (the reduced gradients are real averages), repeated each step
+    (so four steps visibly lower the loss)."""
+    generator = torch.Generator().manual_seed(100 + rank)
+    ids = torch.randint(3, tokenizer.vocab_size, (4, 24), generator=generator)
+    labels = torch.randint(3, tokenizer.vocab_size, (4, 6), generator=generator)
+    return [{"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": labels}] * STEPS
+
+
+def train(strategy, engine, data, steps: range) -> list[float]:
+    losses = []
+    for step in steps:
+        loss = engine(**data[step]).loss
+        losses.append(loss.item())
+        strategy.backward_step(engine, loss)
+    return losses
+
+
+def main(out: Path, *overrides: str) -> None:
+    report = {}
+    for stage in (1, 2, 3):
+        stage_overrides = [*overrides, f"ds.template=zero{stage}"]
+        strategy, engine, tokenizer, parameters = engine_for(stage_overrides, init_seed=0)
+        data = batches(tokenizer, strategy.rank)
+        straight = train(strategy, engine, data, range(STEPS))
+        strategy.export_model(engine, tokenizer, out / f"zero{stage}" / "straight")
+        engine.destroy()
+
+        strategy, engine, tokenizer, _ = engine_for(stage_overrides, init_seed=0)
+        first = train(strategy, engine, data, range(RESUME_AT))
+        strategy.save_checkpoint(engine, out / f"zero{stage}" / "checkpoint", {"global_step": RESUME_AT})
+        engine.destroy()
+        strategy, engine, tokenizer, _ = engine_for(stage_overrides, init_seed=1)  # other weights: load must win
+        state = strategy.load_checkpoint(engine, out / f"zero{stage}" / "checkpoint")
+        resumed = train(strategy, engine, data, range(state["global_step"], STEPS))
+        strategy.export_model(engine, tokenizer, out / f"zero{stage}" / "resumed")
+        engine.destroy()
+        zero = strategy.resolved_config["zero_optimization"]
+        report[f"zero{stage}"] = {
+            "parameters": parameters,
+            "buckets": {k: v for k, v in zero.items() if k in ("reduce_bucket_size", "allgather_bucket_size")},
+            "straight": straight,
+            "resumed": first + resumed,
+        }
+    if strategy.is_rank_zero:
+        (out / "report.json").write_text(json.dumps(report))
+
+
+if __name__ == "__main__":
+    main(Path(sys.argv[1]), *sys.argv[2:])
