@@ -116,12 +116,12 @@ def run_tasks(tasks: list[Task], done: dict[str, dict[str, Any]] | None = None) 
 def plan(dataset: str, seed: int, out: Path, quick: bool) -> tuple[list[str], list[Task]]:
     spec = DATASETS[dataset]
     steps = 24 if quick else spec["student_steps"]
-    base = [
-        f"data.dataset={dataset}", f"data.synthetic_seed={seed}", f"run.seed={seed}", *COMMON, *spec["data"],
-        *(QUICK if quick else []), f"run.output_dir={out / 'runs'}", f"retrieval.cache_dir={out / 'knowledge'}",
+    shared = [
+        f"data.dataset={dataset}", *COMMON, *spec["data"], *(QUICK if quick else []),
+        f"run.output_dir={out / 'runs'}", f"retrieval.cache_dir={out / 'knowledge'}",
         f"tracking.tracking_uri=sqlite:///{out / 'mlflow.db'}", f"tracking.experiment={EXPERIMENT}",
-        f"tracking.tags.bench_seed='{seed}'",
     ]  # fmt: skip
+    base = [*shared, f"data.synthetic_seed={seed}", f"run.seed={seed}", f"tracking.tags.bench_seed='{seed}'"]
     tag = f"{dataset}-seed{seed}"
     knowledge = prepare_knowledge(load_config(overrides=base))
     print(f"knowledge {tag}: {knowledge.path.name} ({'reused' if knowledge.reused else 'built'})", flush=True)
@@ -168,7 +168,7 @@ def plan(dataset: str, seed: int, out: Path, quick: bool) -> tuple[list[str], li
         evaluate("kard_reranker", "reranker"),
         evaluate("kard_oracle", "oracle"),
     ]
-    return base, tasks
+    return shared, tasks
 
 
 def summary_line(metrics: dict[str, float]) -> str:
@@ -292,7 +292,9 @@ def write_plot(summary: dict[str, Any], majority: dict[str, float], path: Path) 
     plt.close(fig)
 
 
-def write_report(out: Path, outcomes: list[Outcome], budget: dict[str, Any], wall_s: float) -> dict[str, Any]:
+def write_report(
+    out: Path, outcomes: list[Outcome], budget: dict[str, Any], wall_s: float, reused: int = 0
+) -> dict[str, Any]:
     summary = collect(outcomes)
     majority = {
         d: statistics.fmean(majority_accuracy(d, s, budget["quick"]) for s in summary[d]["seeds"]) for d in summary
@@ -300,7 +302,8 @@ def write_report(out: Path, outcomes: list[Outcome], budget: dict[str, Any], wal
     md = [
         "# KARD benchmark",
         "",
-        f"{datetime.now(UTC):%Y-%m-%d %H:%M} UTC, total wall time {wall_s / 60:.1f} min, {PARALLEL} runs at a time.",
+        f"{datetime.now(UTC):%Y-%m-%d %H:%M} UTC, total wall time {wall_s / 60:.1f} min, {PARALLEL} runs at a time"
+        + (f"; {reused} runs finished by an earlier, interrupted invocation (`--resume`)." if reused else "."),
         "",
         "## Budget",
         "",
@@ -394,7 +397,7 @@ def main(argv: list[str] | None = None) -> None:
         )
         for d, seed in runs
     ]
-    result = write_report(out, outcomes, budget, time.perf_counter() - start)
+    result = write_report(out, outcomes, budget, time.perf_counter() - start, len(finished))
     print((out / "results.md").read_text())
     print(f"wrote {out / 'results.md'}, results.json, accuracy.png in {result['wall_time_s'] / 60:.1f} min")
 

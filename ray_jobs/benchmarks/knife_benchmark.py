@@ -368,7 +368,12 @@ def write_plot(rows: list[Row], majority: dict[str, float], path: Path) -> None:
 
 
 def write_report(
-    out: Path, results: list[RunResult], budget: dict[str, Any], student_overrides: list[str], wall_s: float
+    out: Path,
+    results: list[RunResult],
+    budget: dict[str, Any],
+    student_overrides: list[str],
+    wall_s: float,
+    reused: int = 0,
 ) -> dict[str, Any]:
     datasets = sorted({r.dataset for r in results})
     rows = [r for r in compare_runs(f"sqlite:///{out / 'mlflow.db'}", EXPERIMENT) if r.dataset in datasets]
@@ -407,7 +412,8 @@ def write_report(
         "# KNIFE benchmark",
         "",
         f"{datetime.now(UTC):%Y-%m-%d %H:%M} UTC, total wall time {wall_s / 60:.1f} min, {PARALLEL} runs at a time, "
-        f"seeds {seeds}.",
+        f"seeds {seeds}"
+        + (f"; {reused} runs finished by an earlier, interrupted invocation (`--resume`)." if reused else "."),
         "",
         "## Budget",
         "",
@@ -541,7 +547,8 @@ def main(argv: list[str] | None = None) -> None:
     start = time.perf_counter()
     finished = finished_results(out) if args.resume else {}
     results = run_all(teachers, out, args.student_override, finished)
-    summary = write_report(out, results, budget, args.student_override, time.perf_counter() - start)
+    reused = sum(r.run_name in finished for r in results)
+    summary = write_report(out, results, budget, args.student_override, time.perf_counter() - start, reused)
     print((out / "results.md").read_text())
     print(f"wrote {out / 'results.md'}, {out / 'results.json'}, {out / 'accuracy.png'} "
           f"in {summary['wall_time_s'] / 60:.1f} min")  # fmt: skip
