@@ -20,21 +20,16 @@ os.environ.setdefault("DO_NOT_TRACK", "true")
 os.environ.setdefault("DS_ACCELERATOR", "cpu")
 
 
-# Set in this process by in-process tests: the strategy's single-rank fallback writes the torch.distributed ones and
-# mlflow.set_tracking_uri exports the store. Left behind, every subprocess a later test starts would inherit them
-# (two single-rank trainings on one MASTER_PORT, a pipeline logging into another test's store).
-LEAKY_ENV = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT", "MLFLOW_TRACKING_URI")
-
-
 @pytest.fixture(autouse=True)
-def _restore_process_env() -> Iterator[None]:
-    before = {key: os.environ.get(key) for key in LEAKY_ENV}
+def _restore_tracking_uri_env() -> Iterator[None]:
+    """mlflow.set_tracking_uri in a test exports MLFLOW_TRACKING_URI; left behind, every subprocess a later test
+    starts would log into that test's store."""
+    before = os.environ.get("MLFLOW_TRACKING_URI")
     yield
-    for key, value in before.items():
-        if value is None:
-            os.environ.pop(key, None)
-        else:
-            os.environ[key] = value
+    if before is None:
+        os.environ.pop("MLFLOW_TRACKING_URI", None)
+    else:
+        os.environ["MLFLOW_TRACKING_URI"] = before
 
 
 @pytest.fixture(scope="session")

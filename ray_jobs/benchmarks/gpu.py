@@ -30,6 +30,7 @@ from typing import Any
 
 from ray_jobs.benchmarks.gpu_cases import STEP_SUITES, SUITES, BenchSettings, StepCase, plan_cases, unique_cases
 from ray_jobs.benchmarks.gpu_report import add_utilisation, comparisons, render_markdown, resolve_peak
+from ray_jobs.benchmarks.trainer_runs import DISTRIBUTED_ENV
 
 CASE_TIMEOUT_S = 1200.0  # a 3B case with a first-use JIT build of DeepSpeed's CPU Adam stays well under this
 
@@ -52,7 +53,7 @@ class GpuBenchmark:
         self.started = time.monotonic()
         self.longest_case_s = 60.0
         self.env = {
-            **os.environ,
+            **{k: v for k, v in os.environ.items() if k not in DISTRIBUTED_ENV},  # each case picks its own
             # DeepSpeed picks its accelerator at import; name it, so a DS_ACCELERATOR=cpu left in the shell
             # (the Makefile exports one for CPU runs) cannot silently put a GPU run on the CPU.
             "DS_ACCELERATOR": "cuda" if settings.use_gpu else "cpu",

@@ -11,6 +11,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+# A single-rank run picks its own rendezvous; one inherited from the caller (a process that already initialised
+# torch.distributed) would put parallel runs on one MASTER_PORT.
+DISTRIBUTED_ENV = frozenset({"RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"})
+
 
 @dataclass(frozen=True)
 class ProcessResult:
@@ -27,7 +31,7 @@ class ProcessResult:
 def run_trainer_process(args: list[str], log: Path, evaluate: bool = False) -> ProcessResult:
     """Run `python -m trainer.train [--evaluate] ARGS` with its output in `log`; a failure raises with its tail."""
     env = {
-        **os.environ,
+        **{k: v for k, v in os.environ.items() if k not in DISTRIBUTED_ENV},
         "OMP_NUM_THREADS": "1",
         "MLFLOW_DISABLE_TELEMETRY": "true",
         "DO_NOT_TRACK": "true",

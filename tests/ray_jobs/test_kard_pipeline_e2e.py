@@ -70,7 +70,12 @@ def test_kard_pipeline_on_ray_with_the_retrieval_service(tmp_path: Path) -> None
             capture_output=True,
             text=True,
             timeout=2400,
-            env={**os.environ, "OMP_NUM_THREADS": "1", "RETRIEVAL_API_TOKEN": TOKEN},
+            env={
+                **os.environ,
+                "OMP_NUM_THREADS": "1",
+                "RETRIEVAL_API_TOKEN": TOKEN,
+                "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}",  # never a store another test exported
+            },
         )
     finally:
         service.stop()
@@ -94,10 +99,11 @@ def test_kard_pipeline_on_ray_with_the_retrieval_service(tmp_path: Path) -> None
     assert produced.dataset.name.startswith("kard-knowledge-") and knowledge.data.metrics["knowledge/train_rows"] > 0
     assert knowledge.data.metrics["filter/kept"] == knowledge.data.metrics["knowledge/train_rows"]
     assert knowledge.data.params["retrieval.mode"] == "http"
-    for stage in ("reranker", "kard"):  # both trained on the dataset the knowledge stage logged
-        [used] = children[stage].inputs.dataset_inputs
-        assert used.dataset.digest == produced.dataset.digest and used.dataset.name == produced.dataset.name
-        assert children[stage].data.tags["kard.knowledge_key"] in produced.dataset.name
+    for stage in ("reranker", "kard"):  # both trained on the dataset the knowledge stage logged (and their features)
+        inputs = {i.dataset.name: i.dataset for i in children[stage].inputs.dataset_inputs}
+        used = inputs[produced.dataset.name]
+        assert used.digest == produced.dataset.digest and len(inputs) == 2  # + the tokenised training features
+        assert children[stage].data.tags["kard.knowledge_key"] in used.name
     reranker, kard, evaluated = children["reranker"], children["kard"], children["kard_reranker"]
     assert {"dev/reranker_recall_at_1", "dev/bm25_recall_at_1"} <= set(reranker.data.metrics)
     assert {"dev/accuracy", "dev/generation_accuracy", "dev/bm25_recall_at_1"} <= set(kard.data.metrics)

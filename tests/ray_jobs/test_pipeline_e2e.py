@@ -49,7 +49,7 @@ def test_knife_pipeline_parent_and_child_runs(tmp_path: Path) -> None:
         capture_output=True,
         text=True,
         timeout=900,
-        env={**os.environ, "OMP_NUM_THREADS": "1"},
+        env={**os.environ, "OMP_NUM_THREADS": "1", "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}"},
     )
     assert proc.returncode == 0, proc.stdout[-5000:] + proc.stderr[-3000:]
     assert "[teacher] dev/accuracy" in proc.stdout and "[student] dev/accuracy" in proc.stdout
