@@ -112,10 +112,8 @@ def test_kard_pipeline_on_ray_with_the_retrieval_service(tmp_path: Path) -> None
     assert evaluated.data.tags["kard.reranker_run_id"] == reranker.info.run_id
     assert evaluated.data.params["method.kard.reranker"] == f"runs:/{reranker.info.run_id}/model"
     assert {"dev/accuracy", "dev/reranker_recall_at_1"} <= set(evaluated.data.metrics)
-    models = {a.path for a in client.list_artifacts(reranker.info.run_id)} & {
-        a.path for a in client.list_artifacts(kard.info.run_id)
-    }
-    assert "model" in models
+    logged_by = {m.source_run_id for m in client.search_logged_models([experiment_id])}  # MLflow 3 logged models
+    assert {reranker.info.run_id, kard.info.run_id} <= logged_by
     assert parent.data.metrics["kard_reranker/dev_accuracy"] == evaluated.data.metrics["dev/accuracy"]
     assert parent.data.metrics["reranker/dev_reranker_recall_at_1"] == reranker.data.metrics["dev/reranker_recall_at_1"]
     assert TOKEN not in proc.stdout + proc.stderr
