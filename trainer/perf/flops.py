@@ -20,6 +20,8 @@ from __future__ import annotations
 from dataclasses import dataclass, fields
 from typing import Any
 
+from trainer.planning.architecture import T5Architecture
+
 
 @dataclass(frozen=True)
 class T5Shape:
@@ -64,14 +66,20 @@ class T5Shape:
 
 
 def parameter_count(shape: T5Shape) -> int:
-    """Exactly the parameters of HF's T5ForConditionalGeneration for this shape (tied embeddings once)."""
-    d, inner, ffn = shape.d_model, shape.inner_dim, shape.ffn_matrices * shape.d_model * shape.d_ff
-    attention = 4 * d * inner
-    position_bias = shape.relative_attention_num_buckets * shape.num_heads  # first block of each stack
-    encoder = shape.num_layers * (attention + ffn + 2 * d) + d + position_bias
-    decoder = shape.num_decoder_layers * (2 * attention + ffn + 3 * d) + d + position_bias
-    embeddings = shape.vocab_size * d * (1 if shape.tie_word_embeddings else 2)
-    return encoder + decoder + embeddings
+    """Exactly the parameters of HF's T5ForConditionalGeneration for this shape: the memory planner's count."""
+    return T5Architecture(
+        name="t5",
+        vocab_size=shape.vocab_size,
+        d_model=shape.d_model,
+        d_ff=shape.d_ff,
+        num_layers=shape.num_layers,
+        num_decoder_layers=shape.num_decoder_layers,
+        num_heads=shape.num_heads,
+        d_kv=shape.d_kv,
+        gated=shape.gated_ffn,
+        tie_word_embeddings=shape.tie_word_embeddings,
+        relative_attention_num_buckets=shape.relative_attention_num_buckets,
+    ).num_parameters
 
 
 @dataclass(frozen=True)
