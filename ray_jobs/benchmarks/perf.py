@@ -13,7 +13,8 @@ Parts (each figure measured side by side in one run, so machine noise cancels in
 - eval: examples/s of greedy generation and of choice scoring (one process, the evaluator's own functions);
 - ray: a 3-stage pipeline submitted with `ray_jobs.submit` on a fresh local head, with timeline markers
   (trainer.tracking.timeline) splitting its wall time into head start, submit → driver, driver → worker group,
-  per-stage set-up, training, evaluation, export + MLflow logging, and head stop.
+  per-stage set-up, training, evaluation, export + MLflow logging, and head stop; run twice, its stages on one
+  shared worker group (the default) and on a worker group each (`pipeline.reuse_workers: false`).
 """
 
 from __future__ import annotations
@@ -236,8 +237,11 @@ def eval_throughput(
 
 
 # ---- Ray overhead ---------------------------------------------------------------------------------------------
-def ray_pipeline(plan: Plan) -> dict[str, Any]:
-    """ft_io, ft_ior and (full plan) ft_io again under another seed: its features come from the cache."""
+RAY_MODES = {"shared_workers": True, "worker_group_per_stage": False}  # name -> pipeline.reuse_workers
+
+
+def ray_pipeline(plan: Plan, reuse_workers: bool) -> dict[str, Any]:
+    """ft_io, ft_io again under another seed (its features come from the cache) and (full plan) ft_ior."""
     stages: list[dict[str, Any]] = [
         {"name": "ft_io", "overrides": {"method": {"name": "ft_io"}}},
         {"name": "ft_io_seed1", "overrides": {"method": {"name": "ft_io"}, "run": {"seed": 1}}},
@@ -262,17 +266,25 @@ def ray_pipeline(plan: Plan) -> dict[str, Any]:
                 "tracking": {"experiment": "perf", "log_every": 10},
             },
             "stages": stages,
+            "reuse_workers": reuse_workers,
         }
     }
 
 
 def measure_ray(plan: Plan, work: Path) -> dict[str, Any]:
-    """Submit the pipeline on a fresh local head (no --address), marks on; the phases come from one clock."""
-    print(f"[perf] ray: {plan.ray_stages}-stage pipeline, {plan.ray_steps} steps a stage", flush=True)
-    directory = work / "ray"
+    """The pipeline submitted on a fresh local head (no --address) with its stages on one shared worker group,
+    then with a worker group per stage; timeline marks on, so the phases come from one clock."""
+    return {mode: submit_pipeline(plan, work / "ray" / mode, reuse) for mode, reuse in RAY_MODES.items()}
+
+
+def submit_pipeline(plan: Plan, directory: Path, reuse_workers: bool) -> dict[str, Any]:
+    print(
+        f"[perf] ray: {plan.ray_stages}-stage pipeline, {plan.ray_steps} steps a stage, reuse_workers={reuse_workers}",
+        flush=True,
+    )
     directory.mkdir(parents=True, exist_ok=True)
     config = directory / "pipeline.yaml"
-    config.write_text(yaml.safe_dump(ray_pipeline(plan)))
+    config.write_text(yaml.safe_dump(ray_pipeline(plan, reuse_workers)))
     started = time.time()
     proc = subprocess.run(
         [sys.executable, "-m", "ray_jobs.submit", str(config)],
@@ -290,7 +302,10 @@ def measure_ray(plan: Plan, work: Path) -> dict[str, Any]:
 
 
 def ray_phases(marks: list[dict[str, Any]], started: float, ended: float) -> dict[str, Any]:
-    """Seconds per phase from the submitter's, the driver's and rank 0's markers (one clock on one machine)."""
+    """Seconds per phase from the submitter's, the driver's and rank 0's markers (one clock on one machine).
+
+    A stage that starts a worker group counts the group's start (new processes, their imports) in its set-up;
+    a stage that reuses the group starts at its own `stage.start`."""
 
     def at(event: str, after: float = 0.0) -> float | None:
         return next((m["t"] for m in marks if m["event"] == event and m["t"] >= after), None)
@@ -299,22 +314,27 @@ def ray_phases(marks: list[dict[str, Any]], started: float, ended: float) -> dic
         return None if a is None or b is None else b - a
 
     stage_starts = [m for m in marks if m["event"] == "stage.start"]
+    group_starts = [m["t"] for m in marks if m["event"] == "group.start"]
     stages = []
     for index, start_mark in enumerate(stage_starts):
-        t0 = start_mark["t"]
-        end = at("stage.end", t0)
+        previous = stage_starts[index - 1]["t"] if index else 0.0
+        following = stage_starts[index + 1]["t"] if index + 1 < len(stage_starts) else ended
+        opened = [t for t in group_starts if previous < t <= start_mark["t"]]
+        t0 = opened[-1] if opened else start_mark["t"]
+        stage_end = at("stage.end", start_mark["t"])
+        group_end = at("group.end", stage_end or start_mark["t"])
+        last_in_group = group_end is not None and group_end <= following
+        end = group_end if last_in_group else stage_end
         inside = [m for m in marks if t0 <= m["t"] <= (end or ended)]
 
         def first(event: str, inside: list[dict[str, Any]] = inside) -> float | None:
             return next((m["t"] for m in inside if m["event"] == event), None)
 
-        # A worker process Ray started before this stage (an idle pooled worker) counts from the stage's start.
-        worker_start = first("worker.start")
         stages.append(
             {
                 "stage": start_mark.get("stage", str(index)),
-                "worker_group_s": span(t0, worker_start),
-                "process_group_s": span(worker_start, first("worker.fit")),
+                "worker_group_s": span(t0, first("worker.start")) if opened else 0.0,
+                "process_group_s": span(start_mark["t"], first("worker.fit")),
                 "data_tokenizer_features_s": span(first("worker.fit"), first("worker.features")),
                 "model_engine_s": span(first("worker.features"), first("worker.engine")),
                 "to_first_step_s": span(first("worker.engine"), first("worker.first_step")),
@@ -333,11 +353,11 @@ def ray_phases(marks: list[dict[str, Any]], started: float, ended: float) -> dic
         "submitter_start_s": span(submitter_start, at("head.start")),
         "submit_to_driver_s": span(at("submit.submitted"), at("driver.process")),
         "driver_start_s": span(at("driver.process"), at("driver.start")),
-        "driver_to_first_stage_s": span(at("driver.start"), stage_starts[0]["t"] if stage_starts else None),
+        "driver_to_first_stage_s": span(at("driver.start"), group_starts[0] if group_starts else None),
         "submit_to_first_step_s": span(at("submit.submitted"), first_step),
         "command_to_first_step_s": span(submitter_start, first_step),
         "job_end_to_submitter_s": span(
-            at("stage.end", stage_starts[-1]["t"]) if stage_starts else None, at("submit.job_ended")
+            at("group.end", stage_starts[-1]["t"]) if stage_starts else None, at("submit.job_ended")
         ),
         "head_stop_s": span(at("head.stop"), at("head.stopped")),
         "stages": stages,
@@ -415,45 +435,54 @@ def render(result: dict[str, Any]) -> str:
                 f"{ev['generation_examples_per_s']:.0f} | {ev['generated_tokens_per_s']:.0f} | "
                 f"{ev['choice_scoring_examples_per_s']:.0f} | {ev['encoder_examples_per_s']:.0f} |"
             )
-    ray = result["ray"]
-    lines += ["", "## Ray overhead", ""] if ray else []
-    if ray is None:
-        pass
-    elif "error" in ray:
-        lines.append(f"The Ray run failed: `{ray['error'][-500:]}`")
-    else:
-        lines += [
-            f"`python -m ray_jobs.submit` of a {len(ray['stages'])}-stage pipeline (t5-tiny, ZeRO-2, 2 workers, "
-            f"{result['plan']['ray_steps']} steps a stage) with no address: {ray['wall_s']:.0f} s in all.",
-            "",
-            "| phase | s |",
-            "|---|---|",
-            f"| submitter start-up (interpreter, imports, preflight) | {_num(ray['submitter_start_s'], '.1f')} |",
-            f"| local head start | {_num(ray['head_start_s'], '.1f')} |",
-            f"| submit → job driver process | {_num(ray['submit_to_driver_s'], '.1f')} |",
-            f"| driver start-up (imports) | {_num(ray['driver_start_s'], '.1f')} |",
-            f"| driver → first stage | {_num(ray['driver_to_first_stage_s'], '.1f')} |",
-            f"| **submit → first training step** | **{_num(ray['submit_to_first_step_s'], '.1f')}** |",
-            f"| command → first training step | {_num(ray['command_to_first_step_s'], '.1f')} |",
-            f"| last stage end → submitter sees the job end | {_num(ray['job_end_to_submitter_s'], '.1f')} |",
-            f"| **local head stop** | **{_num(ray['head_stop_s'], '.1f')}** |",
-            "",
-            "| stage | worker group | process group | data + features | model + engine | → first step | "
-            "**set-up** | training | evaluation | export + MLflow | teardown | stage |",
-            "|---|---|---|---|---|---|---|---|---|---|---|---|",
-        ]
-        for s in ray["stages"]:
-            cells = [
-                s["worker_group_s"], s["process_group_s"], s["data_tokenizer_features_s"], s["model_engine_s"],
-                s["to_first_step_s"],
-            ]  # fmt: skip
-            after = [s[k] for k in ("training_s", "evaluation_s", "export_mlflow_s", "teardown_s", "stage_s")]
-            lines.append(
-                f"| {s['stage']} | {' | '.join(_num(c, '.1f') for c in cells)} | **{_num(s['setup_s'], '.1f')}** | "
-                f"{' | '.join(_num(c, '.1f') for c in after)} |"
-            )
+    if result["ray"]:
+        lines += ["", "## Ray overhead", ""]
+        for mode, ray in result["ray"].items():
+            lines += render_ray(mode, ray, result["plan"]["ray_steps"])
     lines.append("")
     return "\n".join(lines)
+
+
+def render_ray(mode: str, ray: dict[str, Any], steps: int) -> list[str]:
+    title = {"shared_workers": "One worker group shared by the stages (the default)"}.get(
+        mode, "A worker group per stage (`pipeline.reuse_workers: false`)"
+    )
+    lines = [f"### {title}", ""]
+    if "error" in ray:
+        return [*lines, f"The Ray run failed: `{ray['error'][-500:]}`", ""]
+    lines += [
+        f"`python -m ray_jobs.submit` of a {len(ray['stages'])}-stage pipeline (t5-tiny, ZeRO-2, 2 workers, "
+        f"{steps} steps a stage) with no address: {ray['wall_s']:.0f} s in all.",
+        "",
+        "| phase | s |",
+        "|---|---|",
+        f"| submitter start-up (interpreter, imports, preflight) | {_num(ray['submitter_start_s'], '.1f')} |",
+        f"| local head start | {_num(ray['head_start_s'], '.1f')} |",
+        f"| submit → job driver process | {_num(ray['submit_to_driver_s'], '.1f')} |",
+        f"| driver start-up (imports) | {_num(ray['driver_start_s'], '.1f')} |",
+        f"| driver → first worker group | {_num(ray['driver_to_first_stage_s'], '.1f')} |",
+        f"| **submit → first training step** | **{_num(ray['submit_to_first_step_s'], '.1f')}** |",
+        f"| command → first training step | {_num(ray['command_to_first_step_s'], '.1f')} |",
+        f"| last worker group end → submitter sees the job end | {_num(ray['job_end_to_submitter_s'], '.1f')} |",
+        f"| **local head stop** | **{_num(ray['head_stop_s'], '.1f')}** |",
+        "",
+        "Per stage (worker group: its start, new processes and their imports, counted in the stage that opens it):",
+        "",
+        "| stage | worker group | process group | data + features | model + engine | → first step | "
+        "**set-up** | training | evaluation | export + MLflow | teardown | stage |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for s in ray["stages"]:
+        cells = [
+            s["worker_group_s"], s["process_group_s"], s["data_tokenizer_features_s"], s["model_engine_s"],
+            s["to_first_step_s"],
+        ]  # fmt: skip
+        after = [s[k] for k in ("training_s", "evaluation_s", "export_mlflow_s", "teardown_s", "stage_s")]
+        lines.append(
+            f"| {s['stage']} | {' | '.join(_num(c, '.1f') for c in cells)} | **{_num(s['setup_s'], '.1f')}** | "
+            f"{' | '.join(_num(c, '.1f') for c in after)} |"
+        )
+    return [*lines, ""]
 
 
 def main(argv: list[str] | None = None) -> None:

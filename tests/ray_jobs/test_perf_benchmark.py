@@ -17,6 +17,7 @@ def marks(*events: tuple[str, float, dict]) -> list[dict]:
 
 
 def test_ray_phases_split_the_timeline_per_stage() -> None:
+    """Stages a and b share one worker group (its start counts in a's set-up); c opens a second group."""
     timeline = marks(
         ("submit.process", 0.0, {}),
         ("head.start", 1.0, {}),
@@ -24,8 +25,9 @@ def test_ray_phases_split_the_timeline_per_stage() -> None:
         ("submit.submitted", 10.0, {}),
         ("driver.process", 11.0, {}),
         ("driver.start", 12.5, {}),
-        ("stage.start", 13.0, {"stage": "a"}),
+        ("group.start", 13.0, {}),
         ("worker.start", 16.0, {}),
+        ("stage.start", 16.5, {"stage": "a"}),
         ("worker.fit", 17.0, {}),
         ("worker.features", 18.0, {}),
         ("worker.engine", 20.0, {}),
@@ -35,20 +37,30 @@ def test_ray_phases_split_the_timeline_per_stage() -> None:
         ("worker.exported", 36.0, {}),
         ("stage.end", 37.0, {"stage": "a"}),
         ("stage.start", 37.5, {"stage": "b"}),
-        ("worker.start", 39.0, {}),
-        ("worker.first_step", 42.0, {}),
-        ("stage.end", 50.0, {"stage": "b"}),
-        ("submit.job_ended", 52.0, {}),
-        ("head.stop", 52.5, {}),
-        ("head.stopped", 53.5, {}),
+        ("worker.fit", 37.6, {}),
+        ("worker.first_step", 40.0, {}),
+        ("stage.end", 45.0, {"stage": "b"}),
+        ("group.end", 47.0, {}),
+        ("group.start", 47.5, {}),
+        ("worker.start", 55.0, {}),
+        ("stage.start", 55.5, {"stage": "c"}),
+        ("worker.first_step", 58.0, {}),
+        ("stage.end", 60.0, {"stage": "c"}),
+        ("group.end", 61.0, {}),
+        ("submit.job_ended", 62.0, {}),
+        ("head.stop", 62.5, {}),
+        ("head.stopped", 63.5, {}),
     )
-    phases = ray_phases(timeline, 0.0, 54.0)
+    phases = ray_phases(timeline, 0.0, 64.0)
     assert phases["head_start_s"] == 8.0 and phases["submit_to_driver_s"] == 1.0 and phases["head_stop_s"] == 1.0
     assert phases["submit_to_first_step_s"] == 11.0 and phases["command_to_first_step_s"] == 21.0
-    assert phases["job_end_to_submitter_s"] == 2.0
-    first, second = phases["stages"]
-    assert (first["stage"], first["worker_group_s"], first["setup_s"], first["export_mlflow_s"]) == ("a", 3.0, 8.0, 3.0)
-    assert (second["stage"], second["setup_s"], second["model_engine_s"]) == ("b", 4.5, None)  # marks it lacks
+    assert phases["driver_to_first_stage_s"] == 0.5 and phases["job_end_to_submitter_s"] == 1.0
+    a, b, c = phases["stages"]
+    assert (a["stage"], a["worker_group_s"], a["process_group_s"], a["setup_s"]) == ("a", 3.0, 0.5, 8.0)
+    assert (a["export_mlflow_s"], a["teardown_s"], a["stage_s"]) == (3.0, 1.0, 24.0)
+    assert (b["worker_group_s"], b["setup_s"], b["teardown_s"], b["stage_s"]) == (0.0, 2.5, None, 9.5)
+    assert b["model_engine_s"] is None  # a mark it lacks
+    assert (c["worker_group_s"], c["setup_s"], c["stage_s"]) == (7.5, 10.5, 13.5)
 
 
 def test_report_renders_what_ran_and_names_failures() -> None:
@@ -64,7 +76,7 @@ def test_report_renders_what_ran_and_names_failures() -> None:
         "memory": [],
         "hf": None,
         "eval": [],
-        "ray": {"error": "exit 2: no head"},
+        "ray": {"shared_workers": {"error": "exit 2: no head"}},
     }
     text = render(result)
     assert "error: 'exit 1: boom'" in text and "The Ray run failed" in text
@@ -89,9 +101,12 @@ def test_quick_benchmark_measures_every_part(tmp_path: Path) -> None:
     assert all(loop["vs_ddp"] > 0 and loop["samples_per_s"] > 0 for loop in tiny["loops"])
     assert all(row["ranks"][0]["peak_rss_mb"] > 0 for row in result["memory"]), result["memory"]
     assert [ev["method"] for ev in result["eval"]] == ["ft_io", "ft_iro"]
-    ray = result["ray"]
-    assert "error" not in ray, ray
-    assert len(ray["stages"]) == 2 and all(stage["setup_s"] > 0 for stage in ray["stages"])
-    assert ray["head_stop_s"] is not None and ray["submit_to_first_step_s"] > 0
+    assert set(result["ray"]) == {"shared_workers", "worker_group_per_stage"}
+    for ray in result["ray"].values():
+        assert "error" not in ray, ray
+        assert len(ray["stages"]) == 2 and all(stage["setup_s"] > 0 for stage in ray["stages"])
+        assert ray["head_stop_s"] is not None and ray["submit_to_first_step_s"] > 0
+    shared = result["ray"]["shared_workers"]["stages"]
+    assert shared[0]["worker_group_s"] > 0 and shared[1]["worker_group_s"] == 0  # the second stage reused it
     text = (tmp_path / "perf" / "results.md").read_text()
     assert "## Strategy vs plain DDP" in text and "## Ray overhead" in text

@@ -3,8 +3,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from ray_jobs.pipeline import is_pipeline_file, load_pipeline
-from ray_jobs.pipeline_job import PIPELINE_TAG, ROLE_TAG, find_unfinished_parent, wire_stage
+from ray_jobs.pipeline import PIPELINE_TAG, ROLE_TAG, is_pipeline_file, load_pipeline, stage_groups, wire_stage
+from ray_jobs.pipeline_job import find_unfinished_parent
+from ray_jobs.stage_group import group_run_name
 from ray_jobs.submit import build_request
 from trainer.config import ConfigError, load_config
 from trainer.tracking.mlflow_tracker import MLflowTracker
@@ -44,6 +45,25 @@ def test_references_resolve_to_the_earlier_stage_models(tmp_path: Path) -> None:
     assert tags["knife.teacher_run_id"] == "abc" and tags["knife.teacher_model_uri"] == "runs:/abc/model"
     io, _ = wire_stage(plan.stages[2], results)
     assert io.config.model.tokenizer == "runs:/abc/model"
+
+
+def test_consecutive_stages_with_the_same_workers_share_a_worker_group(tmp_path: Path) -> None:
+    stages = [
+        {"name": "knowledge", "kind": "knowledge", "overrides": {"method": {"name": "kard"}}},
+        {"name": "reranker", "overrides": {"method": {"name": "kard_reranker"}}},
+        {"name": "student", "overrides": {"method": {"name": "kard"}}},
+        {"name": "bigger", "overrides": {"method": {"name": "ft_io"}, "run": {"num_workers": 4}}},
+        {"name": "eval", "kind": "evaluate", "model_from": "bigger", "overrides": {"run": {"num_workers": 4}}},
+    ]
+    plan = load_pipeline(write(tmp_path, {"name": "p", "stages": stages}))
+    groups = [[stage.name for stage in group] for group in stage_groups(plan)]
+    assert groups == [["knowledge"], ["reranker", "student"], ["bigger", "eval"]]
+    assert [group_run_name("p", group) for group in stage_groups(plan)] == [
+        "p-knowledge", "p-reranker-to-student", "p-bigger-to-eval",
+    ]  # fmt: skip
+    alone = load_pipeline(write(tmp_path, {"name": "p", "stages": stages, "reuse_workers": False}))
+    assert [[stage.name for stage in group] for group in stage_groups(alone)] == [[s["name"]] for s in stages]
+    assert group_run_name("p", stage_groups(alone)[1]) == alone.stages[1].config.run.name  # as before groups
 
 
 @pytest.mark.parametrize(

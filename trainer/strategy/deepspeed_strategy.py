@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import gc
 import json
 import os
 import random
@@ -28,6 +29,7 @@ from trainer.strategy.ds_config import (
     resolve_training_config,
     size_buckets,
 )
+from trainer.strategy.op_cache import pin_op_cache
 
 CLIENT_STATE_KEY = "reasondistill"
 
@@ -79,10 +81,24 @@ class DeepSpeedStrategy:
                 f"run.use_gpu=true but torch {torch.__version__} sees no CUDA device (built for CUDA "
                 f"{torch.version.cuda}); install a CUDA torch (scripts/install_gpu.py) or set run.use_gpu=false"
             )
+        pin_op_cache()  # before DeepSpeed compiles or loads an op: the process group's first one is shm_comm
         self.cfg = cfg
         self.on_gpu = cfg.run.use_gpu
         self.resolved_config: dict[str, Any] | None = None
         self.auxiliary_names: tuple[str, ...] = ()
+
+    def release(self) -> None:
+        """Leave the process as a next run in it expects (a pipeline's shared worker group runs stage after
+        stage): ZeRO-3's zero.Init swaps torch's F.linear for its own wrapper "until manually reset" (its words), and
+        engines sit in reference cycles that hold parameters and optimizer state until a collection."""
+        from deepspeed.runtime.zero.partition_parameters import InsertPostInitMethodToModuleSubClasses
+
+        original_linear = getattr(InsertPostInitMethodToModuleSubClasses, "linear_bk", None)
+        if original_linear is not None:
+            torch.nn.functional.linear = original_linear
+        gc.collect()
+        if self.on_gpu:
+            torch.cuda.empty_cache()
 
     # ---- process group -------------------------------------------------------------------------
     def setup_distributed(self) -> None:

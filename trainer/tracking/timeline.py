@@ -39,10 +39,12 @@ def process_start_time() -> float:
 
 
 def parse_marks(lines: Iterable[str]) -> list[dict[str, Any]]:
-    """Every marker in a log, in time order; Ray's `(Worker pid=…)` prefixes are skipped."""
-    marks = []
+    """Every marker in a log once, in time order; Ray's `(Worker pid=…)` prefixes are skipped (Ray Train's
+    workers can forward one print twice, so repeats of a (event, time, pid) are dropped)."""
+    marks: dict[tuple[Any, ...], dict[str, Any]] = {}
     for line in lines:
         start = line.find(MARKER)
         if start >= 0:
-            marks.append(json.loads(line[start + len(MARKER) :]))
-    return sorted(marks, key=lambda m: m["t"])
+            mark = json.loads(line[start + len(MARKER) :])
+            marks.setdefault((mark["event"], mark["t"], mark.get("pid")), mark)
+    return sorted(marks.values(), key=lambda m: m["t"])
