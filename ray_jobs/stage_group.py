@@ -30,6 +30,7 @@ from trainer.tracking import timeline
 from trainer.tracking.mlflow_tracker import resolve_tracking_uri
 
 STAGE_FILE = "pipeline_stage"  # in every checkpoint a shared worker group reports: the stage that wrote it
+STAGE_METRIC = "pipeline/stage"  # and in its Ray Train metrics
 
 
 class StageCheckpointIO(RayCheckpointIO):
@@ -49,6 +50,9 @@ class StageCheckpointIO(RayCheckpointIO):
         directory = super().staging_dir(step)
         (directory / STAGE_FILE).write_text(self.stage)
         return directory
+
+    def report(self, metrics: dict[str, Any], checkpoint_dir: Path | None) -> None:
+        super().report({**metrics, STAGE_METRIC: self.stage}, checkpoint_dir)
 
 
 def group_run_name(pipeline: str, group: list[PlannedStage]) -> str:

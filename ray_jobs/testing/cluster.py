@@ -106,12 +106,17 @@ class FaultCluster:
         return json.loads(self.s3.read("checkpoints", key)).get("latest_checkpoint_result")
 
     def wait_registered_step(
-        self, run_name: str, step: int, timeout_s: float = 300.0, prefix: str | None = None
+        self, run_name: str, step: int, timeout_s: float = 300.0, prefix: str | None = None, stage: str | None = None
     ) -> None:
+        """Until the run's latest registered checkpoint is of `step` (and, in a pipeline's shared worker group, of
+        `stage`: ray_jobs.stage_group labels each checkpoint's metrics with its stage)."""
+        from ray_jobs.stage_group import STAGE_METRIC
+
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             latest = self.registered_checkpoint(run_name, prefix)
-            if latest is not None and latest["metrics"].get("train/step", latest["metrics"].get("train/steps")) == step:
+            metrics = latest["metrics"] if latest is not None else {}
+            if metrics.get("train/step", metrics.get("train/steps")) == step and metrics.get(STAGE_METRIC) == stage:
                 return
             time.sleep(0.3)
         raise TimeoutError(f"Ray Train did not register the step-{step} checkpoint of {run_name} in {timeout_s:.0f}s")

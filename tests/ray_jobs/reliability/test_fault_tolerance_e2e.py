@@ -237,7 +237,8 @@ def test_driver_killed_then_resubmitted_pipeline(fault_cluster: FaultCluster, tm
     )
     first = submit_async(fault_cluster, [str(config)], tmp_path, points)
     points.wait_fired(0, 900, first.alive)
-    fault_cluster.wait_registered_step(f"{name}-student", 4, prefix=name)
+    # Teacher and student share one worker group: one Ray Train run holds both stages' checkpoints.
+    fault_cluster.wait_registered_step(f"{name}-teacher-to-student", 4, prefix=name, stage="student")
     teacher_before, student_before = the_run(fault_cluster, "teacher"), the_run(fault_cluster, "student")
     drivers = [p for p in fault_cluster.processes(HEAD) if "ray_jobs.pipeline_job" in " ".join(p.cmdline())]
     assert len(drivers) == 1, drivers
