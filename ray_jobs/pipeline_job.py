@@ -32,6 +32,14 @@ def find_unfinished_parent(client: MlflowClient, experiment_id: str, name: str) 
     return runs[0].info.run_id if runs else None
 
 
+def first_unfinished(client: MlflowClient, parent_run_id: str, stages: list[PlannedStage]) -> str | None:
+    """The stage a failed worker group was in: the first one it did not record (None if that cannot be read)."""
+    try:
+        return next((s.name for s in stages if finished_stage_result(client, parent_run_id, s.name) is None), None)
+    except Exception:  # the failure report names the group instead; the job's own error is what matters
+        return None
+
+
 def run_knowledge(
     pipeline: str, stage: PlannedStage, client: MlflowClient, parent_run_id: str, results: dict[str, dict[str, Any]]
 ) -> None:
@@ -74,7 +82,11 @@ def run_pipeline(plan: PipelinePlan) -> dict[str, dict[str, Any]]:
             if pending[0].kind == "knowledge":
                 run_knowledge(plan.name, pending[0], client, parent.run_id, results)
                 continue
-            run_stage_group(plan.name, group, pending, parent.run_id, results)
+            try:
+                run_stage_group(plan.name, group, pending, parent.run_id, results)
+            except BaseException:
+                stage_name = first_unfinished(client, parent.run_id, pending) or stage_name
+                raise
             for stage in pending:  # recorded by the group's rank 0
                 finished = finished_stage_result(client, parent.run_id, stage.name)
                 if finished is None:

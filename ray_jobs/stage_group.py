@@ -70,12 +70,14 @@ def _from_rank_zero(value: Any) -> Any:
 
 
 def _stage_group_worker(loop_config: dict[str, Any]) -> None:
-    # trainer.loop is imported here, in the workers only (see ray_jobs.train_job).
-    from trainer.loop import Trainer
-
     rank_zero = ray.train.get_context().get_world_rank() == 0
     if rank_zero:
         timeline.mark("worker.process", at=timeline.process_start_time())
+        timeline.mark("worker.train_fn")
+    # trainer.loop is imported here, in the workers only (see ray_jobs.train_job).
+    from trainer.loop import Trainer
+
+    if rank_zero:
         timeline.mark("worker.start")
     pipeline, parent_run_id = loop_config["pipeline"], loop_config["parent_run_id"]
     results: dict[str, dict[str, Any]] = dict(loop_config["results"])

@@ -26,13 +26,16 @@ LAUNCH_ID = uuid.uuid4().hex  # this driver process: Ray Train restarts inside i
 
 
 def _train_worker(loop_config: dict[str, Any]) -> None:
+    cfg = ExperimentConfig.model_validate(loop_config["config"])
+    rank_zero = ray.train.get_context().get_world_rank() == 0
+    if rank_zero:
+        timeline.mark("worker.process", at=timeline.process_start_time(), run=cfg.run.name)
+        timeline.mark("worker.train_fn", run=cfg.run.name)
     # Imported here, in the workers only: the job driver (and the submitter, which imports this module's
     # names) never touch DeepSpeed or transformers, which would cost them seconds of start-up.
     from trainer.loop import Trainer
 
-    cfg = ExperimentConfig.model_validate(loop_config["config"])
-    if ray.train.get_context().get_world_rank() == 0:
-        timeline.mark("worker.process", at=timeline.process_start_time(), run=cfg.run.name)
+    if rank_zero:
         timeline.mark("worker.start", run=cfg.run.name)
     Trainer(cfg, RayCheckpointIO(), launch_id=loop_config["launch_id"]).fit()
 

@@ -334,6 +334,11 @@ def ray_phases(marks: list[dict[str, Any]], started: float, ended: float) -> dic
             {
                 "stage": start_mark.get("stage", str(index)),
                 "worker_group_s": span(t0, first("worker.start")) if opened else 0.0,
+                # The worker group's start, split: Ray Train's controller and worker actors (new processes),
+                # the worker's boot until the train function runs (Ray, process group), its imports.
+                "worker_actors_s": span(t0, first("worker.process")) if opened else None,
+                "worker_boot_s": span(first("worker.process"), first("worker.train_fn")) if opened else None,
+                "worker_imports_s": span(first("worker.train_fn"), first("worker.start")) if opened else None,
                 "process_group_s": span(start_mark["t"], first("worker.fit")),
                 "data_tokenizer_features_s": span(first("worker.fit"), first("worker.features")),
                 "model_engine_s": span(first("worker.features"), first("worker.engine")),
@@ -482,6 +487,21 @@ def render_ray(mode: str, ray: dict[str, Any], steps: int) -> list[str]:
             f"| {s['stage']} | {' | '.join(_num(c, '.1f') for c in cells)} | **{_num(s['setup_s'], '.1f')}** | "
             f"{' | '.join(_num(c, '.1f') for c in after)} |"
         )
+    opened = [s for s in ray["stages"] if s.get("worker_actors_s") is not None]
+    lines += [
+        "",
+        "Each worker group's start: Ray Train's controller and worker actors (new processes), a worker's boot until "
+        "Ray Train calls the train function (Ray worker, actor, torch process group), then the train function's "
+        "imports (torch, transformers, DeepSpeed, datasets, MLflow):",
+        "",
+        "| opened by stage | actors | worker boot | imports | worker group |",
+        "|---|---|---|---|---|",
+        *(
+            f"| {s['stage']} | {_num(s['worker_actors_s'], '.1f')} | {_num(s['worker_boot_s'], '.1f')} | "
+            f"{_num(s['worker_imports_s'], '.1f')} | {_num(s['worker_group_s'], '.1f')} |"
+            for s in opened
+        ),
+    ]
     return [*lines, ""]
 
 

@@ -33,7 +33,7 @@ def test_stages_inherit_base_and_cli_overrides_retarget_all(tmp_path: Path) -> N
     for stage in plan.stages:
         assert stage.config.model.name == "google/t5-v1_1-base"
         assert (stage.config.run.num_workers, stage.config.optim.max_steps) == (8, 9)
-        assert stage.config.run.name == f"p-{stage.name}"  # each stage its own Ray Train run (and resume)
+        assert stage.config.run.name == f"p-{stage.name}"  # its output dir, MLflow run and checkpoints
     assert plan.stages[1].config.method.name == "knife_student"
 
 

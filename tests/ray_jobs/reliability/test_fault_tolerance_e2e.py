@@ -240,7 +240,8 @@ def test_driver_killed_then_resubmitted_pipeline(fault_cluster: FaultCluster, tm
     # Teacher and student share one worker group: one Ray Train run holds both stages' checkpoints.
     fault_cluster.wait_registered_step(f"{name}-teacher-to-student", 4, prefix=name, stage="student")
     teacher_before, student_before = the_run(fault_cluster, "teacher"), the_run(fault_cluster, "student")
-    drivers = [p for p in fault_cluster.processes(HEAD) if "ray_jobs.pipeline_job" in " ".join(p.cmdline())]
+    # The Python process itself, not the `sh -c` Ray may start it under.
+    drivers = [p for p in fault_cluster.processes(HEAD) if "ray_jobs.pipeline_job" in p.cmdline()]
     assert len(drivers) == 1, drivers
     killed_at = time.monotonic()
     drivers[0].send_signal(signal.SIGKILL)
