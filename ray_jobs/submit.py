@@ -15,6 +15,7 @@ import asyncio
 import contextlib
 import json
 import os
+import signal
 import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -122,9 +123,14 @@ def cluster_address(address: str | None, cfg: ExperimentConfig) -> Iterator[tupl
     cpus = max(os.cpu_count() or 1, int(cfg.run.num_workers * cfg.run.cpus_per_worker + 0.999))
     log_file = Path(cfg.run.output_dir) / "ray-head.log"
     print(f"[submit] starting a local Ray head ({cpus} CPUs); log: {log_file}", flush=True)
-    with LocalRayHead(num_cpus=cpus, log_file=log_file) as head:
-        yield head.address, True
-    print("[submit] local Ray head stopped", flush=True)
+    started = False
+    try:
+        with LocalRayHead(num_cpus=cpus, log_file=log_file) as head:
+            started = True
+            yield head.address, True
+    finally:  # also when the block ends on an error, Ctrl-C or SIGTERM
+        if started:
+            print("[submit] local Ray head stopped", flush=True)
 
 
 async def _stream_logs(client: JobSubmissionClient, job_id: str) -> None:
@@ -306,7 +312,14 @@ def build_request(
     return JobRequest.for_training(prepare(load_config(path, overrides)))
 
 
+def _exit_on_sigterm(signum: int, _frame: object) -> None:
+    """SIGTERM (a CI timeout, `kill`, a pod stopping) unwinds like Ctrl-C: a local head this submitter started is
+    stopped with its whole process tree, instead of outliving it in its own process group."""
+    raise SystemExit(128 + signum)
+
+
 def main(argv: list[str] | None = None) -> int:
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("args", nargs="*", help="[CONFIG.yaml] then dotted overrides, e.g. ds.zero_stage=3")
     parser.add_argument(

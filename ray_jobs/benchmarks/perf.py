@@ -24,6 +24,7 @@ import json
 import os
 import platform
 import shlex
+import signal
 import statistics
 import subprocess
 import sys
@@ -106,6 +107,26 @@ def _env(**extra: str) -> dict[str, str]:
     }
 
 
+def run_child(command: list[str], timeout_s: float, **popen: Any) -> tuple[int | None, str]:
+    """Run a child to its end or `timeout_s` (returncode None): (returncode, its captured stdout when piped).
+    On a timeout, or when this benchmark is stopped, the child gets SIGTERM, not subprocess.run's SIGKILL:
+    a submitter then stops the local Ray head it started instead of orphaning it."""
+    with subprocess.Popen(command, text=True, **popen) as proc:
+        try:
+            stdout, _ = proc.communicate(timeout=timeout_s)
+        except BaseException as exc:
+            proc.terminate()
+            try:
+                stdout, _ = proc.communicate(timeout=120)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                stdout, _ = proc.communicate()
+            if not isinstance(exc, subprocess.TimeoutExpired):
+                raise
+            return None, stdout or ""
+    return proc.returncode, stdout or ""
+
+
 def run_ranks(args: list[str], out: Path, log: Path, timeout_s: float = 900) -> dict[str, Any]:
     """`perf_steps` on two torchrun ranks; returns rank 0's JSON, or {"error": ...} with the log's tail."""
     command = [
@@ -120,9 +141,9 @@ def run_ranks(args: list[str], out: Path, log: Path, timeout_s: float = 900) -> 
         str(out),
     ]
     with log.open("w") as handle:
-        proc = subprocess.run(command, stdout=handle, stderr=subprocess.STDOUT, timeout=timeout_s, env=_env())
-    if proc.returncode != 0 or not out.is_file():
-        return {"error": f"exit {proc.returncode}: " + log.read_text()[-1500:]}
+        code, _ = run_child(command, timeout_s, stdout=handle, stderr=subprocess.STDOUT, env=_env())
+    if code != 0 or not out.is_file():
+        return {"error": ("timed out: " if code is None else f"exit {code}: ") + log.read_text()[-1500:]}
     return json.loads(out.read_text())
 
 
@@ -286,19 +307,19 @@ def submit_pipeline(plan: Plan, directory: Path, reuse_workers: bool) -> dict[st
     config = directory / "pipeline.yaml"
     config.write_text(yaml.safe_dump(ray_pipeline(plan, reuse_workers)))
     started = time.time()
-    proc = subprocess.run(
+    code, output = run_child(
         [sys.executable, "-m", "ray_jobs.submit", str(config)],
+        1200,
         cwd=directory,
-        capture_output=True,
-        text=True,
-        timeout=1200,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
         env=_env(**{TIMELINE_ENV: "1"}),
     )
     ended = time.time()
-    (directory / "submit.log").write_text(proc.stdout + proc.stderr)
-    if proc.returncode != 0:
-        return {"error": f"exit {proc.returncode}: " + (proc.stdout + proc.stderr)[-1500:]}
-    return {"wall_s": ended - started, **ray_phases(parse_marks(proc.stdout.splitlines()), started, ended)}
+    (directory / "submit.log").write_text(output)
+    if code != 0:
+        return {"error": ("timed out: " if code is None else f"exit {code}: ") + output[-1500:]}
+    return {"wall_s": ended - started, **ray_phases(parse_marks(output.splitlines()), started, ended)}
 
 
 def ray_phases(marks: list[dict[str, Any]], started: float, ended: float) -> dict[str, Any]:
@@ -506,6 +527,7 @@ def render_ray(mode: str, ray: dict[str, Any], steps: int) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> None:
+    signal.signal(signal.SIGTERM, lambda signum, _frame: sys.exit(128 + signum))  # unwinds: children get SIGTERM
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=Path("bench_results/perf"))
     parser.add_argument("--quick", action="store_true", help="t5-tiny and the main cases only (~3 min)")

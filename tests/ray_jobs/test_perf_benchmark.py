@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from ray_jobs.benchmarks.perf import Plan, ray_phases, render
+from ray_jobs.benchmarks.perf import Plan, ray_phases, render, run_child
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -80,6 +80,20 @@ def test_report_renders_what_ran_and_names_failures() -> None:
     }
     text = render(result)
     assert "error: 'exit 1: boom'" in text and "The Ray run failed" in text
+
+
+def test_a_child_past_its_time_gets_sigterm_to_clean_up(tmp_path: Path) -> None:
+    """What lets a timed-out submitter stop its local Ray head (SIGKILL would orphan it). The child starts in
+    ~0.1 s and never ends by itself; 5 s is its time."""
+    marker = tmp_path / "cleaned-up"
+    child = (
+        "import signal, sys, time\n"
+        f"signal.signal(signal.SIGTERM, lambda *_: (open({str(marker)!r}, 'w').close(), sys.exit(143)))\n"
+        "print('ready', flush=True)\n"
+        "time.sleep(3600)\n"
+    )
+    code, output = run_child([sys.executable, "-c", child], 5, stdout=subprocess.PIPE)
+    assert code is None and output == "ready\n" and marker.is_file()
 
 
 @pytest.mark.slow

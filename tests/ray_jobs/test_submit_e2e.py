@@ -3,8 +3,10 @@
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
+import time
 import uuid
 from pathlib import Path
 
@@ -121,6 +123,36 @@ def test_ray_job_trains_tracks_exports_and_resumes(shared_data: Path, tmp_path: 
             r"root cause \(stage 'broken', rank \d\): DataError: dataset 'strategyqa': \S+ not found",
             "\n".join(failed.stderr.strip().splitlines()[-3:]),
         ), failed.stderr[-2000:]
+
+
+def test_a_terminated_submitter_leaves_no_ray_process(shared_data: Path, tmp_path: Path) -> None:
+    """SIGTERM while the job trains: the submitter stops the local head it started, and with it every process."""
+    tag = uuid.uuid4().hex
+    proc = subprocess.Popen(
+        [
+            sys.executable, "-m", "ray_jobs.submit", str(REPO_ROOT / "ray_jobs/configs/demo.yaml"),
+            f"data.data_dir={shared_data}", "data.max_dev_examples=12", "model.tokenizer_vocab_size=800",
+            "optim.max_steps=100000", "tracking.experiment=sigterm", "run.name=sigterm",
+        ],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO_ROOT), PROCESS_TAG: tag},
+    )  # fmt: skip
+    assert proc.stdout is not None
+    seen = []
+    for line in proc.stdout:  # ends when the submitter exits, so a submitter that failed early fails below
+        seen.append(line)
+        if "] job " in line and "submitted to" in line:
+            break
+    assert proc.poll() is None, "".join(seen)[-4000:]
+    time.sleep(5)  # into the job: the driver and the worker group are starting
+    proc.send_signal(signal.SIGTERM)
+    output, _ = proc.communicate(timeout=300)
+    assert proc.returncode == 128 + signal.SIGTERM, output[-4000:]
+    assert "local Ray head stopped" in output, output[-4000:]
+    assert tagged_processes(tag) == []
 
 
 def test_missing_data_caught_by_preflight(tmp_path: Path) -> None:
