@@ -1,8 +1,8 @@
 """Performance benchmark: the DeepSpeed strategy against plain torch DDP, Ray's overhead split into its parts,
 evaluation throughput. Writes <out>/results.md and <out>/results.json.
 
-    python -m ray_jobs.benchmarks.perf                                   # ~12 min on 2 CPU cores
-    python -m ray_jobs.benchmarks.perf --quick --out /tmp/perf           # ~3 min: t5-tiny, fewer cases
+    python -m ray_jobs.benchmarks.perf                                   # ~13 min on 2 idle CPU cores
+    python -m ray_jobs.benchmarks.perf --quick --out /tmp/perf           # ~4 min: t5-tiny, fewer cases
 
 Parts (each figure measured side by side in one run, so machine noise cancels in the ratios):
 - steps: `ray_jobs.benchmarks.perf_steps time` under torchrun (2 ranks, gloo), the strategy's ZeRO-1/2/3 and
@@ -530,7 +530,7 @@ def main(argv: list[str] | None = None) -> None:
     signal.signal(signal.SIGTERM, lambda signum, _frame: sys.exit(128 + signum))  # unwinds: children get SIGTERM
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=Path("bench_results/perf"))
-    parser.add_argument("--quick", action="store_true", help="t5-tiny and the main cases only (~3 min)")
+    parser.add_argument("--quick", action="store_true", help="t5-tiny and the main cases only (~4 min)")
     parser.add_argument(
         "--parts", default="steps,memory,hf,eval,ray", help="comma-separated subset of steps,memory,hf,eval,ray"
     )
