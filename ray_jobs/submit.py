@@ -40,7 +40,10 @@ from trainer.tracking import timeline
 from trainer.tracking.mlflow_tracker import resolve_experiment, resolve_tracking_uri
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+# What the job's working_dir upload leaves out: no job imports the tests (whose sources hold the reliability
+# suite's canary secrets, which would otherwise sit unpacked in every node's Ray temp dir), run outputs, caches.
 UPLOAD_EXCLUDES = [
+    "tests",
     ".venv",
     ".git",
     "runs",
