@@ -81,13 +81,18 @@ def _stage_group_worker(loop_config: dict[str, Any]) -> None:
         timeline.mark("worker.start")
     pipeline, parent_run_id = loop_config["pipeline"], loop_config["parent_run_id"]
     results: dict[str, dict[str, Any]] = dict(loop_config["results"])
-    for stage in (PlannedStage.model_validate(s) for s in loop_config["stages"]):
-        client = MlflowClient(resolve_tracking_uri(stage.config.tracking)) if rank_zero else None
-        # An earlier attempt of this worker group (Ray Train restarts it from the top) may have finished it.
-        done = _from_rank_zero(finished_stage_result(client, parent_run_id, stage.name) if client else None)
-        if done is not None:
-            results[stage.name] = done
-            continue
+    stages = [PlannedStage.model_validate(s) for s in loop_config["stages"]]
+    # The parent run's store (the driver's, from the first stage's tracking settings); rank 0 writes to it.
+    client = MlflowClient(resolve_tracking_uri(stages[0].config.tracking)) if rank_zero else None
+    # Only a restarted worker group (Ray Train runs it from the top; every finished stage reported a checkpoint)
+    # can meet a stage an earlier attempt finished: the driver passes only unfinished ones.
+    restarted = ray.train.get_checkpoint() is not None
+    for stage in stages:
+        if restarted:
+            done = _from_rank_zero(finished_stage_result(client, parent_run_id, stage.name) if client else None)
+            if done is not None:
+                results[stage.name] = done
+                continue
         wired, tags = wire_stage(stage, results)
         if rank_zero:
             timeline.mark("stage.start", stage=stage.name)

@@ -23,11 +23,6 @@ EXTENSIONS_ENV = "TORCH_EXTENSIONS_DIR"
 CPU_OPS = {"shm_comm": "ShareMemCommBuilder", "cpu_adam": "CPUAdamBuilder"}
 
 
-def environment_op_cache() -> Path:
-    """The op cache of this interpreter's environment (the venv, or the image's Python)."""
-    return Path(sys.prefix) / "torch_extensions"
-
-
 def pin_op_cache() -> str | None:
     """Point torch's extension cache at this environment's own directory unless the user chose one (the image
     does); left alone where the environment is read-only. Returns the directory in use, if we set or kept one."""
@@ -35,7 +30,7 @@ def pin_op_cache() -> str | None:
         return os.environ[EXTENSIONS_ENV]
     if not os.access(sys.prefix, os.W_OK):
         return None
-    os.environ[EXTENSIONS_ENV] = str(environment_op_cache())
+    os.environ[EXTENSIONS_ENV] = str(Path(sys.prefix) / "torch_extensions")  # the venv's, or the image Python's
     return os.environ[EXTENSIONS_ENV]
 
 

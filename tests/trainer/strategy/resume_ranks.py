@@ -12,23 +12,16 @@ from pathlib import Path
 
 import torch
 
+from tests.trainer.strategy.strategy_setup import configured_strategy
 from trainer.config import load_config
-from trainer.data.formatting import tokenizer_corpus
-from trainer.data.registry import load_splits
-from trainer.models.factory import build_model, build_model_config, build_tokenizer, count_parameters
-from trainer.strategy.deepspeed_strategy import DeepSpeedStrategy
+from trainer.models.factory import build_model, count_parameters
 
 STEPS, RESUME_AT = 4, 2
 
 
 def engine_for(overrides: list[str], init_seed: int):
     cfg = load_config(overrides=overrides)
-    strategy = DeepSpeedStrategy(cfg)
-    strategy.setup_distributed()
-    splits = load_splits(cfg.data, cfg.run.seed)
-    tokenizer = build_tokenizer(cfg.model, lambda: tokenizer_corpus(splits.train), strategy.broadcast_object)
-    model_config = build_model_config(cfg.model, tokenizer)
-    strategy.configure(model_config.d_model)
+    strategy, tokenizer, model_config = configured_strategy(cfg)
     torch.manual_seed(init_seed)
     with strategy.partitioned_init(strategy.resolved_config):
         model = build_model(cfg.model, model_config)

@@ -8,28 +8,17 @@ import torch
 from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
 from transformers.integrations.deepspeed import is_deepspeed_zero3_enabled
 
+from tests.trainer.strategy.strategy_setup import configured_strategy
 from trainer.checkpoint_io import LocalCheckpointIO
-from trainer.data.formatting import format_question, tokenizer_corpus
+from trainer.data.formatting import format_question
 from trainer.data.registry import load_splits
 from trainer.loop import Trainer
-from trainer.models.factory import build_model, build_model_config, build_tokenizer, count_parameters
-from trainer.strategy.deepspeed_strategy import DeepSpeedStrategy
+from trainer.models.factory import build_model, count_parameters
 
 
 def fit(cfg):
     checkpoints = LocalCheckpointIO(Path(cfg.run.output_dir) / cfg.run.name / "checkpoints")
     return Trainer(cfg, checkpoints).fit()
-
-
-def configured_strategy(cfg):
-    """A one-rank strategy configured for the model, as Trainer.fit does before building it."""
-    strategy = DeepSpeedStrategy(cfg)
-    strategy.setup_distributed()
-    splits = load_splits(cfg.data, cfg.run.seed)
-    tokenizer = build_tokenizer(cfg.model, lambda: tokenizer_corpus(splits.train), strategy.broadcast_object)
-    model_config = build_model_config(cfg.model, tokenizer)
-    strategy.configure(model_config.d_model)
-    return strategy, tokenizer, model_config
 
 
 def make_engine(cfg):
