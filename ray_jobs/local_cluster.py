@@ -37,6 +37,9 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+_STOP_ROUNDS = 5  # scans of the head's processes while stopping it (one suffices unless a worker was forking)
+
+
 class LocalRayHead:
     """`ray start --head --block` in its own process group; leaving the block stops it and its workers."""
 
@@ -131,11 +134,16 @@ class LocalRayHead:
             return
         self._stopped = True
         timeline.mark("head.stop")
-        processes = self.processes()
-        _signal_all(processes, psutil.Process.terminate)
-        alive = _wait_gone(processes, self.stop_grace_s)
-        _signal_all(alive, psutil.Process.kill)
-        _wait_gone(alive, 10.0)
+        # A worker the raylet forked while the tree was being signalled shows up (in the head's process group)
+        # only on a later scan: scan again until one finds nothing running.
+        for _ in range(_STOP_ROUNDS):
+            processes = [p for p in self.processes() if _running(p)]
+            if not processes:
+                break
+            _signal_all(processes, psutil.Process.terminate)
+            alive = _wait_gone(processes, self.stop_grace_s)
+            _signal_all(alive, psutil.Process.kill)
+            _wait_gone(alive, 10.0)
         self.process.wait()
         timeline.mark("head.stopped")
 
@@ -151,18 +159,19 @@ def _signal_all(processes: list[psutil.Process], send: Callable[[psutil.Process]
             send(proc)
 
 
+def _running(proc: psutil.Process) -> bool:
+    """Alive and not a zombie (a zombie's parent was killed too; init reaps it)."""
+    try:
+        return proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
 def _wait_gone(processes: list[psutil.Process], timeout_s: float) -> list[psutil.Process]:
-    """Wait until every process exited (a zombie counts: its parent was killed too); returns the ones still alive."""
-
-    def running(proc: psutil.Process) -> bool:
-        try:
-            return proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE
-        except psutil.NoSuchProcess:
-            return False
-
+    """Wait until every process exited; returns the ones still running."""
     deadline = time.monotonic() + timeout_s
-    alive = [p for p in processes if running(p)]
+    alive = [p for p in processes if _running(p)]
     while alive and time.monotonic() < deadline:
         time.sleep(0.05)
-        alive = [p for p in alive if running(p)]
+        alive = [p for p in alive if _running(p)]
     return alive
