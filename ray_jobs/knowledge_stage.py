@@ -22,7 +22,7 @@ from trainer.kard.prepare import prepare_knowledge
 from trainer.kard.prompt import Passage
 from trainer.kard.rationale_filter import RationaleCandidate, VerifierFilter
 from trainer.kard.retriever import Hit, RetrieverSpec
-from trainer.methods.kard import knowledge_dataset
+from trainer.methods.kard.student import knowledge_dataset
 from trainer.tracking.mlflow_tracker import MLflowTracker
 
 

@@ -65,6 +65,7 @@ def tiny_config(tmp_path: Path, shared_data: Path):
 
 
 KARD_TEST_OVERRIDES = (
+    "method.name=kard",
     "data.dataset=synthetic_kb",
     "data.max_train_examples=160",
     "data.max_dev_examples=24",

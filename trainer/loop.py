@@ -23,10 +23,11 @@ from trainer.data.feature_cache import CachedFeatures, examples_digest, load_or_
 from trainer.data.formatting import tokenizer_corpus
 from trainer.data.rationales import answer_leakage
 from trainer.data.registry import DatasetSplits, load_splits
-from trainer.evaluation.evaluator import EvalResult, EvalSettings
+from trainer.evaluation.evaluator import EvalSettings
+from trainer.evaluation.protocols import Evaluation
 from trainer.failpoints import failpoint
 from trainer.methods.base import Method
-from trainer.methods.registry import method_class
+from trainer.methods.registry import method_class, spec_of
 from trainer.model_selection import replace_dir, restore_selected, stash_selected
 from trainer.models.factory import build_model_config, build_tokenizer, count_parameters, model_hidden_size
 from trainer.models.presets import weights_tags
@@ -149,7 +150,8 @@ class Trainer:
         method.setup(strategy, model_config)
         return splits, method, model_config
 
-    def _tracker(self, method: Method, resume_run_id: str | None, tags: dict[str, str] | None = None) -> Tracker:
+    def _tracker(self, resume_run_id: str | None, tags: dict[str, str] | None = None) -> Tracker:
+        spec = spec_of(self.cfg)
         return create_tracker(
             self.cfg.tracking,
             self.strategy.is_rank_zero,
@@ -157,7 +159,9 @@ class Trainer:
             resume_run_id=resume_run_id,
             parent_run_id=self.parent_run_id,
             tags={
-                "method": method.run_label,
+                "method": spec.run_label(self.cfg),
+                "method.name": spec.name,
+                "headline_metric": spec.headline_metric(self.cfg),
                 "dataset": self.cfg.data.dataset,
                 "model": self.cfg.model.name,
                 **weights_tags(self.cfg.model),
@@ -177,7 +181,7 @@ class Trainer:
         with strategy.partitioned_init(frozen):
             model = strategy.prepare_frozen(method.build_model(model_config), frozen)
         method.prepare_evaluation(strategy, splits.dev)
-        tracker = self._tracker(method, None, {"evaluates_model": cfg.model.name})
+        tracker = self._tracker(None, {"evaluates_model": cfg.model.name})
         run_id = strategy.broadcast_object(tracker.run_id)
         tracker.log_params({**flatten(cfg), "data.num_dev_examples": len(splits.dev), "run.mode": "evaluate"})
         self._log_inputs(tracker, method)
@@ -229,7 +233,7 @@ class Trainer:
                 if not restore_selected(checkpoint_dir, self.export_dir if strategy.is_rank_zero else None):
                     state.best_step = state.best_score = None  # a selection without its export is not kept
         resumed_from = state.global_step
-        tracker = self._tracker(method, state.mlflow_run_id)
+        tracker = self._tracker(state.mlflow_run_id)
         state.mlflow_run_id = strategy.broadcast_object(tracker.run_id)
         tracker.requeue_metrics(state.pending_metrics)
         if tracker.resumed:
@@ -342,8 +346,8 @@ class Trainer:
             tracker.log_input(dataset, context)
 
     @staticmethod
-    def _log_predictions(tracker: Tracker, result: EvalResult) -> list[dict[str, Any]]:
-        predictions = [asdict(p) for p in result.predictions]
+    def _log_predictions(tracker: Tracker, result: Evaluation) -> list[dict[str, Any]]:
+        predictions = result.records()
         tracker.log_jsonl(predictions, "predictions/dev.jsonl")
         tracker.log_table(result.table_rows(), "predictions/dev_table.json")
         return predictions
@@ -359,7 +363,7 @@ class Trainer:
             seed=run.seed,
         )
 
-    def _evaluate(self, engine: torch.nn.Module, method: Method, dev: list[QAExample]) -> EvalResult:
+    def _evaluate(self, engine: torch.nn.Module, method: Method, dev: list[QAExample]) -> Evaluation:
         model = engine.module
         return method.evaluate(model, dev, self.strategy, self._eval_settings(), self.strategy.generation_kwargs(model))
 
@@ -372,7 +376,7 @@ class Trainer:
         dev: list[QAExample],
         state: TrainState,
         tracker: Tracker,
-    ) -> EvalResult | None:
+    ) -> Evaluation | None:
         cfg, strategy = self.cfg, self.strategy
         first_step = state.global_step + 1
         accumulation = cfg.optim.gradient_accumulation_steps
@@ -380,7 +384,7 @@ class Trainer:
         epoch, skip = divmod(micro_done, len(loader))
         running: dict[str, float] = {}
         window_start, window_micro = time.perf_counter(), 0
-        last_eval: EvalResult | None = None
+        last_eval: Evaluation | None = None
         engine.train()
         while state.global_step < cfg.optim.max_steps:
             sampler.set_epoch(epoch)

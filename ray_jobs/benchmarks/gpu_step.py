@@ -37,10 +37,11 @@ from ray_jobs.benchmarks.gpu_cases import StepCase
 from trainer.config import ExperimentConfig, load_config
 from trainer.config.schema import DataConfig
 from trainer.data.formatting import tokenizer_corpus
-from trainer.data.knife_collate import build_knife_features
 from trainer.data.registry import load_splits
+from trainer.evaluation.protocols import Batch
 from trainer.loop import build_trained_model
-from trainer.methods.base import Batch, Method
+from trainer.methods.base import Method
+from trainer.methods.knife.collate import build_knife_features
 from trainer.methods.registry import method_class
 from trainer.models.factory import build_model, build_model_config, build_tokenizer, count_parameters
 from trainer.perf.flops import StepFlops, T5Shape, knife_student_step_flops, parameter_count, train_step_flops

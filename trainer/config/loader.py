@@ -106,3 +106,9 @@ def flatten(config: BaseModel) -> dict[str, str]:
 
     walk("", config.model_dump(mode="json"))
     return flat
+
+
+def with_overrides(cfg: ExperimentConfig, *overrides: str) -> ExperimentConfig:
+    """`cfg` with dotted overrides applied and validated again, so a changed `method.name` gets its own section
+    (a plain `model_copy` would keep the old method's)."""
+    return validate_tree(apply_overrides(cfg.model_dump(mode="json"), overrides), source="overrides")

@@ -2,23 +2,23 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, SerializeAsAny, ValidatorFunctionWrapHandler, field_validator, model_validator
 
+from trainer.config.fields import FieldRole, LocalPath, ModelSource
+from trainer.config.sections import MethodSection
+from trainer.config.sections import Section as _Section
 
-class _Section(BaseModel):
-    """Base for every config section: typos in YAML keys must fail loudly, not be ignored."""
-
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+DEFAULT_METHOD = "ft_io"
 
 
 class ModelConfig(_Section):
     """Which seq2seq model to train: an HF hub name, a local path, an MLflow model URI, or a preset
     (trainer/models/presets.py: tiny offline shapes and the published T5 / T5 v1.1 / Flan-T5 architectures)."""
 
-    name: str = "t5-tiny"
-    tokenizer: str | None = Field(
+    name: Annotated[str, FieldRole.MODEL_SOURCE] = "t5-tiny"
+    tokenizer: ModelSource = Field(
         default=None,
         description="HF name/path of the tokenizer; defaults to the model's own. "
         "Presets build a word-level tokenizer offline from the training data.",
@@ -29,7 +29,7 @@ class ModelConfig(_Section):
         description="published presets (t5-base, flan-t5-xl, ...): pretrained weights when they can be had (auto), "
         "always (pretrained: fail otherwise), or never (random: the same architecture randomly initialised)",
     )
-    weights_from: str | None = Field(
+    weights_from: ModelSource = Field(
         default=None, description="published presets: a local HF directory (or hub name) holding their weights"
     )
     gradient_checkpointing: bool = Field(
@@ -41,9 +41,9 @@ class DataConfig(_Section):
     """Which question set to load and how to cut it."""
 
     dataset: str = "strategyqa"
-    train_path: str | None = Field(default=None, description="JSONL(.gz) for the generic `jsonl` dataset")
-    dev_path: str | None = None
-    data_dir: str | None = Field(
+    train_path: LocalPath = Field(default=None, description="JSONL(.gz) for the generic `jsonl` dataset")
+    dev_path: LocalPath = None
+    data_dir: LocalPath = Field(
         default=None,
         description="Root of the shared data; default: $REASONDISTILL_DATA_DIR or ../shared/data",
     )
@@ -65,9 +65,9 @@ class DataConfig(_Section):
     keep_unstated_rationales: bool = Field(
         default=True, description="parse filter: keep rationales that state no final answer (the verifier decides all)"
     )
-    verifier_model: str | None = Field(default=None, description="seq2seq verifier: HF name, path or runs:/ URI")
+    verifier_model: ModelSource = Field(default=None, description="seq2seq verifier: HF name, path or runs:/ URI")
     synthetic_seed: int = Field(default=0, description="world seed of the `synthetic` and `synthetic_kb` datasets")
-    feature_cache_dir: str | None = Field(
+    feature_cache_dir: LocalPath = Field(
         default=None,
         description="tokenised training features shared by every run on a node (built once per dataset, method, "
         "tokenizer and lengths); default <run.output_dir>/cache/features",
@@ -78,81 +78,6 @@ class DataConfig(_Section):
         if self.rationale_filter == "verifier" and not self.verifier_model:
             raise ValueError("data.rationale_filter=verifier needs data.verifier_model")
         return self
-
-
-class KnifeConfig(_Section):
-    """KNIFE student distillation knobs (Chan et al.)."""
-
-    teacher: str | None = Field(
-        default=None, description="teacher model: an exported model dir, or runs:/<run_id>/... MLflow URI"
-    )
-    lambda_in: float = Field(default=1.0, ge=0.0)
-    lambda_out: float = Field(default=1.0, ge=0.0)
-    lambda_task: float = Field(default=1.0, ge=0.0)
-    encoder_layers: list[int] = Field(default_factory=lambda: [-1])
-    decoder_layers: list[int] = Field(default_factory=lambda: [-1])
-    output_loss: Literal["mse", "kl"] = "mse"
-    kl_temperature: float = Field(default=1.0, gt=0.0)
-    projection: bool = Field(
-        default=False,
-        description="align hidden states through a learned linear map from the student's width to the teacher's "
-        "(a wider teacher, e.g. T5-Large -> T5-Base); trained and checkpointed with the student, never exported",
-    )
-    teacher_zero_stage: Literal[0, 3] = 3
-
-
-class KardConfig(_Section):
-    """KARD student (Kang et al.): rationale generation from the question plus retrieved passages."""
-
-    knowledge: str | None = Field(
-        default=None, description="knowledge dataset dir written by a pipeline `knowledge` stage (wired by pipelines)"
-    )
-    train_passages: int = Field(default=1, ge=0, le=20, description="k passages retrieved by the rationale (training)")
-    inference: Literal["bm25", "reranker", "oracle", "none"] = Field(
-        default="bm25",
-        description="dev passages: BM25 by question + options, those reranked, the gold rationale's (upper bound)",
-    )
-    inference_passages: int = Field(default=1, ge=0, le=20, description="k passages in the prompt at inference")
-    candidates: int = Field(default=100, ge=1, le=1000, description="BM25 candidates per question for reranking (N)")
-    reranker: str | None = Field(default=None, description="reranker model: dir or runs:/ URI (wired by pipelines)")
-    reranker_batch_size: int = Field(default=64, ge=1)
-    instruction: str = Field(
-        default="Answer the question by explaining step by step, using the knowledge.",
-        description="task instruction at the start of every prompt",
-    )
-
-
-class RerankerConfig(_Section):
-    """KARD's neural reranker: late interaction (MaxSim) over a pretrained encoder, trained to reproduce
-    rationale relevance: KL(softmax(BM25(rationale, d)/τ_target) ‖ softmax(s(question, d)/τ_model))."""
-
-    projection_dim: int = Field(default=128, ge=8)
-    lora_rank: int = Field(default=16, ge=0, description="LoRA rank on attention query/value; 0 = full fine-tuning")
-    lora_alpha: float = Field(default=32.0, gt=0.0)
-    max_query_length: int = Field(default=64, ge=8)
-    max_passage_length: int = Field(default=160, ge=8)
-    candidates_per_query: int = Field(
-        default=32, ge=1, description="BM25 hits by question and by rationale whose union forms the candidates"
-    )
-    sampled_candidates: int = Field(default=8, ge=2, description="candidates per training example")
-    loss: Literal["kl", "ce_best"] = Field(default="kl", description="kl (paper) or cross-entropy to the best")
-    tau_target_start: float = Field(default=5.0, gt=0.0)
-    tau_target_end: float = Field(default=1.0, gt=0.0)
-    tau_model_start: float = Field(default=1.0, gt=0.0)
-    tau_model_end: float = Field(default=1.0, gt=0.0)
-    eval_k: list[int] = Field(default_factory=lambda: [1, 2, 5], description="recall@k cut-offs on dev")
-
-
-class MethodConfig(_Section):
-    """Training objective: a plain fine-tuning baseline or a distillation method."""
-
-    name: Literal[
-        "ft_io", "ft_ior", "ft_iro", "multitask", "knife_teacher", "knife_student", "rd", "kard", "kard_reranker"
-    ] = "ft_io"
-    multitask_alpha: float = Field(default=0.5, ge=0.0, le=1.0)
-    knife: KnifeConfig = Field(default_factory=KnifeConfig)
-    kard: KardConfig = Field(default_factory=KardConfig)
-    reranker: RerankerConfig = Field(default_factory=RerankerConfig)
 
 
 class OptimConfig(_Section):
@@ -238,7 +163,7 @@ class RetrievalConfig(_Section):
     """
 
     mode: Literal["embedded", "http", "elasticsearch"] = "embedded"
-    corpus: str | None = Field(
+    corpus: LocalPath = Field(
         default=None, description="id/title/text JSONL(.gz); default: the shared Wikipedia passages"
     )
     index: str | None = Field(
@@ -246,7 +171,7 @@ class RetrievalConfig(_Section):
     )
     url: str | None = Field(default=None, description="http: service URL; elasticsearch: cluster URL(s)")
     token_env: str = Field(default="RETRIEVAL_API_TOKEN", description="env var holding the service's bearer token")
-    cache_dir: str | None = Field(
+    cache_dir: LocalPath = Field(
         default=None, description="knowledge datasets and indexes; default <output_dir>/knowledge"
     )
     batch_size: int = Field(default=64, ge=1, description="queries per search_batch call")
@@ -270,10 +195,27 @@ class ExperimentConfig(_Section):
 
     model: ModelConfig = Field(default_factory=ModelConfig)
     data: DataConfig = Field(default_factory=DataConfig)
-    method: MethodConfig = Field(default_factory=MethodConfig)
+    method: SerializeAsAny[MethodSection] = Field(
+        default_factory=lambda: {"name": DEFAULT_METHOD},  # type: ignore[arg-type,return-value]
+        validate_default=True,
+        description="the training method: `name` picks a registered method, the rest is that method's section",
+    )
     retrieval: RetrievalConfig = Field(default_factory=RetrievalConfig)
     optim: OptimConfig = Field(default_factory=OptimConfig)
     ds: DeepSpeedConfig = Field(default_factory=DeepSpeedConfig)
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
     run: RunConfig = Field(default_factory=RunConfig)
     cluster: ClusterConfig = Field(default_factory=ClusterConfig)
+
+    @field_validator("method", mode="wrap")
+    @classmethod
+    def _method_section(cls, value: Any, handler: ValidatorFunctionWrapHandler) -> MethodSection:
+        """Validate `method` against the section of the method its `name` picks (so errors name its fields)."""
+        from trainer.methods.registry import method_spec  # the registry imports method packages, not this schema
+
+        if isinstance(value, MethodSection):
+            return value
+        name = value.get("name", DEFAULT_METHOD) if isinstance(value, dict) else None
+        if not isinstance(name, str):
+            return handler(value)  # the base section names what is wrong (not a mapping, `name` not a string)
+        return method_spec(name).config.model_validate(value)

@@ -1,13 +1,13 @@
-"""Dev evaluation shared by every method: choice scoring (the reported accuracy), greedy generation parsed into a
-choice (a second view), and optionally self-consistency over sampled outputs, sharded over ranks and gathered."""
+"""Dev evaluation of seq2seq students: choice scoring (the reported accuracy), greedy generation parsed into a
+choice (a second view), and optionally self-consistency over sampled outputs, sharded over ranks and gathered.
+A method takes part by implementing trainer.evaluation.protocols.AnswerScoringTask."""
 
 from __future__ import annotations
 
 import json
-import math
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -15,10 +15,10 @@ from transformers.modeling_outputs import BaseModelOutput
 
 from trainer.data.example import QAExample
 from trainer.evaluation.choice_scoring import score_choices
+from trainer.evaluation.protocols import AnswerScoringTask
+from trainer.evaluation.sharding import shard_and_gather
 from trainer.evaluation.voting import majority_vote
-
-if TYPE_CHECKING:  # methods call evaluate(); evaluate calls their hooks
-    from trainer.methods.base import Method
+from trainer.strategy.protocols import DistributedContext
 
 
 @dataclass(frozen=True)
@@ -70,6 +70,9 @@ class EvalResult:
     def selection_score(self) -> float:
         return self.accuracy
 
+    def records(self) -> list[dict[str, Any]]:
+        return [asdict(p) for p in self.predictions]
+
     def table_rows(self) -> list[dict[str, Any]]:
         """One flat row per question for MLflow's table view (lists and dicts as JSON text)."""
         return [
@@ -99,7 +102,7 @@ def _fresh(encoder_outputs: BaseModelOutput) -> BaseModelOutput:
     return BaseModelOutput(last_hidden_state=encoder_outputs.last_hidden_state)
 
 
-def _decode(method: Method, output: Tensor) -> list[str]:
+def _decode(method: AnswerScoringTask, output: Tensor) -> list[str]:
     return method.tokenizer.batch_decode(output, skip_special_tokens=True)
 
 
@@ -110,7 +113,7 @@ def _chunks(examples: list[QAExample], size: int) -> Iterator[list[QAExample]]:
 
 @torch.no_grad()
 def predict_batch(
-    method: Method,
+    method: AnswerScoringTask,
     model: nn.Module,
     examples: list[QAExample],
     device: torch.device,
@@ -175,31 +178,29 @@ def predict_batch(
 
 
 def evaluate(
-    method: Method,
+    method: AnswerScoringTask,
     model: nn.Module,
     examples: list[QAExample],
-    strategy: Any,
+    strategy: DistributedContext,
     settings: EvalSettings,
     generation_kwargs: dict[str, Any],
 ) -> EvalResult:
-    """Each rank answers a strided shard; all ranks run the same number of batches (ZeRO-3 forward passes are
-    collectives), short shards padded with a repeat that is dropped when gathering. Sampling uses its own RNG
-    stream (seeded per rank) so evaluating never shifts the training run's random state."""
+    """Each rank answers a strided shard (trainer.evaluation.sharding); sampling uses its own RNG stream (seeded per
+    rank) so evaluating never shifts the training run's random state."""
     method.check_eval_examples(examples)
     was_training = model.training
     model.eval()
-    world, rank = strategy.world_size, strategy.rank
-    shard = examples[rank::world]
-    per_rank = math.ceil(len(examples) / world)
-    padded = shard + [examples[0]] * (per_rank - len(shard))
     devices = [strategy.device] if strategy.device.type == "cuda" else []
-    with torch.random.fork_rng(devices=devices):
-        torch.manual_seed(settings.seed + rank)
-        local = [
+
+    def answer(shard: list[QAExample]) -> list[Prediction]:
+        return [
             prediction
-            for chunk in _chunks(padded, settings.batch_size)
+            for chunk in _chunks(shard, settings.batch_size)
             for prediction in predict_batch(method, model, chunk, strategy.device, settings, generation_kwargs)
-        ][: len(shard)]
+        ]
+
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(settings.seed + strategy.rank)
+        predictions = shard_and_gather(examples, strategy, answer)
     model.train(was_training)
-    by_id = {p.id: p for part in strategy.all_gather_objects(local) for p in part}
-    return EvalResult([by_id[ex.id] for ex in examples], voted=settings.vote_samples > 0)
+    return EvalResult(predictions, voted=settings.vote_samples > 0)

@@ -31,6 +31,7 @@ from datasets import Dataset, DatasetDict, Features, List, Value, load_from_disk
 from trainer.config.schema import ExperimentConfig
 from trainer.data.example import DataError, QAExample
 from trainer.data.registry import DatasetSplits
+from trainer.evaluation.ranking import recall_at
 from trainer.kard.prompt import Passage
 from trainer.kard.rationale_filter import (
     KEPT,
@@ -40,6 +41,8 @@ from trainer.kard.rationale_filter import (
     parse_filter,
 )
 from trainer.kard.retriever import Hit, Retriever, RetrieverSpec
+from trainer.methods.kard import KardSections
+from trainer.methods.registry import section_of
 
 FORMAT_VERSION = 2
 MANIFEST = "knowledge.json"
@@ -153,7 +156,8 @@ class KnowledgeRequest:
 
     @classmethod
     def from_config(cls, cfg: ExperimentConfig, splits: DatasetSplits, spec: RetrieverSpec, version: str):
-        kard, reranker = cfg.method.kard, cfg.method.reranker
+        sections = section_of(cfg, KardSections)
+        kard, reranker = sections.kard, sections.reranker
         return cls(
             dataset=cfg.data.dataset,
             dataset_fingerprint=dataset_fingerprint(splits),
@@ -260,10 +264,6 @@ def _oracle_rationale(example: QAExample) -> str:
     return ""
 
 
-def _recall(targets: Sequence[str], ranked: Sequence[str], k: int) -> float:
-    return len(set(targets) & set(ranked[:k])) / len(targets)
-
-
 @dataclass(frozen=True)
 class KnowledgeBuild:
     path: Path
@@ -318,7 +318,7 @@ def build_knowledge(
         rho.update({i: rho_q.get(i, 0.0) for i in q_only})
         top = [i for i, _ in hits_r[:k]]
         if top:
-            question_recall += _recall(top, [i for i, _ in question_hits[candidate.example.id]], k)
+            question_recall += recall_at(top, [i for i, _ in question_hits[candidate.example.id]], k)
         train_rows.append(
             {
                 "example_id": candidate.example.id,
@@ -355,7 +355,7 @@ def build_knowledge(
         "knowledge/passages": float(len(passages)),
         f"knowledge/train_question_recall_at_{k}": question_recall / len(train_rows),
         "knowledge/build_seconds": time.monotonic() - started,
-        **dev_bm25_recall(dev_rows, cfg.method.reranker.eval_k, k),
+        **dev_bm25_recall(dev_rows, section_of(cfg, KardSections).reranker.eval_k, k),
     }
     manifest = {"key": request.key, "request": asdict(request), "metrics": metrics, "created": time.time()}
     _write(out, train_rows, dev_rows, [passages[i] for i in sorted(passages)], manifest)
@@ -368,7 +368,7 @@ def dev_bm25_recall(dev_rows: Sequence[dict[str, Any]], cutoffs: Sequence[int], 
     if not rows:
         return {}
     return {
-        f"dev/bm25_recall_at_{k}": sum(_recall(r["oracle_ids"][:targets_k], r["candidate_ids"], k) for r in rows)
+        f"dev/bm25_recall_at_{k}": sum(recall_at(r["oracle_ids"][:targets_k], r["candidate_ids"], k) for r in rows)
         / len(rows)
         for k in cutoffs
     }

@@ -3,7 +3,7 @@ from pathlib import Path
 import pytest
 
 from trainer.config import ConfigError, flatten, load_config
-from trainer.config.loader import split_config_args
+from trainer.config.loader import split_config_args, with_overrides
 
 
 def write(tmp_path: Path, text: str) -> Path:
@@ -21,7 +21,9 @@ def test_yaml_then_dotted_overrides_with_typed_values(tmp_path: Path) -> None:
 
 
 def test_nested_override_and_list_values() -> None:
-    cfg = load_config(overrides=["method.knife.encoder_layers=[0, -1]", "method.knife.lambda_in=0.5"])
+    cfg = load_config(
+        overrides=["method.name=knife_student", "method.knife.encoder_layers=[0, -1]", "method.knife.lambda_in=0.5"]
+    )
     assert cfg.method.knife.encoder_layers == [0, -1]
     assert cfg.method.knife.lambda_in == 0.5
 
@@ -65,9 +67,27 @@ def test_offload_param_needs_zero3() -> None:
 
 
 def test_flatten_gives_dotted_params() -> None:
-    flat = flatten(load_config(overrides=["optim.lr=0.5"]))
+    flat = flatten(load_config(overrides=["optim.lr=0.5", "method.name=knife_student"]))
     assert flat["optim.lr"] == "0.5"
     assert flat["method.knife.lambda_in"] == "1.0"
+
+
+def test_method_section_is_the_named_methods_own() -> None:
+    """Only the named method's knobs are accepted, and errors name the field under `method`."""
+    with pytest.raises(ConfigError, match=r"method\.knife: unknown key"):
+        load_config(overrides=["method.name=ft_io", "method.knife.lambda_in=0.5"])
+    with pytest.raises(ConfigError, match=r"method\.knife\.lambda_in: Input should be greater than or equal to 0"):
+        load_config(overrides=["method.name=knife_student", "method.knife.lambda_in=-1"])
+    with pytest.raises(ConfigError, match="'t5_magic' is not a registered method; known: ft_io, "):
+        load_config(overrides=["method.name=t5_magic"])
+    assert "method.knife.lambda_in" not in flatten(load_config())
+
+
+def test_with_overrides_switches_the_method_section() -> None:
+    cfg = load_config(overrides=["optim.lr=0.5"])
+    cfg = with_overrides(cfg, "method.name=knife_student", "method.knife.lambda_in=2")
+    assert type(cfg.method).__name__ == "KnifeStudentSection" and cfg.method.knife.lambda_in == 2.0
+    assert cfg.optim.lr == 0.5
 
 
 def test_split_config_args() -> None:

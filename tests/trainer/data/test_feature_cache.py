@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from trainer.config import load_config
+from trainer.config.loader import with_overrides
 from trainer.data.feature_cache import load_or_build
 from trainer.data.formatting import tokenizer_corpus
 from trainer.data.registry import load_splits
@@ -100,12 +101,7 @@ def test_kard_features_are_keyed_by_the_knowledge_dataset_version(kard_knowledge
     """KARD's training features read passages from its knowledge dataset: a rebuilt dataset (same path, new
     manifest) must not reuse features built from the old one."""
     cfg, knowledge_path = kard_knowledge
-    cfg = cfg.model_copy(
-        update={
-            "method": cfg.method.model_copy(update={"name": "kard"}),
-            "data": cfg.data.model_copy(update={"feature_cache_dir": str(tmp_path / "cache")}),
-        }
-    )
+    cfg = with_overrides(cfg, "method.name=kard", f"data.feature_cache_dir={tmp_path / 'cache'}")
     examples = load_splits(cfg.data, cfg.run.seed).train
     tokenizer = build_tokenizer(cfg.model, lambda: tokenizer_corpus(examples), broadcast=lambda x: x)
 

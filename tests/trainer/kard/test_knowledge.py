@@ -108,7 +108,8 @@ def test_a_users_own_question_file_and_corpus_run_with_an_index_built_on_the_fly
     cfg = load_config(
         overrides=[
             "data.dataset=jsonl", f"data.train_path={questions}", "data.dev_fraction=0.2",
-            f"retrieval.corpus={corpus}", f"run.output_dir={tmp_path / 'runs'}", "method.kard.candidates=4",
+            f"retrieval.corpus={corpus}", f"run.output_dir={tmp_path / 'runs'}",
+            "method.name=kard", "method.kard.candidates=4",
         ]
     )  # fmt: skip
     build = prepare_knowledge(cfg)

@@ -5,6 +5,7 @@ import random
 import pytest
 
 from trainer.config import load_config
+from trainer.config.loader import with_overrides
 from trainer.data.example import DataError, QAExample
 from trainer.data.formatting import format_question
 from trainer.kard.knowledge import KnowledgeBase
@@ -49,7 +50,7 @@ def test_a_question_that_cannot_fit_is_an_error_naming_the_setting(tokenizer) ->
 
 def test_training_input_equals_inference_input_for_the_same_passages(kard_knowledge) -> None:
     cfg, path = kard_knowledge
-    cfg = cfg.model_copy(update={"method": cfg.method.model_copy(update={"name": "kard"})})
+    cfg = with_overrides(cfg, "method.name=kard")
     knowledge = KnowledgeBase(path)
     from trainer.data.registry import load_splits
 

@@ -2,6 +2,7 @@
 source of the student; then both trained through the real loop (one DeepSpeed rank, real MLflow store)."""
 
 import importlib.util
+import json
 import random
 from pathlib import Path
 
@@ -12,11 +13,12 @@ import torch
 
 from trainer.checkpoint_io import LocalCheckpointIO
 from trainer.config import ExperimentConfig
+from trainer.config.loader import with_overrides
 from trainer.data.formatting import tokenizer_corpus
 from trainer.data.registry import load_splits
 from trainer.kard.knowledge import KnowledgeBase
 from trainer.loop import Trainer
-from trainer.methods.registry import method_class
+from trainer.methods.registry import method_class, spec_of
 from trainer.models.factory import build_model_config, build_tokenizer
 from trainer.models.lora import LoRALinear
 from trainer.strategy.deepspeed_strategy import DeepSpeedStrategy
@@ -32,12 +34,12 @@ def with_updates(cfg: ExperimentConfig, **sections: dict) -> ExperimentConfig:
 
 
 def reranker_cfg(cfg: ExperimentConfig, tmp_path: Path) -> ExperimentConfig:
-    method = cfg.method.model_copy(
-        update={"name": "kard_reranker", "reranker": cfg.method.reranker.model_copy(update={
-            "sampled_candidates": 4, "max_passage_length": 32, "max_query_length": 24, "lora_rank": 4})}
+    method = with_overrides(
+        cfg, "method.name=kard_reranker", "method.reranker.sampled_candidates=4",
+        "method.reranker.max_passage_length=32", "method.reranker.max_query_length=24", "method.reranker.lora_rank=4",
     )  # fmt: skip
     return with_updates(
-        cfg.model_copy(update={"method": method}),
+        method,
         model={"name": MINILM},
         optim={"max_steps": 2, "micro_batch_size": 4, "warmup_steps": 1, "lr": 1e-3},
         run={"output_dir": str(tmp_path / "runs"), "name": "reranker", "num_workers": 1},
@@ -89,13 +91,13 @@ def test_student_reads_bm25_reranked_or_oracle_passages_at_inference(kard_knowle
     rr_tok.save_pretrained(tmp_path / "reranker")
     by_mode = {}
     for mode in ("bm25", "reranker", "oracle", "none"):
-        kard = cfg.method.kard.model_copy(update={"inference": mode, "reranker": str(tmp_path / "reranker")})
-        student_cfg = cfg.model_copy(update={"method": cfg.method.model_copy(update={"name": "kard", "kard": kard})})
+        kard = {**cfg.method.kard.model_dump(), "inference": mode, "reranker": str(tmp_path / "reranker")}
+        student_cfg = with_overrides(cfg, "method.name=kard", f"method.kard={json.dumps(kard)}")
         method = method_class(student_cfg)(student_cfg, tokenizer)
         method.setup(strategy, None)
         method.prepare_evaluation(strategy, dev)
         by_mode[mode] = method
-        assert method.run_label == f"kard_{mode}"
+        assert spec_of(student_cfg).run_label(student_cfg) == f"kard_{mode}"
     first = dev[0].id
     assert [p.id for p in by_mode["bm25"].dev_passages[first]] == knowledge.dev[first].candidate_ids[:1]
     assert [p.id for p in by_mode["oracle"].dev_passages[first]] == knowledge.dev[first].oracle_ids[:1]
@@ -128,7 +130,7 @@ def test_reranker_and_student_train_export_and_log_through_the_loop(kard_knowled
     assert len(scores) == 3 and all(isinstance(s, float) for s in scores)
 
     student = with_updates(
-        cfg.model_copy(update={"method": cfg.method.model_copy(update={"name": "kard"})}),
+        with_overrides(cfg, "method.name=kard"),
         model={"tokenizer_vocab_size": 300},
         data={"max_input_length": 96, "max_rationale_length": 24, "max_target_length": 4},
         optim={"max_steps": 2, "micro_batch_size": 4},

@@ -18,7 +18,7 @@ from trainer.data.example import QAExample
 from trainer.data.formatting import tokenizer_corpus
 from trainer.data.registry import load_splits
 from trainer.loop import Trainer
-from trainer.methods.knife import KnifeStudent
+from trainer.methods.knife.method import KnifeStudent
 from trainer.methods.registry import method_class
 from trainer.models.factory import build_model, build_model_config, build_tokenizer
 from trainer.strategy.deepspeed_strategy import DeepSpeedStrategy

@@ -10,7 +10,7 @@ from torch.utils.data import DataLoader
 from trainer.config import load_config
 from trainer.data.example import QAExample
 from trainer.data.formatting import tokenizer_corpus
-from trainer.methods.registry import METHODS, method_class
+from trainer.methods.registry import method_class, registered_methods
 from trainer.models.factory import build_model, build_model_config, build_tokenizer
 from trainer.objectives.task import token_cross_entropy
 from trainer.strategy.deepspeed_strategy import DeepSpeedStrategy
@@ -40,7 +40,7 @@ def decode(tokenizer, ids: list[int]) -> str:
 
 
 def test_every_configured_method_is_registered() -> None:
-    assert set(METHODS) == {
+    assert set(registered_methods()) == {
         "ft_io", "ft_ior", "ft_iro", "multitask", "knife_teacher", "knife_student", "rd", "kard", "kard_reranker"
     }  # fmt: skip
 

@@ -2,7 +2,7 @@ import pytest
 import torch
 from transformers import T5Config, T5ForConditionalGeneration
 
-from trainer.data.knife_collate import build_knife_features, collate_knife
+from trainer.methods.knife.collate import build_knife_features, collate_knife
 from trainer.models.t5_knife import encode, student_forward, teacher_forward
 from trainer.objectives.distillation import layerwise_alignment, masked_mse
 

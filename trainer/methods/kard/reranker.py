@@ -5,9 +5,7 @@ retrieves, beside BM25's with the question."""
 
 from __future__ import annotations
 
-import math
 import random
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -15,67 +13,35 @@ import torch
 from mlflow.data.dataset import Dataset
 from transformers import AutoModel, PretrainedConfig
 
+from trainer.config.schema import ExperimentConfig
 from trainer.data.example import DataError, QAExample
 from trainer.evaluation.evaluator import EvalSettings
+from trainer.evaluation.protocols import Batch, Features
+from trainer.evaluation.ranking import RankedPrediction, RankingEvaluation
+from trainer.evaluation.sharding import shard_and_gather
 from trainer.kard.knowledge import KnowledgeBase, question_query
-from trainer.methods.base import Batch, Features, Method
-from trainer.methods.kard import knowledge_dataset, recall_at
+from trainer.methods.base import Method
+from trainer.methods.kard import KardSections
+from trainer.methods.kard.student import knowledge_dataset
+from trainer.methods.registry import section_of
 from trainer.models.late_interaction import LateInteractionReranker, passage_text
 from trainer.models.lora import add_lora
 from trainer.objectives.reranker import RelevanceDistillation
+from trainer.strategy.protocols import DistributedContext
 from trainer.tracking.mlflow_tracker import RERANKER_PYFUNC
 
 LORA_TARGETS = ("query", "value")
-
-
-@dataclass(frozen=True)
-class RerankPrediction:
-    id: str
-    target_ids: list[str]
-    bm25_ids: list[str]
-    reranked_ids: list[str]
-    scores: list[float] = field(default_factory=list)
-
-
-@dataclass(frozen=True)
-class RerankEvalResult:
-    """recall@k of the gold rationale's passages among the reranked and the BM25 candidates."""
-
-    predictions: list[RerankPrediction]
-    cutoffs: tuple[int, ...]
-
-    @property
-    def selection_metric(self) -> str:
-        """Model selection (run.eval_every) keeps the step with the best reranked recall at the smallest k."""
-        return f"reranker_recall_at_{min(self.cutoffs)}"
-
-    @property
-    def selection_score(self) -> float:
-        return self.metrics()[f"dev/{self.selection_metric}"]
-
-    def metrics(self, prefix: str = "dev") -> dict[str, float]:
-        judged = [p for p in self.predictions if p.target_ids]
-        values = {f"{prefix}/num_examples": float(len(judged))}
-        for k in self.cutoffs:
-            for name, ranked in (("reranker_recall", "reranked_ids"), ("bm25_recall", "bm25_ids")):
-                hits = [recall_at(p.target_ids, getattr(p, ranked), k) for p in judged]
-                values[f"{prefix}/{name}_at_{k}"] = sum(hits) / len(hits) if hits else 0.0
-        return values
-
-    def table_rows(self) -> list[dict[str, Any]]:
-        return [
-            {k: ", ".join(map(str, v)) if isinstance(v, list) else v for k, v in asdict(p).items()}
-            for p in self.predictions
-        ]
 
 
 class KardReranker(Method):
     name = "kard_reranker"
     pyfunc = RERANKER_PYFUNC
 
-    def __init__(self, cfg: Any, tokenizer: Any) -> None:
+    def __init__(self, cfg: ExperimentConfig, tokenizer: Any) -> None:
         super().__init__(cfg, tokenizer)
-        settings = cfg.method.reranker
+        sections = section_of(cfg, KardSections)
+        self.kard, self.settings = sections.kard, sections.reranker
+        settings = self.settings
         self.objective = RelevanceDistillation(
             settings.loss, settings.tau_target_start, settings.tau_target_end, settings.tau_model_start,
             settings.tau_model_end,
@@ -84,13 +50,13 @@ class KardReranker(Method):
         self._passage_tokens: dict[str, list[int]] = {}
 
     def setup(self, strategy: Any, model_config: PretrainedConfig) -> None:
-        if not self.cfg.method.kard.knowledge:
+        if not self.kard.knowledge:
             raise DataError("method.kard.knowledge: the reranker trains on a knowledge dataset (a pipeline stage)")
-        self.knowledge = KnowledgeBase(Path(self.cfg.method.kard.knowledge))
+        self.knowledge = KnowledgeBase(Path(self.kard.knowledge))
 
     def build_model(self, model_config: PretrainedConfig) -> torch.nn.Module:
         """The pretrained encoder (weights from model.name), frozen under LoRA adapters, plus a projection."""
-        settings = self.cfg.method.reranker
+        settings = self.settings
         encoder = AutoModel.from_pretrained(model_config.name_or_path, config=model_config)
         scale = None
         if settings.lora_rank:
@@ -101,13 +67,10 @@ class KardReranker(Method):
             encoder, settings.projection_dim, settings.max_query_length, settings.max_passage_length, scale
         )
 
-    def prepare_export(self, model: torch.nn.Module) -> None:
-        """Nothing to add: save_pretrained writes the reranker config beside the encoder."""
-
     # ---- features ---------------------------------------------------------------------------------------
     def _query_ids(self, example: QAExample) -> list[int]:
         return self.tokenizer(
-            question_query(example), truncation=True, max_length=self.cfg.method.reranker.max_query_length
+            question_query(example), truncation=True, max_length=self.settings.max_query_length
         )["input_ids"]
 
     def passage_tokens(self, passage_id: str) -> list[int]:
@@ -118,14 +81,14 @@ class KardReranker(Method):
             self._passage_tokens[passage_id] = self.tokenizer(
                 passage_text(passage.title, passage.text),
                 truncation=True,
-                max_length=self.cfg.method.reranker.max_passage_length,
+                max_length=self.settings.max_passage_length,
             )["input_ids"]
         return self._passage_tokens[passage_id]
 
     def train_features(self, example: QAExample, rng: random.Random) -> list[Features]:
         """Per kept rationale: the candidate the rationale ranks first, plus others sampled from the union."""
         assert self.knowledge is not None
-        size = self.cfg.method.reranker.sampled_candidates
+        size = self.settings.sampled_candidates
         features = []
         for row in self.knowledge.train_rows(example):
             if len(row.candidate_ids) < 2:
@@ -146,9 +109,6 @@ class KardReranker(Method):
     def feature_fingerprint(self) -> dict[str, Any]:
         """Training features read the knowledge dataset: its version is part of their identity."""
         return {**super().feature_fingerprint(), "knowledge": self.knowledge.version if self.knowledge else None}
-
-    def eval_features(self, example: QAExample) -> Features:
-        return {"query_input_ids": self._query_ids(example)}
 
     def collate(self, features: list[Features]) -> Batch:
         """Queries [B, Lq]; passages [B, C, Lp]; rho and a candidate mask [B, C] (rows may have fewer)."""
@@ -190,10 +150,10 @@ class KardReranker(Method):
 
     # ---- evaluation -------------------------------------------------------------------------------------
     @torch.no_grad()
-    def _rank(self, model: torch.nn.Module, example: QAExample, device: torch.device) -> RerankPrediction:
+    def _rank(self, model: torch.nn.Module, example: QAExample, device: torch.device) -> RankedPrediction:
         assert self.knowledge is not None
         row = self.knowledge.dev[example.id]
-        candidates = list(row.candidate_ids[: self.cfg.method.kard.candidates]) or [next(iter(self.knowledge.passages))]
+        candidates = list(row.candidate_ids[: self.kard.candidates]) or [next(iter(self.knowledge.passages))]
         batch = self.collate(
             [{"query_input_ids": self._query_ids(example), "passage_ids": candidates, "rho": [0.0] * len(candidates)}]
         )
@@ -205,9 +165,9 @@ class KardReranker(Method):
             batch["passage_attention_mask"],
         )[0].tolist()
         order = sorted(range(len(candidates)), key=lambda i: (-scores[i], i))
-        cut = max(self.cfg.method.reranker.eval_k)
-        targets = list(row.oracle_ids[: max(1, self.cfg.method.kard.train_passages)])
-        return RerankPrediction(
+        cut = max(self.settings.eval_k)
+        targets = list(row.oracle_ids[: max(1, self.kard.train_passages)])
+        return RankedPrediction(
             example.id, targets, list(row.candidate_ids[:cut]), [candidates[i] for i in order[:cut]],
             [scores[i] for i in order[:cut]],
         )  # fmt: skip
@@ -216,22 +176,20 @@ class KardReranker(Method):
         self,
         model: torch.nn.Module,
         examples: list[QAExample],
-        strategy: Any,
+        strategy: DistributedContext,
         settings: EvalSettings,
         generation_kwargs: dict[str, Any],
-    ) -> RerankEvalResult:
-        """One forward per question on every rank (padded shards), so ZeRO-3 ranks stay in lock-step."""
+    ) -> RankingEvaluation:
+        """One forward per question on every rank (trainer.evaluation.sharding keeps ZeRO-3 ranks in lock-step)."""
         assert self.knowledge is not None
         self.knowledge.check_covers(examples)
         was_training = model.training
         model.eval()
-        shard = examples[strategy.rank :: strategy.world_size]
-        per_rank = math.ceil(len(examples) / strategy.world_size)
-        padded = shard + [examples[0]] * (per_rank - len(shard))
-        local = [self._rank(model, ex, strategy.device) for ex in padded][: len(shard)]
+        predictions = shard_and_gather(
+            examples, strategy, lambda shard: [self._rank(model, ex, strategy.device) for ex in shard]
+        )
         model.train(was_training)
-        by_id = {p.id: p for part in strategy.all_gather_objects(local) for p in part}
-        return RerankEvalResult([by_id[ex.id] for ex in examples], tuple(self.cfg.method.reranker.eval_k))
+        return RankingEvaluation(predictions, tuple(self.settings.eval_k))
 
     def logged_inputs(self) -> list[tuple[Dataset, str]]:
         return [(knowledge_dataset(self.knowledge), "training")] if self.knowledge else []

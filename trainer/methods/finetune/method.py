@@ -6,10 +6,11 @@ import random
 
 from trainer.data.example import QAExample
 from trainer.data.formatting import ANSWER_PREFIX, RATIONALE_PREFIX, format_answer, format_question
-from trainer.methods.base import Features, Method, encoder_inputs, simple_feature
+from trainer.evaluation.protocols import Features
+from trainer.methods.seq2seq import Seq2SeqMethod, encoder_inputs, simple_feature
 
 
-class FinetuneIO(Method):
+class FinetuneIO(Seq2SeqMethod):
     """Input → answer text."""
 
     name = "ft_io"

@@ -9,14 +9,17 @@ import torch
 from trainer.data.collate import pad_batch
 from trainer.data.example import QAExample
 from trainer.data.formatting import format_answer, format_question
-from trainer.methods.base import Batch, Features, Method, encoder_inputs, simple_feature
+from trainer.evaluation.protocols import Batch, Features
+from trainer.methods.multitask import MultitaskSection
+from trainer.methods.registry import section_of
+from trainer.methods.seq2seq import Seq2SeqMethod, encoder_inputs, simple_feature
 from trainer.objectives.task import weighted_task_mixture
 
 ANSWER_TASK, EXPLAIN_TASK = 0, 1
 TASK_PREFIXES = {ANSWER_TASK: "[answer]", EXPLAIN_TASK: "[explain]"}
 
 
-class StepByStepMultitask(Method):
+class StepByStepMultitask(Seq2SeqMethod):
     """Each training feature pairs an example's answer target with one of its rationale targets, so every batch
     holds both targets of each example in it, as in Hsieh et al., whose loss takes both on the same batch.
     (Separate answer and rationale features, shuffled apart, left ~22% of 16-example batches without any answer.)
@@ -57,7 +60,7 @@ class StepByStepMultitask(Method):
 
     def loss(self, model: torch.nn.Module, batch: Batch) -> dict[str, torch.Tensor]:
         out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=batch["labels"])
-        alpha = self.cfg.method.multitask_alpha
+        alpha = section_of(self.cfg, MultitaskSection).multitask_alpha
         parts = weighted_task_mixture(
             out.logits, batch["labels"], batch["task_ids"], {ANSWER_TASK: alpha, EXPLAIN_TASK: 1.0 - alpha}
         )

@@ -20,20 +20,21 @@ import torch
 from mlflow.data.dataset import Dataset
 from transformers import PretrainedConfig
 
+from trainer.config.schema import ExperimentConfig
 from trainer.data.example import DataError, QAExample
 from trainer.evaluation.evaluator import EvalResult, EvalSettings
+from trainer.evaluation.protocols import Features
+from trainer.evaluation.ranking import recall_at
+from trainer.evaluation.sharding import shard_and_gather
 from trainer.kard.knowledge import KnowledgeBase, question_query
 from trainer.kard.prompt import Passage, build_prompt_ids
 from trainer.kard.rationale_filter import KEPT, RationaleCandidate, parse_filter
-from trainer.methods.base import Features
-from trainer.methods.finetune import FinetuneIRO
+from trainer.methods.finetune.method import FinetuneIRO
+from trainer.methods.kard import KardSections
+from trainer.methods.registry import section_of
 from trainer.models.late_interaction import LateInteractionScorer, passage_text
 from trainer.models.sources import resolve_model_source
 from trainer.tracking.mlflow_tracker import resolve_tracking_uri
-
-
-def recall_at(targets: list[str], ranked: list[str], k: int) -> float:
-    return len(set(targets) & set(ranked[:k])) / len(targets)
 
 
 class KardStudent(FinetuneIRO):
@@ -42,18 +43,16 @@ class KardStudent(FinetuneIRO):
     name = "kard"
     reads_passages = True
 
-    def __init__(self, cfg: Any, tokenizer: Any) -> None:
+    def __init__(self, cfg: ExperimentConfig, tokenizer: Any) -> None:
         super().__init__(cfg, tokenizer)
+        sections = section_of(cfg, KardSections)
+        self.kard, self.reranker_settings = sections.kard, sections.reranker
         self.knowledge: KnowledgeBase | None = None
         self.dev_passages: dict[str, list[Passage]] = {}
         self.retrieval_metrics: dict[str, float] = {}
 
-    @property
-    def run_label(self) -> str:
-        return f"kard_{self.cfg.method.kard.inference}" if self.reads_passages else self.name
-
     def setup(self, strategy: Any, model_config: PretrainedConfig) -> None:
-        path = self.cfg.method.kard.knowledge
+        path = self.kard.knowledge
         if path:
             self.knowledge = KnowledgeBase(Path(path))
         elif self.reads_passages:
@@ -72,7 +71,7 @@ class KardStudent(FinetuneIRO):
         return build_prompt_ids(
             self.encode_plain,
             self.tokenizer.eos_token_id,
-            self.cfg.method.kard.instruction,
+            self.kard.instruction,
             example,
             passages,
             self.cfg.data.max_input_length,
@@ -80,7 +79,7 @@ class KardStudent(FinetuneIRO):
 
     def _training_pairs(self, example: QAExample, rng: random.Random) -> list[tuple[str, list[Passage]]]:
         """(rationale, passages) per kept rationale: from the knowledge dataset, or (rd alone) the example itself."""
-        k = self.cfg.method.kard.train_passages if self.reads_passages else 0
+        k = self.kard.train_passages if self.reads_passages else 0
         if self.knowledge is not None:
             return [
                 (row.rationale, self.knowledge.lookup(row.passage_ids[:k]))
@@ -115,20 +114,20 @@ class KardStudent(FinetuneIRO):
     # ---- inference-time knowledge -----------------------------------------------------------------------
     @functools.cached_property
     def reranker(self) -> LateInteractionScorer:
-        source = self.cfg.method.kard.reranker
+        source = self.kard.reranker
         if not source:
             raise DataError("method.kard.reranker: inference=reranker needs a reranker model (dir or runs:/ URI)")
         directory = resolve_model_source(source, resolve_tracking_uri(self.cfg.tracking))
-        return LateInteractionScorer(directory, batch_size=self.cfg.method.kard.reranker_batch_size)
+        return LateInteractionScorer(directory, batch_size=self.kard.reranker_batch_size)
 
     def _ranking(self, example: QAExample) -> list[str]:
         """Passage ids in the order the configured inference source ranks them for this dev question."""
         assert self.knowledge is not None
         row = self.knowledge.dev[example.id]
-        mode = self.cfg.method.kard.inference
+        mode = self.kard.inference
         if mode == "oracle":
             return list(row.oracle_ids)
-        candidates = list(row.candidate_ids[: self.cfg.method.kard.candidates])
+        candidates = list(row.candidate_ids[: self.kard.candidates])
         if mode == "reranker":
             texts = [passage_text(p.title, p.text) for p in self.knowledge.lookup(candidates)]
             return [candidates[i] for i in self.reranker.rerank(question_query(example), texts, len(texts))]
@@ -136,21 +135,20 @@ class KardStudent(FinetuneIRO):
 
     def prepare_evaluation(self, strategy: Any, examples: list[QAExample]) -> None:
         """Rank every dev question's passages once (each rank reranks a strided shard), then keep the top k."""
-        kard = self.cfg.method.kard
+        kard = self.kard
         if not self.reads_passages or kard.inference == "none":
             return
         assert self.knowledge is not None
         self.knowledge.check_covers(examples)
-        shard = examples[strategy.rank :: strategy.world_size]
-        local = {ex.id: self._ranking(ex) for ex in shard}
-        rankings = {i: r for part in strategy.all_gather_objects(local) for i, r in part.items()}
+        ranked = shard_and_gather(examples, strategy, lambda shard: [self._ranking(ex) for ex in shard])
+        rankings = {ex.id: ranking for ex, ranking in zip(examples, ranked, strict=True)}
         self.dev_passages = {i: self.knowledge.lookup(r[: kard.inference_passages]) for i, r in rankings.items()}
         targets_k = max(1, kard.train_passages)
         judged = [(self.knowledge.dev[i].oracle_ids[:targets_k], r) for i, r in rankings.items()]
         judged = [(t, r) for t, r in judged if t]
         self.retrieval_metrics = {
             f"{kard.inference}_recall_at_{k}": sum(recall_at(t, r, k) for t, r in judged) / len(judged)
-            for k in self.cfg.method.reranker.eval_k
+            for k in self.reranker_settings.eval_k
             if judged
         }
 

@@ -13,8 +13,11 @@ from transformers.modeling_outputs import BaseModelOutput
 from trainer.config.schema import ExperimentConfig
 from trainer.data.example import DataError, QAExample
 from trainer.data.formatting import format_answer, format_question
-from trainer.data.knife_collate import build_knife_features, collate_knife
-from trainer.methods.base import Batch, Features, Method
+from trainer.evaluation.protocols import Batch, Features
+from trainer.methods.knife import KnifeConfig, KnifeStudentSection
+from trainer.methods.knife.collate import build_knife_features, collate_knife
+from trainer.methods.registry import section_of
+from trainer.methods.seq2seq import Seq2SeqMethod
 from trainer.models.sources import resolve_model_source
 from trainer.models.t5_knife import encode, student_forward, teacher_forward
 from trainer.objectives.distillation import layerwise_alignment, masked_kl
@@ -22,8 +25,8 @@ from trainer.objectives.task import token_cross_entropy
 from trainer.tracking.mlflow_tracker import resolve_tracking_uri
 
 
-class _KnifeLayout(Method):
-    """Both KNIFE stages share the aligned teacher/student batch layout of trainer.data.knife_collate."""
+class _KnifeLayout(Seq2SeqMethod):
+    """Both KNIFE stages share the aligned teacher/student batch layout of trainer.methods.knife.collate."""
 
     uses_rationales = True
 
@@ -95,6 +98,7 @@ class KnifeStudent(_KnifeLayout):
 
     def __init__(self, cfg: ExperimentConfig, tokenizer: Any) -> None:
         super().__init__(cfg, tokenizer)
+        self.knife: KnifeConfig = section_of(cfg, KnifeStudentSection).knife
         self.teacher: torch.nn.Module | None = None
         self.projection: torch.nn.ModuleDict | None = None
 
@@ -105,13 +109,14 @@ class KnifeStudent(_KnifeLayout):
 
     @staticmethod
     def _teacher_source(cfg: ExperimentConfig) -> str:
-        if not cfg.method.knife.teacher:
+        teacher = section_of(cfg, KnifeStudentSection).knife.teacher
+        if not teacher:
             raise ValueError("method.knife.teacher: the KNIFE student needs a teacher model (path or runs:/ URI)")
-        return cfg.method.knife.teacher
+        return teacher
 
     def _aligned_stacks(self) -> list[str]:
         """The stacks whose hidden states are matched with the teacher's (MSE), as opposed to logits (KL)."""
-        knife = self.cfg.method.knife
+        knife = self.knife
         return [
             stack
             for stack, aligned in (
@@ -122,7 +127,7 @@ class KnifeStudent(_KnifeLayout):
         ]
 
     def _check_teacher(self, teacher_config: PretrainedConfig, model_config: PretrainedConfig) -> None:
-        knife = self.cfg.method.knife
+        knife = self.knife
         teacher_width, student_width = teacher_config.d_model, model_config.d_model
         if knife.projection and not self._aligned_stacks():
             raise ValueError(
@@ -147,14 +152,14 @@ class KnifeStudent(_KnifeLayout):
         source = resolve_model_source(self._teacher_source(self.cfg), resolve_tracking_uri(self.cfg.tracking))
         teacher_config = AutoConfig.from_pretrained(source)
         self._check_teacher(teacher_config, model_config)
-        if self.cfg.method.knife.projection:
+        if self.knife.projection:
             self.projection = torch.nn.ModuleDict(
                 {
                     stack: torch.nn.Linear(model_config.d_model, teacher_config.d_model, bias=False)
                     for stack in self._aligned_stacks()
                 }
             )
-        ds_config = strategy.frozen_config(teacher_config.d_model, self.cfg.method.knife.teacher_zero_stage)
+        ds_config = strategy.frozen_config(teacher_config.d_model, self.knife.teacher_zero_stage)
         with strategy.partitioned_init(ds_config):
             teacher = AutoModelForSeq2SeqLM.from_pretrained(source, config=teacher_config)
         self.teacher = strategy.prepare_frozen(teacher, ds_config)
@@ -174,7 +179,7 @@ class KnifeStudent(_KnifeLayout):
         ]
 
     def loss(self, model: torch.nn.Module, batch: Batch) -> dict[str, torch.Tensor]:
-        knife = self.cfg.method.knife
+        knife = self.knife
         labels = batch["labels"]
         student = student_forward(model, batch["student_input_ids"], batch["student_attention_mask"], labels=labels)
         with torch.no_grad():

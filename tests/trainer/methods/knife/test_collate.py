@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from trainer.data.knife_collate import build_knife_features, collate_knife
+from trainer.methods.knife.collate import build_knife_features, collate_knife
 
 EOS = 1
 PAD = 0
