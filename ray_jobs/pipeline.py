@@ -24,29 +24,27 @@ from __future__ import annotations
 import copy
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from trainer.config.fields import with_fields
 from trainer.config.loader import ConfigError, apply_overrides, read_yaml, validate_tree
-from trainer.config.schema import ExperimentConfig
+from trainer.config.schema import DEFAULT_METHOD, ExperimentConfig
+from trainer.methods.registry import StageKind, UnknownMethodError, method_spec, spec_of
 
 PIPELINE_TAG = "reasondistill.pipeline"  # on the parent and every stage's run
 ROLE_TAG = "reasondistill.role"  # "pipeline" marks the parent run
 
-StageKind = Literal["train", "evaluate", "knowledge"]
-# Reference field -> the kind of stage it must name (all point to earlier stages).
-REFERENCES: dict[str, StageKind] = {
-    "teacher": "train",
-    "tokenizer_from": "train",
-    "model_from": "train",
-    "reranker": "train",
-    "knowledge": "knowledge",
-}
+# Stage keys every stage may use, whatever its method; a method's own references (KNIFE's `teacher`, KARD's
+# `knowledge` and `reranker`) come from trainer.methods.registry.
+PIPELINE_REFERENCES: dict[str, StageKind] = {"tokenizer_from": "train", "model_from": "train"}
 
 
 class StageSpec(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    """One stage as written; keys beyond these are references the stage's method declares (`teacher: teacher`)."""
+
+    model_config = ConfigDict(extra="allow")
 
     name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
     kind: StageKind = Field(
@@ -54,11 +52,12 @@ class StageSpec(BaseModel):
         description="train a model; evaluate an earlier stage's model (model_from); or build a KARD knowledge dataset",
     )
     overrides: dict[str, Any] = Field(default_factory=dict, description="ExperimentConfig tree merged onto base")
-    teacher: str | None = Field(default=None, description="earlier stage whose model is method.knife.teacher")
     tokenizer_from: str | None = Field(default=None, description="earlier stage whose tokenizer this stage uses")
     model_from: str | None = Field(default=None, description="earlier stage whose model an evaluate stage evaluates")
-    reranker: str | None = Field(default=None, description="earlier stage whose model is method.kard.reranker")
-    knowledge: str | None = Field(default=None, description="earlier knowledge stage: method.kard.knowledge")
+
+    @property
+    def method_references(self) -> dict[str, Any]:
+        return dict(self.model_extra or {})
 
 
 class PipelineSpec(BaseModel):
@@ -74,24 +73,21 @@ class PipelineSpec(BaseModel):
     )
 
     @model_validator(mode="after")
-    def _references_point_backwards(self) -> PipelineSpec:
-        kinds: dict[str, str] = {}
+    def _stage_shapes(self) -> PipelineSpec:
+        names: set[str] = set()
         for index, stage in enumerate(self.stages):
-            if stage.name in kinds:
+            if stage.name in names:
                 raise ValueError(f"stages[{index}].name: duplicate stage name {stage.name!r}")
-            for field, kind in REFERENCES.items():
-                ref = getattr(stage, field)
-                if ref is not None and ref not in kinds:
-                    raise ValueError(f"stages[{index}].{field}: {ref!r} is not an earlier stage")
-                if ref is not None and kinds[ref] != kind:
-                    raise ValueError(f"stages[{index}].{field}: {ref!r} is a {kinds[ref]} stage, not a {kind} stage")
+            names.add(stage.name)
             if stage.kind == "evaluate" and stage.model_from is None:
                 raise ValueError(
                     f"stages[{index}].model_from: an evaluate stage names the stage whose model it evaluates"
                 )
             if stage.kind != "evaluate" and stage.model_from is not None:
                 raise ValueError(f"stages[{index}].model_from: only evaluate stages take a model from another stage")
-            kinds[stage.name] = stage.kind
+            for key, ref in stage.method_references.items():
+                if not isinstance(ref, str):
+                    raise ValueError(f"stages[{index}].{key}: a stage reference is an earlier stage's name")
         return self
 
 
@@ -101,11 +97,14 @@ class PlannedStage(BaseModel):
     name: str
     config: ExperimentConfig
     kind: StageKind = "train"
-    teacher: str | None = None
     tokenizer_from: str | None = None
     model_from: str | None = None
-    reranker: str | None = None
-    knowledge: str | None = None
+    references: dict[str, str] = Field(default_factory=dict, description="the method's reference key -> stage")
+
+    def referenced_stages(self) -> dict[str, str]:
+        """Every stage this one reads from, by the key naming it."""
+        fixed = {key: getattr(self, key) for key in PIPELINE_REFERENCES if getattr(self, key)}
+        return {**fixed, **self.references}
 
 
 class PipelinePlan(BaseModel):
@@ -134,6 +133,29 @@ def _deep_merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
     return merged
 
 
+def _stage_method(spec: PipelineSpec, index: int, base: dict[str, Any]) -> str:
+    """The method a stage runs: its own `method.name`, else the base's; a knowledge stage that names none is built
+    for the method of the first later stage that reads it (their settings decide what it retrieves)."""
+    stage = spec.stages[index]
+    own = stage.overrides.get("method", {}).get("name")
+    if own is not None or stage.kind != "knowledge":
+        return str(own or base.get("method", {}).get("name", DEFAULT_METHOD))
+    for later in spec.stages[index + 1 :]:
+        if stage.name in later.method_references.values():
+            return _stage_method(spec, spec.stages.index(later), base)
+    return str(base.get("method", {}).get("name", DEFAULT_METHOD))
+
+
+def _method_tree(base_method: dict[str, Any], name: str, path: Path | str, stage: str) -> dict[str, Any]:
+    """The base's `method` tree as this stage's method accepts it: the base may carry sections for several methods
+    (KARD's `kard` and `reranker` beside an I→O baseline); each stage keeps the sections its method declares."""
+    try:
+        accepted = set(method_spec(name).config.model_fields)
+    except UnknownMethodError as exc:
+        raise ConfigError(f"{path} (stage {stage!r}): {exc}") from None
+    return {key: value for key, value in base_method.items() if key in accepted}
+
+
 def load_pipeline(path: str | Path, overrides: Sequence[str] = ()) -> PipelinePlan:
     """Read, validate and expand a pipeline file; every stage's config is checked before anything runs."""
     tree = read_yaml(path)
@@ -148,25 +170,64 @@ def load_pipeline(path: str | Path, overrides: Sequence[str] = ()) -> PipelinePl
             f"{path}: unknown top-level key(s) {sorted(extra_keys)}; put shared settings in pipeline.base"
         )
     base = apply_overrides(copy.deepcopy(spec.base), overrides)
+    base_method = base.pop("method", {})
+    kinds: dict[str, StageKind] = {}
+    referenced = {
+        ref
+        for later in spec.stages
+        for ref in [later.tokenizer_from, later.model_from, *later.method_references.values()]
+    }
+    used_sections: set[str] = {"name"}
     stages = []
-    for stage in spec.stages:
-        tree = _deep_merge(base, stage.overrides)
+    for index, stage in enumerate(spec.stages):
+        name = _stage_method(spec, index, {"method": base_method})
+        method_tree = _method_tree(base_method, name, path, stage.name)
+        used_sections |= set(method_tree)
+        tree = _deep_merge({**base, "method": {**method_tree, "name": name}}, stage.overrides)
         tree.setdefault("run", {})["name"] = f"{spec.name}-{stage.name}"
         tree.setdefault("tracking", {}).setdefault("run_name", stage.name)
         config = validate_tree(tree, source=f"{path} (stage {stage.name!r})")
-        if stage.teacher and config.method.name != "knife_student":
-            raise ConfigError(f"{path}: stage {stage.name!r} names a teacher but its method is {config.method.name!r}")
-        referenced = {getattr(later, field) for later in spec.stages for field in REFERENCES if field != "knowledge"}
-        if stage.name in referenced and not config.tracking.log_model:
+        method = spec_of(config)
+        where = f"{path}: stages[{index}] ({stage.name!r})"
+        references: dict[str, str] = {}
+        for key, kind in [*PIPELINE_REFERENCES.items(), *((r.key, r.stage_kind) for r in method.references)]:
+            ref = getattr(stage, key, None) if key in PIPELINE_REFERENCES else stage.method_references.get(key)
+            if ref is None:
+                continue
+            if ref not in kinds:
+                raise ConfigError(f"{where}.{key}: {ref!r} is not an earlier stage")
+            if kinds[ref] != kind:
+                raise ConfigError(f"{where}.{key}: {ref!r} is a {kinds[ref]} stage, not a {kind} stage")
+            if key not in PIPELINE_REFERENCES:
+                references[key] = ref
+        unknown = set(stage.method_references) - set(references)
+        if unknown:
+            takes = ", ".join(r.key for r in method.references) or "none"
+            raise ConfigError(
+                f"{where}.{sorted(unknown)[0]}: method {method.name!r} takes no such stage reference "
+                f"(it takes: {takes}; any stage: {', '.join(PIPELINE_REFERENCES)})"
+            )
+        if stage.kind != "knowledge" and stage.name in referenced and not config.tracking.log_model:
             raise ConfigError(
                 f"{path}: stage {stage.name!r} is referenced by a later stage, so tracking.log_model "
                 "must stay true (later stages load its model from MLflow)"
             )
+        kinds[stage.name] = stage.kind
         stages.append(
             PlannedStage(
+                name=stage.name,
                 config=config,
-                **stage.model_dump(include={"name", "kind", *REFERENCES}),  # type: ignore[arg-type]
+                kind=stage.kind,
+                tokenizer_from=stage.tokenizer_from,
+                model_from=stage.model_from,
+                references=references,
             )
+        )
+    unused = set(base_method) - used_sections
+    if unused:
+        raise ConfigError(
+            f"{path}: pipeline.base.method.{sorted(unused)[0]}: no stage's method has this section (each stage keeps "
+            "the base's method sections its method declares)"
         )
     return PipelinePlan(name=spec.name, stages=stages, reuse_workers=spec.reuse_workers)
 
@@ -198,39 +259,20 @@ def stage_groups(plan: PipelinePlan) -> list[list[PlannedStage]]:
 def wire_stage(stage: PlannedStage, results: dict[str, dict[str, Any]]) -> tuple[PlannedStage, dict[str, str]]:
     """Fill a stage's references with what the referenced stages produced; returns tags recording them."""
     config, tags = stage.config, {}
-    method = config.method
-    if stage.teacher:
-        teacher = results[stage.teacher]
-        method = method.model_copy(update={"knife": method.knife.model_copy(update={"teacher": teacher["model_uri"]})})
-        tags.update(
-            {
-                "knife.teacher_stage": stage.teacher,
-                "knife.teacher_run_id": str(teacher["mlflow_run_id"]),
-                "knife.teacher_model_uri": str(teacher["model_uri"]),
-            }
-        )
-    kard_updates = {}
-    if stage.knowledge:
-        knowledge = results[stage.knowledge]
-        kard_updates["knowledge"] = knowledge["knowledge_path"]
-        tags.update({"kard.knowledge_stage": stage.knowledge, "kard.knowledge_key": str(knowledge["knowledge_key"])})
-    if stage.reranker:
-        reranker = results[stage.reranker]
-        kard_updates["reranker"] = reranker["model_uri"]
-        tags.update(
-            {
-                "kard.reranker_run_id": str(reranker["mlflow_run_id"]),
-                "kard.reranker_model_uri": str(reranker["model_uri"]),
-            }
-        )
-    if kard_updates:
-        method = method.model_copy(update={"kard": method.kard.model_copy(update=kard_updates)})
-    model = config.model
+    method = spec_of(config)
+    updates = {}
+    for key, ref in stage.references.items():
+        reference = method.reference(key)
+        assert reference is not None, f"stage {stage.name!r}: {key} was checked when the pipeline loaded"
+        produced = results[ref]
+        updates[f"method.{reference.config_field}"] = produced[reference.output]
+        tags.update({tag: str(produced[result]) for tag, result in reference.tags.items()})
+        if reference.stage_tag:
+            tags[reference.stage_tag] = ref
     if stage.tokenizer_from:
-        model = model.model_copy(update={"tokenizer": results[stage.tokenizer_from]["model_uri"]})
+        updates["model.tokenizer"] = results[stage.tokenizer_from]["model_uri"]
     if stage.model_from:
         source = results[stage.model_from]
-        model = model.model_copy(update={"name": source["model_uri"], "tokenizer": None})
+        updates.update({"model.name": source["model_uri"], "model.tokenizer": None})
         tags.update({"evaluates_stage": stage.model_from, "evaluates_run_id": str(source["mlflow_run_id"])})
-    config = config.model_copy(update={"method": method, "model": model})
-    return stage.model_copy(update={"config": config}), tags
+    return stage.model_copy(update={"config": with_fields(config, updates)}), tags

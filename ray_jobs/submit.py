@@ -15,6 +15,7 @@ import asyncio
 import contextlib
 import json
 import os
+import re
 import signal
 import sys
 import time
@@ -32,9 +33,11 @@ from ray_jobs.local_cluster import LOCAL_RAY_ENV, LocalRayHead
 from ray_jobs.pipeline import PipelinePlan, is_pipeline_file, load_pipeline
 from ray_jobs.preflight import preflight
 from trainer.config import ConfigError, ExperimentConfig, load_config
+from trainer.config.fields import FieldRole, fields_with_role, with_fields
 from trainer.config.loader import split_config_args
 from trainer.data.registry import data_root
 from trainer.failpoints import FAILPOINTS_ENV
+from trainer.methods.registry import METHOD_MODULES_ENV
 from trainer.planning.from_config import resolve_auto_zero
 from trainer.tracking import timeline
 from trainer.tracking.mlflow_tracker import resolve_experiment, resolve_tracking_uri
@@ -58,39 +61,37 @@ UPLOAD_EXCLUDES = [
 ]
 
 
+def is_uri(value: str) -> bool:
+    """runs:/..., models:/..., s3://..., http://...: anything with a scheme is not a path on this machine."""
+    return re.match(r"^[A-Za-z][A-Za-z0-9+.-]*:", value) is not None
+
+
 def localize(cfg: ExperimentConfig) -> ExperimentConfig:
-    """Relative paths mean the submitter's cwd, not the job's (a temp copy of the working dir)."""
+    """Relative paths mean the submitter's cwd, not the job's (a temp copy of the working dir).
+
+    Every field a section declares as a path (trainer.config.fields) becomes absolute, and so does every model
+    source that names an existing directory here (a teacher's export, a verifier); hub names and URIs stay."""
     output_dir = Path(cfg.run.output_dir).expanduser().resolve()
     storage = cfg.run.storage_path
     if storage is None or "://" not in storage:
         storage = str(Path(storage).expanduser().resolve()) if storage else str(output_dir / "ray")
-    tracking = cfg.tracking.model_copy(
-        update={
-            "tracking_uri": resolve_tracking_uri(cfg.tracking),
-            "experiment": resolve_experiment(cfg.tracking),
-        }
-    )
-    data = cfg.data.model_copy(update={"data_dir": str(data_root(cfg.data).resolve())})
-    for key in ("train_path", "dev_path", "feature_cache_dir"):
-        if getattr(data, key):
-            data = data.model_copy(update={key: str(Path(getattr(data, key)).expanduser().resolve())})
-    retrieval = cfg.retrieval.model_copy(
-        update={
-            key: str(Path(getattr(cfg.retrieval, key)).expanduser().resolve())
-            for key in ("corpus", "cache_dir")
-            if getattr(cfg.retrieval, key) and "://" not in getattr(cfg.retrieval, key)
-        }
-    )
-    if cfg.retrieval.mode == "embedded" and cfg.retrieval.index:
-        retrieval = retrieval.model_copy(update={"index": str(Path(cfg.retrieval.index).expanduser().resolve())})
-    return cfg.model_copy(
-        update={
-            "run": cfg.run.model_copy(update={"output_dir": str(output_dir), "storage_path": storage}),
-            "tracking": tracking,
-            "data": data,
-            "retrieval": retrieval,
-        }
-    )
+    updates: dict[str, Any] = {
+        "run.output_dir": str(output_dir),
+        "run.storage_path": storage,
+        "tracking.tracking_uri": resolve_tracking_uri(cfg.tracking),
+        "tracking.experiment": resolve_experiment(cfg.tracking),
+        "data.data_dir": str(data_root(cfg.data).resolve()),
+    }
+    for field, value in fields_with_role(cfg, FieldRole.LOCAL_PATH):
+        if value and not is_uri(value) and field not in updates:
+            updates[field] = str(Path(value).expanduser().resolve())
+    for field, value in fields_with_role(cfg, FieldRole.MODEL_SOURCE):
+        if value and not is_uri(value) and Path(value).expanduser().exists():
+            updates[field] = str(Path(value).expanduser().resolve())
+    if cfg.retrieval.mode == "embedded" and cfg.retrieval.index:  # elsewhere `index` is an alias, not a path
+        updates["retrieval.index"] = str(Path(cfg.retrieval.index).expanduser().resolve())
+    localized: ExperimentConfig = with_fields(cfg, updates)
+    return localized
 
 
 def job_env(local: bool, request: JobRequest) -> dict[str, str]:
@@ -108,8 +109,9 @@ def job_env(local: bool, request: JobRequest) -> dict[str, str]:
         "MLFLOW_DISABLE_TELEMETRY": "true",
         "DO_NOT_TRACK": "true",
     }
-    # Fault-injection tests arm failpoints in the job's processes; the benchmark asks for phase markers.
-    for key in (FAILPOINTS_ENV, timeline.TIMELINE_ENV):
+    # Fault-injection tests arm failpoints in the job's processes; the benchmark asks for phase markers; methods
+    # registered outside trainer.methods are imported by every process of the job.
+    for key in (FAILPOINTS_ENV, timeline.TIMELINE_ENV, METHOD_MODULES_ENV):
         if key in os.environ:
             env[key] = os.environ[key]
     if local:

@@ -71,7 +71,14 @@ def test_consecutive_stages_with_the_same_workers_share_a_worker_group(tmp_path:
     [
         ([{"name": "s", "teacher": "t", "overrides": {"method": {"name": "knife_student"}}}], "not an earlier stage"),
         ([STAGES[0], STAGES[0]], "duplicate stage name 'teacher'"),
-        ([STAGES[0], {"name": "x", "teacher": "teacher"}], "names a teacher but its method is 'ft_io'"),
+        ([STAGES[0], {"name": "x", "teacher": "teacher"}], r"\.teacher: method 'ft_io' takes no such stage reference"),
+        (
+            [
+                {"name": "k", "kind": "knowledge"},
+                {"name": "x", "teacher": "k", "overrides": {"method": {"name": "knife_student"}}},
+            ],
+            "'k' is a knowledge stage, not a train stage",
+        ),
         ([{"name": "x", "overrides": {"optim": {"lr": "fast"}}}], r"(?s)stage 'x'.*optim\.lr"),
         ([], "stages"),
     ],
@@ -79,6 +86,26 @@ def test_consecutive_stages_with_the_same_workers_share_a_worker_group(tmp_path:
 def test_invalid_pipelines_fail_before_running(tmp_path: Path, stages: list, message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         load_pipeline(write(tmp_path, {"name": "p", "stages": stages}))
+
+
+def test_base_method_sections_go_to_the_stages_whose_method_has_them(tmp_path: Path) -> None:
+    """A KARD pipeline's base carries `kard`/`reranker` knobs; its I→O baseline stage gets neither, and a knowledge
+    stage naming no method is built for the method of the first stage that reads it."""
+    base = {"method": {"kard": {"candidates": 7}, "reranker": {"eval_k": [1, 3]}}}
+    stages = [
+        {"name": "knowledge", "kind": "knowledge"},
+        {"name": "ft", "overrides": {"method": {"name": "ft_io"}}},
+        {"name": "kard", "knowledge": "knowledge", "overrides": {"method": {"name": "kard"}}},
+    ]
+    plan = load_pipeline(write(tmp_path, {"name": "p", "base": base, "stages": stages}))
+    knowledge, ft, kard = (stage.config.method for stage in plan.stages)
+    assert knowledge.name == "kard" and knowledge.kard.candidates == 7
+    assert ft.model_dump() == {"name": "ft_io"}
+    assert kard.kard.candidates == 7 and kard.reranker.eval_k == [1, 3]
+    assert plan.stages[2].references == {"knowledge": "knowledge"}
+    typo = {"method": {"kard": {"candidates": 7}, "knif": {"lambda_in": 1}}}
+    with pytest.raises(ConfigError, match=r"pipeline\.base\.method\.knif: no stage's method has this section"):
+        load_pipeline(write(tmp_path, {"name": "p", "base": typo, "stages": stages}))
 
 
 def test_referenced_stage_must_log_its_model(tmp_path: Path) -> None:

@@ -11,8 +11,8 @@ import pytest
 
 from ray_jobs.job_payload import PAYLOAD_ENV, decode_payload
 from ray_jobs.pipeline import PipelinePlan
-from ray_jobs.submit import build_request, job_env
-from trainer.config import ConfigError, ExperimentConfig
+from ray_jobs.submit import build_request, job_env, localize
+from trainer.config import ConfigError, ExperimentConfig, load_config
 
 CONFIGS = Path(__file__).resolve().parents[2] / "ray_jobs" / "configs"
 
@@ -68,6 +68,7 @@ def test_credentials_never_enter_the_job_env(tmp_path: Path, monkeypatch: pytest
     env = job_env(False, request)
     assert "MLFLOW_TRACKING_TOKEN" not in env and PAYLOAD_ENV in env
 
+
 @pytest.mark.parametrize(
     ("module", "absent"),
     [
@@ -81,3 +82,33 @@ def test_submitter_and_job_drivers_stay_import_light(module: str, absent: tuple[
     probe = f"import sys, {module}; print(' '.join(m for m in {absent!r} if m in sys.modules))"
     loaded = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True, timeout=120)
     assert loaded.stdout.strip() == ""
+
+
+def test_localize_resolves_every_declared_path_and_local_model_source(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Paths in a method's own section count as much as the core's: the job runs in a copy of the working dir."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "teacher").mkdir()
+    (tmp_path / "verifier").mkdir()
+    knife = localize(
+        load_config(
+            overrides=["method.name=knife_student", "method.knife.teacher=teacher", "data.verifier_model=verifier"]
+        )
+    )
+    assert knife.method.knife.teacher == str(tmp_path / "teacher")
+    assert knife.data.verifier_model == str(tmp_path / "verifier")
+    kard = localize(
+        load_config(
+            overrides=[
+                "method.name=kard",
+                "method.kard.knowledge=k/train",
+                "method.kard.reranker=runs:/abc/model",
+                "model.name=t5-small",
+                "retrieval.cache_dir=cache",
+            ]
+        )
+    )
+    assert kard.method.kard.knowledge == str(tmp_path / "k" / "train")
+    assert kard.method.kard.reranker == "runs:/abc/model" and kard.model.name == "t5-small"  # URI, hub name: kept
+    assert kard.retrieval.cache_dir == str(tmp_path / "cache")

@@ -8,6 +8,7 @@ import sys
 
 from trainer.config.loader import ConfigError
 from trainer.config.schema import ExperimentConfig
+from trainer.methods.registry import spec_of
 from trainer.planning.architecture import ArchitectureError, T5Architecture, resolve_architecture
 from trainer.planning.memory import GIB, Workload, ZeroSetup
 from trainer.planning.planner import Estimate, Hardware, Plan, PlanRequest, Teacher, estimate, make_plan
@@ -21,20 +22,9 @@ class ModelNotPlannable(ConfigError):
 
 
 def workload(cfg: ExperimentConfig) -> Workload:
-    """Padded source and target lengths of the method's training features."""
-    data, method = cfg.data, cfg.method.name
-    src, tgt = data.max_input_length, data.max_target_length
-    if method in ("ft_ior", "ft_iro"):
-        tgt = data.max_target_length + data.max_rationale_length
-    elif method == "multitask":
-        tgt = max(data.max_target_length, data.max_rationale_length)
-    elif method == "knife_teacher":
-        src = data.max_input_length + data.max_rationale_length
-    elif method not in ("ft_io", "knife_student"):
-        # Methods with rationales or passages in their input and output: bound both.
-        src = data.max_input_length + data.max_rationale_length
-        tgt = data.max_target_length + data.max_rationale_length
-    return Workload(cfg.optim.micro_batch_size, src, tgt)
+    """Padded source and target lengths of the method's training features (the method declares them)."""
+    lengths = spec_of(cfg).sequence_lengths(cfg)
+    return Workload(cfg.optim.micro_batch_size, lengths.source, lengths.target)
 
 
 def hardware(cfg: ExperimentConfig) -> Hardware:
@@ -61,19 +51,16 @@ def _architecture(model: str, field: str, cfg: ExperimentConfig) -> T5Architectu
 def plan_request(cfg: ExperimentConfig) -> PlanRequest:
     arch = _architecture(cfg.model.name, "model.name", cfg)
     teacher = None
-    if cfg.method.name == "knife_student":
-        # A pipeline wires the teacher stage's model at run time; until then it is planned as the student's
-        # shape (KNIFE aligns hidden states, so the teacher shares d_model; the paper uses the same model).
-        source = cfg.method.knife.teacher
-        teacher_arch = arch
-        if source is not None:
-            with contextlib.suppress(ArchitectureError):  # an MLflow URI or hub name: plan the student's shape
-                teacher_arch = resolve_architecture(source, cfg.model.tokenizer_vocab_size)
-        data = cfg.data
-        teacher_work = Workload(
-            cfg.optim.micro_batch_size, data.max_input_length + data.max_rationale_length, data.max_target_length
+    frozen = spec_of(cfg).frozen_model(cfg)
+    if frozen is not None:
+        frozen_arch = arch  # not sized yet (an MLflow URI or hub name): planned in the trained model's shape
+        if frozen.source is not None:
+            with contextlib.suppress(ArchitectureError):
+                frozen_arch = resolve_architecture(frozen.source, cfg.model.tokenizer_vocab_size)
+        lengths = frozen.lengths
+        teacher = Teacher(
+            frozen_arch, Workload(cfg.optim.micro_batch_size, lengths.source, lengths.target), frozen.zero_stage
         )
-        teacher = Teacher(teacher_arch, teacher_work, cfg.method.knife.teacher_zero_stage)
     required = ZeroSetup(
         0 if cfg.ds.zero_stage in (None, "auto") else cfg.ds.zero_stage,
         cfg.ds.offload_optimizer,
