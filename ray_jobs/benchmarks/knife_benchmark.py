@@ -38,11 +38,12 @@ from scipy.stats import t as student_t
 from ray_jobs.benchmarks.trainer_runs import run_trainer_process
 from trainer.config.schema import DataConfig
 from trainer.data.registry import load_splits
-from trainer.tracking.compare import KNIFE_METHODS, Row, compare_runs, format_table
+from trainer.tracking.compare import Row, compare_runs, format_table
 
 EXPERIMENT = "knife-benchmark"
 TEACHER, STUDENT, IO = "knife_teacher", "knife_student", "ft_io"
 BASELINES = ("ft_io", "ft_ior", "ft_iro", "multitask")
+KNIFE_METHODS = (*BASELINES, TEACHER, STUDENT)  # the KNIFE paper's comparison, in its report order
 # Ablations of the KNIFE student, each one knob away from it (λ_in = λ_out = 1, MSE): variant tag → overrides.
 ABLATIONS: dict[str, tuple[str, ...]] = {
     "kd_in_only": ("method.knife.lambda_out=0",),

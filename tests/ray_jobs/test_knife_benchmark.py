@@ -11,6 +11,7 @@ from mlflow.tracking import MlflowClient
 
 from ray_jobs.benchmarks.knife_benchmark import (
     EXPERIMENT,
+    KNIFE_METHODS,
     LABELS,
     TEACHER,
     Job,
@@ -18,7 +19,6 @@ from ray_jobs.benchmarks.knife_benchmark import (
     finished_results,
     run_all,
 )
-from trainer.tracking.compare import KNIFE_METHODS
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 

@@ -4,8 +4,11 @@
 
 Only finished runs that carry a `method` tag count: pipeline parent runs have none, and failed or
 still-running runs would bias the mean. A run's `variant` tag (e.g. an ablation, `kd_in_only`) makes it a row of
-its own, `method/variant`. Dev accuracy is choice scoring (`dev/accuracy`); the greedy generation parsed into a
-choice (`dev/generation_accuracy`) has a table beside it.
+its own, `method/variant`. Each row reports its method's headline metric (the run's `headline_metric` tag, which
+the method declares: choice-scoring `dev/accuracy` for most, the vote over sampled rationales for a voting KARD
+student, recall for the reranker; `dev/accuracy` for runs logged before the tag existed) and names it. Rows follow
+the order methods are registered in (trainer.methods.registry). The greedy generation parsed into a choice
+(`dev/generation_accuracy`) has a table beside it.
 """
 
 from __future__ import annotations
@@ -22,12 +25,10 @@ from mlflow.entities import Run, ViewType
 from mlflow.tracking import MlflowClient
 
 from trainer.config.schema import TrackingConfig
+from trainer.methods.registry import registered_methods
 from trainer.tracking.mlflow_tracker import resolve_experiment, resolve_tracking_uri
 
-KNIFE_METHODS = ("ft_io", "ft_ior", "ft_iro", "multitask", "knife_teacher", "knife_student")
-KARD_METHODS = ("ft_io", "rd", "kard_bm25", "kard_reranker", "kard_oracle")
-METHOD_ORDER = tuple(dict.fromkeys(KNIFE_METHODS + KARD_METHODS))
-ACCURACY = "dev/accuracy"
+ACCURACY = "dev/accuracy"  # the headline of runs logged without a `headline_metric` tag
 GENERATION_ACCURACY = "dev/generation_accuracy"
 _PAGE = 1000
 
@@ -40,6 +41,7 @@ class ExperimentNotFoundError(LookupError):
 class Row:
     dataset: str
     method: str  # the `method` tag, then `/variant` when the run has a `variant` tag
+    metric: str  # the headline metric the row's values are
     n: int
     accuracy_mean: float
     accuracy_std: float | None  # sample std over runs; None with a single run
@@ -48,6 +50,7 @@ class Row:
     steps_mean: float
     wall_time_s_mean: float
     num_parameters: int
+    order: int = 0  # the method's registration rank: where the row goes in tables
 
 
 def _finished_method_runs(client: MlflowClient, experiment_id: str) -> Iterable[Run]:
@@ -77,6 +80,17 @@ def _experiment_id(client: MlflowClient, tracking_uri: str, experiment: str) -> 
     return found.experiment_id
 
 
+def headline(run: Run) -> str:
+    return run.data.tags.get("headline_metric", ACCURACY)
+
+
+def method_rank(run: Run) -> int:
+    """Registration order of the run's method (the `method.name` tag; older runs: a label equal to a name)."""
+    names = list(registered_methods())
+    name = run.data.tags.get("method.name", run.data.tags["method"])
+    return names.index(name) if name in names else len(names)
+
+
 def run_label(run: Run) -> str:
     """The row a run belongs to: its method, and its variant when it has one."""
     variant = run.data.tags.get("variant")
@@ -97,18 +111,21 @@ def compare_runs(tracking_uri: str, experiment: str) -> list[Row]:
         raise ExperimentNotFoundError(f"experiment {experiment!r} not found: no tracking store at {tracking_uri}")
     client = MlflowClient(tracking_uri)
     experiment_id = _experiment_id(client, tracking_uri, experiment)
-    groups: dict[tuple[str, str], list[Run]] = defaultdict(list)
+    groups: dict[tuple[str, str, str], list[Run]] = defaultdict(list)
+    rank: dict[str, int] = {}
     for run in _finished_method_runs(client, experiment_id):
-        if ACCURACY in run.data.metrics:
-            groups[run.data.tags.get("dataset", "?"), run_label(run)].append(run)
+        if headline(run) in run.data.metrics:
+            groups[run.data.tags.get("dataset", "?"), run_label(run), headline(run)].append(run)
+            rank[run_label(run)] = min(rank.get(run_label(run), 1 << 30), method_rank(run))
     rows = []
-    for (dataset, method), runs in groups.items():
-        acc = tuple(run.data.metrics[ACCURACY] for run in runs)
+    for (dataset, method, metric), runs in groups.items():
+        acc = tuple(run.data.metrics[metric] for run in runs)
         mean, std = mean_std(acc)
         rows.append(
             Row(
                 dataset=dataset,
                 method=method,
+                metric=metric,
                 n=len(runs),
                 accuracy_mean=mean,
                 accuracy_std=std,
@@ -119,14 +136,10 @@ def compare_runs(tracking_uri: str, experiment: str) -> list[Row]:
                 steps_mean=statistics.fmean(run.data.metrics.get("train/steps", 0.0) for run in runs),
                 wall_time_s_mean=statistics.fmean(run.data.metrics.get("train/wall_time_s", 0.0) for run in runs),
                 num_parameters=int(max(run.data.metrics.get("model/num_parameters", 0.0) for run in runs)),
+                order=rank[method],
             )
         )
-    return sorted(rows, key=lambda r: (r.dataset, _method_rank(r.method), r.method))
-
-
-def _method_rank(label: str) -> int:
-    method = label.split("/", 1)[0]
-    return METHOD_ORDER.index(method) if method in METHOD_ORDER else len(METHOD_ORDER)
+    return sorted(rows, key=lambda r: (r.dataset, r.order, r.method))
 
 
 def _accuracy_cell(row: Row | None) -> str:
@@ -151,25 +164,23 @@ def _cost_cell(row: Row | None) -> str:
 
 
 def format_table(rows: list[Row]) -> str:
-    """Markdown: methods as rows (fixed order, variants after their method, then any others), one accuracy column
-    per dataset; then the generation accuracy and a cost table (mean steps, train wall time, model size) with the
-    same layout."""
+    """Markdown: methods as rows (in the order `rows` have them, variants after their method), the headline metric
+    each row reports, one column per dataset; then the generation accuracy and a cost table (mean steps, train wall
+    time, model size) with the same layout. A method without runs on a dataset shows "–"."""
     datasets = sorted({r.dataset for r in rows})
-    present = {r.method for r in rows}
-    # A comparison lists every method of the families it holds (KNIFE's, KARD's), so a missing run shows as "–".
-    families = [set(f) for f in (KNIFE_METHODS, KARD_METHODS) if present & (set(f) - {"ft_io"})]
-    methods = sorted(present.union(*families), key=lambda m: (_method_rank(m), m))
-    by_key = {(r.dataset, r.method): r for r in rows}
+    labels = list(dict.fromkeys((r.method, r.metric) for r in sorted(rows, key=lambda r: (r.order, r.method))))
+    by_key = {(r.dataset, r.method, r.metric): r for r in rows}
 
     def table(title: str, cell: Callable[[Row | None], str]) -> list[str]:
-        lines = [f"| {title} | " + " | ".join(datasets) + " |", "|---|" + "---|" * len(datasets)]
-        for method in methods:
-            lines.append(f"| {method} | " + " | ".join(cell(by_key.get((d, method))) for d in datasets) + " |")
+        lines = [f"| {title} | metric | " + " | ".join(datasets) + " |", "|---|---|" + "---|" * len(datasets)]
+        for method, metric in labels:
+            cells = " | ".join(cell(by_key.get((d, method, metric))) for d in datasets)
+            lines.append(f"| {method} | {metric} | {cells} |")
         return lines
 
     if not datasets:
         return "(no finished runs with a `method` tag)"
-    accuracy = table("dev accuracy (choice scoring; mean ± std over seeds)", _accuracy_cell)
+    accuracy = table("dev headline metric (mean ± std over seeds)", _accuracy_cell)
     generation = table("dev generation accuracy (greedy output parsed)", _generation_cell)
     cost = table("cost (mean per run)", _cost_cell)
     return "\n".join([*accuracy, "", *generation, "", *cost])

@@ -39,6 +39,11 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> str:
             run({**tags, "method": "knife_student"}, {"dev/accuracy": acc + 0.1, **common})  # no generation metric
             if dataset == "synthetic":
                 run({**tags, "method": "knife_student", "variant": "kd_in_only"}, {"dev/accuracy": 0.4, **common})
+    # Registered after the KNIFE methods, and each ranked by its own headline metric.
+    kard = {"dataset": "synthetic", "method": "kard_bm25", "method.name": "kard"}
+    run({**kard, "headline_metric": "dev/vote_accuracy"}, {"dev/accuracy": 0.1, "dev/vote_accuracy": 0.7})
+    reranker = {"dataset": "synthetic", "method": "kard_reranker", "method.name": "kard_reranker"}
+    run({**reranker, "headline_metric": "dev/reranker_recall_at_1"}, {"dev/reranker_recall_at_1": 0.9})
     parent = run({"reasondistill.pipeline": "kard"}, {"dev/accuracy": 0.99})
     run({"method": "ft_io", "dataset": "synthetic", "mlflow.parentRunId": parent.run_id}, {"dev/accuracy": 0.8})
     run({"method": "ft_io", "dataset": "synthetic"}, {"dev/accuracy": 0.0}, status=None)  # still running
@@ -54,6 +59,8 @@ def test_groups_finished_method_runs_with_mean_and_std(store: str) -> None:
         ("synthetic", "ft_io"),
         ("synthetic", "knife_student"),
         ("synthetic", "knife_student/kd_in_only"),
+        ("synthetic", "kard_bm25"),
+        ("synthetic", "kard_reranker"),
     }
     assert rows["synthetic", "knife_student/kd_in_only"].n == 3 and rows["synthetic", "knife_student"].n == 3
     # Four finished synthetic ft_io runs: three seeds and the pipeline child; parent/running/failed are out.
@@ -69,29 +76,29 @@ def test_groups_finished_method_runs_with_mean_and_std(store: str) -> None:
     assert rows["strategyqa", "ft_io"].generation_accuracies == pytest.approx((0.45, 0.45, 0.48))
     assert rows["strategyqa", "knife_student"].generation_accuracies == ()
     assert [r.method for r in compare_runs(store, EXPERIMENT)] == [
-        "ft_io", "knife_student", "ft_io", "knife_student", "knife_student/kd_in_only"
+        "ft_io", "knife_student", "ft_io", "knife_student", "knife_student/kd_in_only", "kard_bm25", "kard_reranker"
     ]  # fmt: skip
 
 
 def test_table_has_methods_in_fixed_order_and_one_column_per_dataset(store: str) -> None:
     table = format_table(compare_runs(store, EXPERIMENT))
     accuracy, generation, cost = (part.splitlines() for part in table.split("\n\n"))
-    assert accuracy[0] == "| dev accuracy (choice scoring; mean ± std over seeds) | strategyqa | synthetic |"
+    assert accuracy[0] == "| dev headline metric (mean ± std over seeds) | metric | strategyqa | synthetic |"
     assert [line.split(" | ")[0].lstrip("| ") for line in accuracy[2:]] == [
         "ft_io",
-        "ft_ior",
-        "ft_iro",
-        "multitask",
-        "knife_teacher",
         "knife_student",
         "knife_student/kd_in_only",
+        "kard_bm25",
+        "kard_reranker",
     ]
-    assert accuracy[2] == "| ft_io | 0.560 ± 0.017 (n=3) | 0.650 ± 0.129 (n=4) |"
-    assert accuracy[3] == "| ft_ior | – | – |"
-    assert accuracy[8] == "| knife_student/kd_in_only | – | 0.400 ± 0.000 (n=3) |"
-    assert generation[0] == "| dev generation accuracy (greedy output parsed) | strategyqa | synthetic |"
-    assert generation[2] == "| ft_io | 0.460 ± 0.017 (n=3) | 0.500 ± 0.100 (n=3) |"  # the pipeline child lacks it
-    assert generation[7] == "| knife_student | – | – |"
+    assert accuracy[2] == "| ft_io | dev/accuracy | 0.560 ± 0.017 (n=3) | 0.650 ± 0.129 (n=4) |"
+    assert accuracy[4] == "| knife_student/kd_in_only | dev/accuracy | – | 0.400 ± 0.000 (n=3) |"
+    # Each method's own headline, named beside it: the voting KARD student, the reranker's recall.
+    assert accuracy[5] == "| kard_bm25 | dev/vote_accuracy | – | 0.700 (n=1) |"
+    assert accuracy[6] == "| kard_reranker | dev/reranker_recall_at_1 | – | 0.900 (n=1) |"
+    assert generation[0] == "| dev generation accuracy (greedy output parsed) | metric | strategyqa | synthetic |"
+    assert generation[2] == "| ft_io | dev/accuracy | 0.460 ± 0.017 (n=3) | 0.500 ± 0.100 (n=3) |"
+    assert generation[3] == "| knife_student | dev/accuracy | – | – |"
     assert "101 steps, 20 s" in "\n".join(cost)
 
 
@@ -108,7 +115,7 @@ def test_cli_prints_table_and_fails_on_unknown_experiment(
     store: str, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     assert main(["--experiment", EXPERIMENT, "--tracking-uri", store]) == 0
-    assert "| knife_student | 0.660 ± 0.017 (n=3) | 0.700 ± 0.100 (n=3) |" in capsys.readouterr().out
+    assert "| knife_student | dev/accuracy | 0.660 ± 0.017 (n=3) | 0.700 ± 0.100 (n=3) |" in capsys.readouterr().out
     monkeypatch.setenv("MLFLOW_TRACKING_URI", store)
     monkeypatch.setenv("MLFLOW_EXPERIMENT_NAME", "nope")
     assert main([]) == 2
