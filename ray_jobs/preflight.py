@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from urllib.parse import urlparse
 
+from trainer.config.fields import FieldRole, fields_with_role
 from trainer.config.loader import ConfigError
 from trainer.config.schema import ExperimentConfig
 from trainer.data.example import DataError, QAExample
@@ -183,12 +184,7 @@ def preflight(
                     seen.add(fingerprint)
                     check()
             uri = cfg.tracking.tracking_uri
-            for field, source in (
-                ("model.name", cfg.model.name),
-                ("model.tokenizer", cfg.model.tokenizer),
-                ("method.knife.teacher", cfg.method.knife.teacher),
-                ("method.kard.reranker", cfg.method.kard.reranker),
-            ):
+            for field, source in fields_with_role(cfg, FieldRole.MODEL_SOURCE):  # a method's own ones too
                 notes.extend(check_model_source(field, source, uri))
         except PreflightError as exc:
             raise PreflightError(prefix + str(exc)) from None

@@ -14,6 +14,7 @@ from pathlib import PurePosixPath
 from urllib.parse import urlparse
 
 from trainer.config import ConfigError, ExperimentConfig
+from trainer.config.fields import FieldRole, fields_with_role
 from trainer.tracking.mlflow_tracker import resolve_experiment
 
 LOOPBACK_HOSTS = {"localhost", "localhost.localdomain"}
@@ -101,13 +102,7 @@ def place_in_cluster(cfg: ExperimentConfig, targets: ClusterTargets) -> Experime
     for key in ("train_path", "dev_path"):
         if getattr(data, key):
             data_update[key] = _check_pod_path(f"data.{key}", getattr(data, key), mounts)
-    _check_model_source("data.verifier_model", data.verifier_model, mounts)
-    for field, value in (
-        ("model.name", cfg.model.name),
-        ("model.tokenizer", cfg.model.tokenizer),
-        ("model.weights_from", cfg.model.weights_from),
-        ("method.knife.teacher", cfg.method.knife.teacher),
-    ):
+    for field, value in fields_with_role(cfg, FieldRole.MODEL_SOURCE):
         _check_model_source(field, value, mounts)
 
     retrieval = cfg.retrieval

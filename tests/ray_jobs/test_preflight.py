@@ -61,10 +61,21 @@ def test_tracking_and_model_uris(tmp_path: Path) -> None:
         check(
             "data.dataset=synthetic",
             f"tracking.tracking_uri={store}",
+            "method.name=knife_student",
             f"method.knife.teacher=runs:/{run.info.run_id}/model",
         )
     with pytest.raises(PreflightError, match="method.knife.teacher: runs:/0123abc/model"):
-        check("data.dataset=synthetic", f"tracking.tracking_uri={store}", "method.knife.teacher=runs:/0123abc/model")
+        check(
+            "data.dataset=synthetic",
+            f"tracking.tracking_uri={store}",
+            "method.name=knife_student",
+            "method.knife.teacher=runs:/0123abc/model",
+        )
+    with pytest.raises(PreflightError, match="method.kard.reranker: runs:/0123abc/model"):  # a method's own field
+        check(
+            "data.dataset=synthetic", f"tracking.tracking_uri={store}", "method.name=kard",
+            "method.kard.reranker=runs:/0123abc/model",
+        )  # fmt: skip
     check("data.dataset=synthetic", f"tracking.tracking_uri={store}")  # a sound config passes
 
 
