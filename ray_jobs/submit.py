@@ -32,9 +32,9 @@ from ray_jobs.job_payload import PAYLOAD_ENV, RESULT_MARKER, encode_payload
 from ray_jobs.local_cluster import LOCAL_RAY_ENV, LocalRayHead
 from ray_jobs.pipeline import PipelinePlan, is_pipeline_file, load_pipeline
 from ray_jobs.preflight import preflight
-from trainer.config import ConfigError, ExperimentConfig, load_config
 from trainer.config.fields import FieldRole, fields_with_role, with_fields
-from trainer.config.loader import split_config_args
+from trainer.config.loader import ConfigError, load_config, split_config_args
+from trainer.config.schema import ExperimentConfig
 from trainer.data.registry import data_root
 from trainer.failpoints import FAILPOINTS_ENV
 from trainer.methods.registry import METHOD_MODULES_ENV

@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from trainer.config import ExperimentConfig, load_config
+from trainer.config.loader import load_config
+from trainer.config.schema import ExperimentConfig
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("REASONDISTILL_DATA_DIR", REPO_ROOT.parent / "shared" / "data"))

@@ -13,8 +13,7 @@ import json
 from pathlib import Path
 
 from trainer.checkpoint_io import LocalCheckpointIO
-from trainer.config import load_config
-from trainer.config.loader import split_config_args
+from trainer.config.loader import load_config, split_config_args
 from trainer.loop import Trainer
 from trainer.planning.from_config import resolve_auto_zero
 

@@ -34,8 +34,8 @@ from typing import Any
 import torch
 
 from ray_jobs.benchmarks.gpu_cases import StepCase
-from trainer.config import ExperimentConfig, load_config
-from trainer.config.schema import DataConfig
+from trainer.config.loader import load_config
+from trainer.config.schema import DataConfig, ExperimentConfig
 from trainer.data.formatting import tokenizer_corpus
 from trainer.data.registry import load_splits
 from trainer.evaluation.protocols import Batch

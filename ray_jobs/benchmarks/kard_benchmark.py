@@ -29,7 +29,7 @@ from typing import Any
 from mlflow.tracking import MlflowClient
 
 from ray_jobs.benchmarks.trainer_runs import run_trainer_process
-from trainer.config import load_config
+from trainer.config.loader import load_config
 from trainer.data.registry import load_splits
 from trainer.kard.prepare import prepare_knowledge
 

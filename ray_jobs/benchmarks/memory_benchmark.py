@@ -56,7 +56,7 @@ def run_rank(case: Case, result_file: Path) -> None:
     """One rank of a case (started by `run_case` with RANK, WORLD_SIZE, MASTER_ADDR/PORT in its environment)."""
     import torch
 
-    from trainer.config import load_config
+    from trainer.config.loader import load_config
     from trainer.methods.registry import method_class
     from trainer.models.factory import build_model, build_model_config, build_tokenizer, count_parameters
     from trainer.strategy.deepspeed_strategy import DeepSpeedStrategy

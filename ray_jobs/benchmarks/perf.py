@@ -190,7 +190,7 @@ def eval_throughput(
     model is randomly initialised, so generation runs to its full budget: the worst case of a trained model."""
     import torch
 
-    from trainer.config import load_config
+    from trainer.config.loader import load_config
     from trainer.data.formatting import tokenizer_corpus
     from trainer.data.registry import load_splits
     from trainer.evaluation.choice_scoring import score_choices

@@ -32,7 +32,7 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 from transformers import T5Config, T5ForConditionalGeneration
 
-from trainer.config import load_config
+from trainer.config.loader import load_config
 from trainer.models.presets import T5_VOCAB_SIZE, get_preset
 from trainer.strategy.deepspeed_strategy import DeepSpeedStrategy
 from trainer.strategy.ds_config import load_template, size_buckets

@@ -46,7 +46,7 @@ def _render(args: argparse.Namespace) -> int:
     # loading (DeepSpeed logs to stdout on import) goes to stderr.
     with contextlib.redirect_stdout(sys.stderr):
         from ray_jobs.k8s.render import RenderError, render, to_yaml
-        from trainer.config import ConfigError
+        from trainer.config.loader import ConfigError
 
         try:
             rendered = render(

@@ -13,8 +13,9 @@ from dataclasses import dataclass
 from pathlib import PurePosixPath
 from urllib.parse import urlparse
 
-from trainer.config import ConfigError, ExperimentConfig
 from trainer.config.fields import FieldRole, fields_with_role
+from trainer.config.loader import ConfigError
+from trainer.config.schema import ExperimentConfig
 from trainer.tracking.mlflow_tracker import resolve_experiment
 
 LOOPBACK_HOSTS = {"localhost", "localhost.localdomain"}

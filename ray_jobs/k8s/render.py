@@ -20,7 +20,8 @@ from ray_jobs.job_payload import decode_payload
 from ray_jobs.k8s.placement import ClusterTargets, place_in_cluster
 from ray_jobs.pipeline import PipelinePlan
 from ray_jobs.submit import JobRequest, build_request, job_env
-from trainer.config import ConfigError, ExperimentConfig
+from trainer.config.loader import ConfigError
+from trainer.config.schema import ExperimentConfig
 from trainer.planning.from_config import ModelNotPlannable, estimate_for_config, hardware
 from trainer.planning.memory import GIB
 from trainer.planning.planner import Estimate

@@ -18,7 +18,8 @@ from ray_jobs.k8s.lint import lint_document
 from ray_jobs.k8s.render import render
 from ray_jobs.k8s.validation import validate_document
 from ray_jobs.pipeline import PipelinePlan
-from trainer.config import ConfigError, ExperimentConfig
+from trainer.config.loader import ConfigError
+from trainer.config.schema import ExperimentConfig
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 SCHEMAS = REPO_ROOT.parent / "shared" / "schemas"

@@ -7,7 +7,7 @@ from ray_jobs.pipeline import PIPELINE_TAG, ROLE_TAG, is_pipeline_file, load_pip
 from ray_jobs.pipeline_job import find_unfinished_parent
 from ray_jobs.stage_group import group_run_name
 from ray_jobs.submit import build_request
-from trainer.config import ConfigError, load_config
+from trainer.config.loader import ConfigError, load_config
 from trainer.tracking.mlflow_tracker import MLflowTracker
 
 REPO_ROOT = Path(__file__).resolve().parents[2]

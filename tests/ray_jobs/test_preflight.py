@@ -13,7 +13,7 @@ import pytest
 
 from ray_jobs.local_cluster import free_port
 from ray_jobs.preflight import PreflightError, preflight
-from trainer.config import load_config
+from trainer.config.loader import load_config
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 

@@ -16,7 +16,7 @@ import psutil
 import pytest
 
 from ray_jobs.local_cluster import LocalRayHead
-from trainer.config import load_config
+from trainer.config.loader import load_config
 from trainer.data.formatting import format_question
 from trainer.data.registry import load_splits
 

@@ -12,7 +12,8 @@ import pytest
 from ray_jobs.job_payload import PAYLOAD_ENV, decode_payload
 from ray_jobs.pipeline import PipelinePlan
 from ray_jobs.submit import build_request, job_env, localize
-from trainer.config import ConfigError, ExperimentConfig, load_config
+from trainer.config.loader import ConfigError, load_config
+from trainer.config.schema import ExperimentConfig
 
 CONFIGS = Path(__file__).resolve().parents[2] / "ray_jobs" / "configs"
 

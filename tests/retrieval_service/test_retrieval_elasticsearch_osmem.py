@@ -242,7 +242,7 @@ def test_kard_knowledge_stage_in_elasticsearch_mode(
 ) -> None:
     """Contract only: the knowledge build's searches, scores and fetches as Elasticsearch requests (msearch,
     ids-filtered msearch, mget) against the emulator; its ranking is not BM25, so no recall is asserted."""
-    from trainer.config import load_config
+    from trainer.config.loader import load_config
     from trainer.data.synthetic_kb import SyntheticKBSpec, generate_synthetic_kb_task
     from trainer.kard.knowledge import KnowledgeBase
     from trainer.kard.prepare import prepare_knowledge

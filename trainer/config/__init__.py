@@ -1,6 +1,4 @@
-"""Typed configuration for training runs."""
+"""Typed configuration for training runs: sections (trainer.config.schema), loading (trainer.config.loader).
 
-from trainer.config.loader import ConfigError, flatten, load_config
-from trainer.config.schema import ExperimentConfig
-
-__all__ = ["ConfigError", "ExperimentConfig", "flatten", "load_config"]
+Nothing is re-exported here: a method package imports trainer.config.sections without pulling in the schema.
+"""

@@ -12,8 +12,8 @@ import json
 from collections.abc import Callable
 from pathlib import Path
 
-from trainer.config import ExperimentConfig, load_config
-from trainer.config.loader import split_config_args
+from trainer.config.loader import load_config, split_config_args
+from trainer.config.schema import ExperimentConfig
 from trainer.data.registry import default_corpus, load_splits
 from trainer.kard.knowledge import KnowledgeBuild, LocalQueries, QueryExecutor, build_knowledge
 from trainer.kard.retriever import RetrieverSpec, resolve_retriever

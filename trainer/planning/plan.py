@@ -15,8 +15,7 @@ import json
 import sys
 from collections.abc import Sequence
 
-from trainer.config import ConfigError, load_config
-from trainer.config.loader import split_config_args
+from trainer.config.loader import ConfigError, load_config, split_config_args
 from trainer.models.presets import PRESETS
 from trainer.planning.architecture import ArchitectureError, resolve_architecture
 from trainer.planning.from_config import plan_for_config

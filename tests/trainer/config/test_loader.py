@@ -2,8 +2,7 @@ from pathlib import Path
 
 import pytest
 
-from trainer.config import ConfigError, flatten, load_config
-from trainer.config.loader import split_config_args, with_overrides
+from trainer.config.loader import ConfigError, flatten, load_config, split_config_args, with_overrides
 
 
 def write(tmp_path: Path, text: str) -> Path:

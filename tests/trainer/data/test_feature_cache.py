@@ -7,8 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from trainer.config import load_config
-from trainer.config.loader import with_overrides
+from trainer.config.loader import load_config, with_overrides
 from trainer.data.feature_cache import load_or_build
 from trainer.data.formatting import tokenizer_corpus
 from trainer.data.registry import load_splits

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from trainer.config import load_config
+from trainer.config.loader import load_config
 from trainer.data.example import DataError
 from trainer.data.jsonl import read_examples
 from trainer.data.registry import load_splits, registered_datasets

@@ -4,7 +4,7 @@ greedy generation a second view, sampling a vote; each method scores its choices
 import pytest
 import torch
 
-from trainer.config import load_config
+from trainer.config.loader import load_config
 from trainer.data.example import DataError, QAExample
 from trainer.data.formatting import tokenizer_corpus
 from trainer.evaluation.choice_scoring import score_choices

@@ -6,7 +6,8 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import KARD_TEST_OVERRIDES
-from trainer.config import ExperimentConfig, load_config
+from trainer.config.loader import load_config
+from trainer.config.schema import ExperimentConfig
 from trainer.data.example import DataError
 from trainer.data.registry import default_corpus, load_splits
 from trainer.kard.knowledge import MANIFEST, KnowledgeBase, LocalQueries, question_query

@@ -4,8 +4,7 @@ import random
 
 import pytest
 
-from trainer.config import load_config
-from trainer.config.loader import with_overrides
+from trainer.config.loader import load_config, with_overrides
 from trainer.data.example import DataError, QAExample
 from trainer.data.formatting import format_question
 from trainer.kard.knowledge import KnowledgeBase

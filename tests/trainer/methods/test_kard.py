@@ -12,8 +12,8 @@ import pytest
 import torch
 
 from trainer.checkpoint_io import LocalCheckpointIO
-from trainer.config import ExperimentConfig
 from trainer.config.loader import with_overrides
+from trainer.config.schema import ExperimentConfig
 from trainer.data.formatting import tokenizer_corpus
 from trainer.data.registry import load_splits
 from trainer.kard.knowledge import KnowledgeBase

@@ -13,7 +13,7 @@ from safetensors.torch import load_file
 from transformers import AutoModelForSeq2SeqLM
 
 from trainer.checkpoint_io import LocalCheckpointIO
-from trainer.config import load_config
+from trainer.config.loader import load_config
 from trainer.data.example import QAExample
 from trainer.data.formatting import tokenizer_corpus
 from trainer.data.registry import load_splits

@@ -16,7 +16,7 @@ from ray_jobs.job_payload import PAYLOAD_ENV
 from ray_jobs.k8s.render import render
 from ray_jobs.pipeline import load_pipeline, wire_stage
 from trainer.checkpoint_io import LocalCheckpointIO
-from trainer.config import ConfigError, load_config
+from trainer.config.loader import ConfigError, load_config
 from trainer.loop import Trainer
 from trainer.methods.registry import METHOD_MODULES_ENV, registered_methods
 from trainer.planning.from_config import workload

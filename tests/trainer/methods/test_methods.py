@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from trainer.config import load_config
+from trainer.config.loader import load_config
 from trainer.data.example import QAExample
 from trainer.data.formatting import tokenizer_corpus
 from trainer.methods.registry import method_class, registered_methods

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from trainer.config import ConfigError, load_config
+from trainer.config.loader import ConfigError, load_config
 from trainer.config.schema import DeepSpeedConfig, OptimConfig
 from trainer.planning.architecture import ArchitectureError, resolve_architecture
 from trainer.planning.from_config import plan_for_config, resolve_auto_zero, workload

@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 
 from tests.trainer.strategy.strategy_setup import configured_strategy
-from trainer.config import load_config
+from trainer.config.loader import load_config
 from trainer.models.factory import build_model, count_parameters
 
 STEPS, RESUME_AT = 4, 2

@@ -3,7 +3,7 @@ from pathlib import Path
 
 import pytest
 
-from trainer.config import load_config
+from trainer.config.loader import load_config
 from trainer.strategy.ds_config import (
     DS_CONFIG_DIR,
     MAX_BUCKET_ELEMENTS,

@@ -7,7 +7,7 @@ themselves are `python -m ray_jobs.benchmarks.gpu` on a GPU machine (README, "Me
 import pytest
 import torch
 
-from trainer.config import load_config
+from trainer.config.loader import load_config
 from trainer.strategy.deepspeed_strategy import DeepSpeedStrategy, check_accelerator, cuda_device_index
 
 

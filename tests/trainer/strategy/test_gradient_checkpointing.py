@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from trainer.config import load_config
+from trainer.config.loader import load_config
 from trainer.methods.registry import method_class
 from trainer.models.factory import build_model, build_model_config, build_tokenizer
 from trainer.strategy.deepspeed_strategy import DeepSpeedStrategy

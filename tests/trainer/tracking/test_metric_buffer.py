@@ -10,7 +10,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from ray_jobs.testing.services import MLflowServer
-from trainer.config import load_config
+from trainer.config.loader import load_config
 from trainer.config.schema import TrackingConfig
 from trainer.tracking.metric_buffer import TrackingUnavailableError
 from trainer.tracking.mlflow_tracker import MLflowTracker
