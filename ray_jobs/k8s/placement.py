@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import PurePosixPath
 from urllib.parse import urlparse
 
-from trainer.config.fields import FieldRole, fields_with_role
+from trainer.config.fields import FieldRole, fields_with_role, with_fields
 from trainer.config.loader import ConfigError
 from trainer.config.schema import ExperimentConfig
 from trainer.tracking.mlflow_tracker import resolve_experiment
@@ -97,12 +97,10 @@ def place_in_cluster(cfg: ExperimentConfig, targets: ClusterTargets) -> Experime
         output_dir = str(PurePosixPath(targets.output_dir).parent / output_dir)
     output_dir = _check_pod_path("run.output_dir", output_dir, mounts)
 
-    data = cfg.data
-    data_dir = _check_pod_path("data.data_dir", data.data_dir or targets.data_dir, mounts)
-    data_update = {"data_dir": data_dir}
-    for key in ("train_path", "dev_path"):
-        if getattr(data, key):
-            data_update[key] = _check_pod_path(f"data.{key}", getattr(data, key), mounts)
+    paths = {"data.data_dir": _check_pod_path("data.data_dir", cfg.data.data_dir or targets.data_dir, mounts)}
+    for field, value in fields_with_role(cfg, FieldRole.LOCAL_PATH):  # a method's own paths too
+        if value and field not in paths:
+            paths[field] = _check_pod_path(field, value, mounts)
     for field, value in fields_with_role(cfg, FieldRole.MODEL_SOURCE):
         _check_model_source(field, value, mounts)
 
@@ -114,18 +112,15 @@ def place_in_cluster(cfg: ExperimentConfig, targets: ClusterTargets) -> Experime
         for one in url.split(","):
             _check_reachable_uri("retrieval.url", one.strip())
         retrieval_update["url"] = url
-    if retrieval.corpus:
-        retrieval_update["corpus"] = _check_pod_path("retrieval.corpus", retrieval.corpus, mounts)
-    if retrieval.cache_dir:
-        retrieval_update["cache_dir"] = _check_pod_path("retrieval.cache_dir", retrieval.cache_dir, mounts)
-
-    return cfg.model_copy(
-        update={
-            "run": cfg.run.model_copy(update={"output_dir": output_dir, "storage_path": storage}),
-            "tracking": cfg.tracking.model_copy(
-                update={"tracking_uri": tracking_uri, "experiment": resolve_experiment(cfg.tracking)}
-            ),
-            "data": data.model_copy(update=data_update),
-            "retrieval": retrieval.model_copy(update=retrieval_update),
-        }
+    placed: ExperimentConfig = with_fields(
+        cfg,
+        {
+            **paths,
+            "run.output_dir": output_dir,
+            "run.storage_path": storage,
+            "tracking.tracking_uri": tracking_uri,
+            "tracking.experiment": resolve_experiment(cfg.tracking),
+            **{f"retrieval.{key}": value for key, value in retrieval_update.items()},
+        },
     )
+    return placed

@@ -143,6 +143,14 @@ def test_local_paths_and_uris_fail_with_the_field(override: str, message: str) -
         render([DEMO, override, "retrieval.mode=http"], image=IMAGE)
 
 
+def test_a_methods_own_paths_and_models_are_checked_against_the_pods_mounts() -> None:
+    """Declared in the method's section (LocalPath / ModelSource), checked without the renderer naming them."""
+    with pytest.raises(ConfigError, match=re.escape("method.kard.knowledge=knowledge/kb: a relative path")):
+        render([DEMO, "method.name=kard", "method.kard.knowledge=knowledge/kb"], image=IMAGE)
+    with pytest.raises(ConfigError, match=re.escape("method.knife.teacher=./teacher: a relative path")):
+        render([DEMO, "method.name=knife_student", "method.knife.teacher=./teacher"], image=IMAGE)
+
+
 def test_retrieval_defaults_to_the_in_cluster_service() -> None:
     job = render([DEMO, "retrieval.mode=http"], image=IMAGE).manifest
     assert (
