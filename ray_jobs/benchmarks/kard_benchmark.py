@@ -122,17 +122,21 @@ def plan(dataset: str, seed: int, out: Path, quick: bool) -> tuple[list[str], li
         f"tracking.tracking_uri=sqlite:///{out / 'mlflow.db'}", f"tracking.experiment={EXPERIMENT}",
     ]  # fmt: skip
     base = [*shared, f"data.synthetic_seed={seed}", f"run.seed={seed}", f"tracking.tags.bench_seed='{seed}'"]
+    # KARD's own knobs go to the KARD methods only: the I→O baseline's method section has none.
+    plain = [o for o in base if not o.startswith("method.")]
+    kard_base = [*plain, "method.name=kard", *(o for o in base if o.startswith("method."))]
     tag = f"{dataset}-seed{seed}"
-    knowledge = prepare_knowledge(load_config(overrides=base))
+    knowledge = prepare_knowledge(load_config(overrides=kard_base))
     print(f"knowledge {tag}: {knowledge.path.name} ({'reused' if knowledge.reused else 'built'})", flush=True)
-    with_knowledge = [*base, f"method.kard.knowledge={knowledge.path}", f"optim.max_steps={steps}"]
+    with_knowledge = [*kard_base, f"method.kard.knowledge={knowledge.path}", f"optim.max_steps={steps}"]
 
     def log(label: str) -> Path:
         return out / "logs" / f"{tag}-{label}.log"
 
-    def train(label: str, *extra: str) -> Task:
+    def train(label: str, *extra: str, reads_knowledge: bool = True) -> Task:
         def run(_: dict[str, dict[str, Any]]) -> dict[str, Any]:
-            args = [*with_knowledge, f"run.name={tag}-{label}", *extra]
+            common = with_knowledge if reads_knowledge else [*plain, f"optim.max_steps={steps}"]
+            args = [*common, f"run.name={tag}-{label}", *extra]
             result = run_trainer_process(args, log(label))
             print(f"[{result.wall_s:5.0f} s] {tag} {label}: {summary_line(result.metrics)}", flush=True)
             return result.final
@@ -164,7 +168,7 @@ def plan(dataset: str, seed: int, out: Path, quick: bool) -> tuple[list[str], li
         ),  # fmt: skip
         train("kard_bm25", "method.name=kard", "method.kard.inference=bm25", "run.eval_vote_samples=5"),
         train("rd", "method.name=rd", "run.eval_vote_samples=5"),
-        train("ft_io", "method.name=ft_io"),
+        train("ft_io", "method.name=ft_io", reads_knowledge=False),
         evaluate("kard_reranker", "reranker"),
         evaluate("kard_oracle", "oracle"),
     ]
