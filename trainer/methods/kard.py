@@ -20,6 +20,7 @@ import torch
 from mlflow.data.dataset import Dataset
 from transformers import PretrainedConfig
 
+from retrieval_core.late_interaction import LateInteractionScorer, passage_text
 from trainer.data.example import DataError, QAExample
 from trainer.evaluation.evaluator import EvalResult, EvalSettings
 from trainer.kard.knowledge import KnowledgeBase, question_query
@@ -27,7 +28,6 @@ from trainer.kard.prompt import Passage, build_prompt_ids
 from trainer.kard.rationale_filter import KEPT, RationaleCandidate, parse_filter
 from trainer.methods.base import Features
 from trainer.methods.finetune import FinetuneIRO
-from trainer.models.late_interaction import LateInteractionScorer, passage_text
 from trainer.models.sources import resolve_model_source
 from trainer.tracking.mlflow_tracker import resolve_tracking_uri
 

@@ -15,12 +15,13 @@ import torch
 from mlflow.data.dataset import Dataset
 from transformers import AutoModel, PretrainedConfig
 
+from retrieval_core.late_interaction import passage_text
 from trainer.data.example import DataError, QAExample
 from trainer.evaluation.evaluator import EvalSettings
 from trainer.kard.knowledge import KnowledgeBase, question_query
 from trainer.methods.base import Batch, Features, Method
 from trainer.methods.kard import knowledge_dataset, recall_at
-from trainer.models.late_interaction import LateInteractionReranker, passage_text
+from trainer.models.late_interaction import LateInteractionReranker
 from trainer.models.lora import add_lora
 from trainer.objectives.reranker import RelevanceDistillation
 from trainer.tracking.mlflow_tracker import RERANKER_PYFUNC
