@@ -4,7 +4,7 @@ No Elasticsearch server can be installed here, so these run against osmem-server
 OpenSearch-compatible emulator) started on an ephemeral 127.0.0.1 port: a stand-in for the real
 cluster, used for requests, bulk errors, msearch, mget and the alias swap only. Its ranking is not
 BM25 and it cannot search through a custom analyzer, so these tests use ``analyzer="standard"`` and
-never assert scores or order; ranking against real Elasticsearch is in test_retrieval_elasticsearch_real.py.
+never assert scores or order; ranking against real Elasticsearch is in test_elasticsearch_real.py.
 """
 
 from __future__ import annotations
