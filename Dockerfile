@@ -3,7 +3,8 @@
 #
 #   job        Ray head/workers and the RayJob driver: CUDA torch, DeepSpeed with fused Adam and CPU Adam
 #              built ahead of time, this repository, requirements.txt exactly as pinned.
-#   retrieval  the retrieval service and its Elasticsearch indexer (docker/requirements-retrieval.txt).
+#   retrieval  the retrieval service, its Elasticsearch indexer and its KARD reranker (`serve --reranker`): CPU
+#              torch, retrieval_service and retrieval_core, no trainer (docker/requirements-retrieval.txt).
 #   mlflow     the MLflow tracking server with PostgreSQL and S3 support (docker/requirements-mlflow.txt).
 #
 #   docker build --target job       -t $REGISTRY/reasondistill-job:$TAG .
@@ -75,12 +76,22 @@ USER 1000:1000
 
 # ---------------------------------------------------------------------------------------------------------
 FROM python:${PYTHON_VERSION}-slim-bookworm AS retrieval
+# The reranker runs on the pod's CPUs: torch's CPU build comes from this index (PyPI's Linux wheel is the CUDA
+# one, gigabytes of libraries no retrieval pod uses); a CPU build sorts above PyPI's (2.13.0+cpu > 2.13.0).
+ARG TORCH_CPU_INDEX_URL=https://download.pytorch.org/whl/cpu
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 COPY docker/requirements-retrieval.txt constraints.txt /tmp/
-RUN pip install -c /tmp/constraints.txt -r /tmp/requirements-retrieval.txt && pip check \
+RUN pip install -c /tmp/constraints.txt --index-url ${TORCH_CPU_INDEX_URL} --extra-index-url https://pypi.org/simple \
+      -r /tmp/requirements-retrieval.txt \
+ && pip check \
+ && python -c "import torch; assert torch.__version__.startswith('2.13.0') and torch.version.cuda is None, torch.__version__" \
  && useradd --uid 1000 --create-home --shell /bin/bash app
+COPY --chown=root:root retrieval_core /app/retrieval_core
 COPY --chown=root:root retrieval_service /app/retrieval_service
-ENV PYTHONPATH=/app PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1
+# One torch thread per uvicorn worker (the manifests give each worker about one CPU); caches and downloads go to
+# the writable /tmp, the root filesystem is read-only.
+ENV PYTHONPATH=/app PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 HF_HOME=/tmp/huggingface OMP_NUM_THREADS=1 \
+    TOKENIZERS_PARALLELISM=false MLFLOW_DISABLE_TELEMETRY=true DO_NOT_TRACK=true
 WORKDIR /app
 USER 1000:1000
 ENTRYPOINT ["python", "-m", "retrieval_service"]

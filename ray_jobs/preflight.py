@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from urllib.parse import urlparse
 
+from retrieval_core.model_sources import is_mlflow_uri
 from trainer.config.fields import FieldRole, fields_with_role
 from trainer.config.loader import ConfigError
 from trainer.config.schema import ExperimentConfig
@@ -20,7 +21,6 @@ from trainer.data.example import DataError, QAExample
 from trainer.data.jsonl import iter_json_rows
 from trainer.data.registry import load_splits, registered_datasets
 from trainer.models.presets import is_preset
-from trainer.models.sources import is_mlflow_uri
 from trainer.tracking.redaction import redact_text
 
 PROBE_TIMEOUT_S = 5.0

@@ -22,9 +22,9 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from retrieval_core.backends import BackendError, SearchBackend, create_backend
+from retrieval_core.documents import Document, ScoredDocument
 from retrieval_service import __version__
-from retrieval_service.backends import BackendError, SearchBackend, create_backend
-from retrieval_service.documents import Document, ScoredDocument
 from retrieval_service.reranking import PassageReranker
 from retrieval_service.settings import Limits, ServiceSettings
 

@@ -30,10 +30,10 @@ from typing import Any
 
 import httpx
 
-from retrieval_service.documents import Document, iter_passages
+from retrieval_core.documents import Document, iter_passages
+from retrieval_core.tokenization import tokenize
 from retrieval_service.settings import REPO_ROOT, wikipedia_passages
 from retrieval_service.testing import ServerProcess
-from retrieval_service.tokenization import tokenize
 
 K = 10
 BATCH = 64
@@ -159,7 +159,7 @@ def batch_qps(search_batch: Callable[[list[str]], Any], queries: list[str]) -> f
 
 # -- engines (each runs in its own subprocess) -----------------------------------------------------
 def engine_tantivy(corpus: Path, workdir: Path, queries: list[str], limit: int | None) -> dict[str, Any]:
-    from retrieval_service.backends.tantivy_backend import TantivyBackend
+    from retrieval_core.backends.tantivy_backend import TantivyBackend
 
     index = workdir / "tantivy_index"
     shutil.rmtree(index, ignore_errors=True)

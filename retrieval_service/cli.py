@@ -10,9 +10,9 @@ import os
 import sys
 from collections.abc import Sequence
 
+from retrieval_core.backends import BACKENDS, DEFAULT_ES_ALIAS, BackendError, create_backend
+from retrieval_core.documents import MalformedLineError
 from retrieval_service import settings as cfg
-from retrieval_service.backends import BACKENDS, BackendError, create_backend
-from retrieval_service.documents import MalformedLineError
 
 
 def is_loopback_host(host: str) -> bool:
@@ -23,7 +23,7 @@ def is_loopback_host(host: str) -> bool:
 
 
 def _default_index(backend: str) -> str:
-    return cfg.DEFAULT_ES_ALIAS if backend == "elasticsearch" else str(cfg.DEFAULT_INDEX_DIR)
+    return DEFAULT_ES_ALIAS if backend == "elasticsearch" else str(cfg.DEFAULT_INDEX_DIR)
 
 
 def _add_backend_args(parser: argparse.ArgumentParser) -> None:

@@ -9,9 +9,9 @@ from typing import Any
 
 import httpx
 
-from retrieval_service.documents import Document, ScoredDocument
+from retrieval_core.documents import Document, ScoredDocument
 
-__all__ = ["Document", "RetrievalClient", "RetrievalError", "ScoredDocument"]
+__all__ = ["RetrievalClient", "RetrievalError"]
 
 RETRYABLE_STATUS = frozenset({429, 502, 503, 504})
 
@@ -109,7 +109,8 @@ class RetrievalClient:
         return results
 
     def score(self, query: str, ids: Sequence[str]) -> dict[str, float]:
-        """BM25 scores of the listed passages for ``query`` (see SearchBackend.score)."""
+        """BM25 scores of the listed passages for ``query``, in Lucene's convention whatever the service's backend
+        (see SearchBackend.score)."""
         return self._request("POST", "/score", {"query": query, "ids": list(ids)})["scores"]
 
     def score_batch(self, queries: Sequence[str], ids: Sequence[Sequence[str]]) -> list[dict[str, float]]:

@@ -10,8 +10,8 @@ from typing import Any
 
 from tqdm import tqdm
 
-from retrieval_service.backends.base import IndexReport, SearchBackend
-from retrieval_service.documents import Document, MalformedLineError, iter_passages
+from retrieval_core.backends.base import IndexReport, SearchBackend
+from retrieval_core.documents import Document, MalformedLineError, iter_passages
 
 
 @dataclass

@@ -1,6 +1,6 @@
 """The service's `rerank` option: BM25 top-N, then the order of a trained KARD reranker.
 
-The same two steps, the same candidate count and the same scorer (trainer.models.late_interaction) as KARD's
+The same two steps, the same candidate count and the same scorer (retrieval_core.late_interaction) as KARD's
 evaluation, so a deployed KARD student reads the passages it was evaluated with, provided it sends the same query
 (question and options, as trainer.kard.knowledge.question_query writes it).
 """
@@ -13,11 +13,12 @@ import threading
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-from retrieval_service.backends import SearchBackend
-from retrieval_service.documents import ScoredDocument
+from retrieval_core.backends import SearchBackend
+from retrieval_core.documents import ScoredDocument
+from retrieval_core.model_sources import is_mlflow_uri, mlflow_model_directory
 
 if TYPE_CHECKING:
-    from trainer.models.late_interaction import LateInteractionScorer
+    from retrieval_core.late_interaction import LateInteractionScorer
 
 
 class PassageReranker:
@@ -31,14 +32,16 @@ class PassageReranker:
     @functools.cached_property
     def scorer(self) -> LateInteractionScorer:
         """Imported here: a service without a reranker never loads torch models."""
-        from trainer.models.late_interaction import LateInteractionScorer
-        from trainer.models.sources import resolve_model_source
+        from retrieval_core.late_interaction import LateInteractionScorer
 
-        return LateInteractionScorer(resolve_model_source(self.source, os.environ.get("MLFLOW_TRACKING_URI")))
+        directory = self.source
+        if is_mlflow_uri(directory):
+            directory = mlflow_model_directory(directory, os.environ.get("MLFLOW_TRACKING_URI"))
+        return LateInteractionScorer(directory)
 
     def search(self, backend: SearchBackend, queries: Sequence[str], k: int) -> list[list[ScoredDocument]]:
         """Per query, the k best of BM25's top `candidates` by reranker score (ties keep BM25's order)."""
-        from trainer.models.late_interaction import passage_text
+        from retrieval_core.late_interaction import passage_text
 
         pools = backend.search_batch(list(queries), self.candidates)
         results = []

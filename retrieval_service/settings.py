@@ -6,6 +6,9 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from retrieval_core.backends import DEFAULT_ES_ALIAS
+from retrieval_core.credentials import read_secret
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 # Environment variable names (documented in docs/retrieval_service.md).
@@ -21,7 +24,6 @@ ENV_RERANKER = "RETRIEVAL_RERANKER"
 ENV_RERANK_CANDIDATES = "RETRIEVAL_RERANK_CANDIDATES"
 
 DEFAULT_INDEX_DIR = REPO_ROOT / "runs" / "retrieval_index"
-DEFAULT_ES_ALIAS = "kard-passages"
 
 
 def data_dir() -> Path:
@@ -31,18 +33,6 @@ def data_dir() -> Path:
 
 def wikipedia_passages() -> Path:
     return data_dir() / "wikipedia" / "passages.jsonl.gz"
-
-
-def read_secret(value_env: str, file_env: str) -> str | None:
-    """Secrets come from ``X`` or from the file named by ``X_FILE`` (Kubernetes/Docker secret mounts)."""
-    path = os.environ.get(file_env)
-    if path:
-        try:
-            return Path(path).read_text(encoding="utf-8").strip() or None
-        except OSError as exc:
-            raise ValueError(f"{file_env}={path}: cannot read secret file ({exc.strerror})") from None
-    value = os.environ.get(value_env)
-    return value or None
 
 
 def _env_int(name: str, default: int) -> int:

@@ -93,3 +93,30 @@ def kard_knowledge(tmp_path_factory: pytest.TempPathFactory) -> tuple[Experiment
         }
     )
     return wired, build.path
+
+
+@pytest.fixture(scope="session")
+def corpus() -> list[dict[str, str]]:
+    """400 deterministic passages, for the retrieval core's and the retrieval service's tests alike."""
+    from retrieval_service.testing import make_corpus
+
+    return make_corpus(400)
+
+
+@pytest.fixture(scope="session")
+def corpus_file(tmp_path_factory: pytest.TempPathFactory, corpus: list[dict[str, str]]) -> Path:
+    from retrieval_service.testing import write_jsonl
+
+    return write_jsonl(tmp_path_factory.mktemp("corpus") / "passages.jsonl", corpus)
+
+
+@pytest.fixture(scope="session")
+def corpus_index(tmp_path_factory: pytest.TempPathFactory, corpus_file: Path) -> Path:
+    """A real tantivy index over `corpus_file`, built once per session."""
+    from retrieval_core.backends.tantivy_backend import TantivyBackend
+    from retrieval_core.documents import iter_passages
+
+    path = tmp_path_factory.mktemp("corpus_index") / "index"
+    with TantivyBackend(path, create=True) as backend:
+        backend.index_documents(iter_passages(corpus_file))
+    return path

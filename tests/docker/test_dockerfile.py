@@ -1,6 +1,7 @@
 """What can be checked of the Dockerfile without a Docker daemon (none runs here): every pip install is pinned
 and constrained, the image requirement files agree with requirements.txt, the retrieval image has every module
-the service imports, and pip's resolver, given the image's install commands, installs exactly the pins."""
+the service and retrieval_core import (reranking included) and not the trainer, and pip's resolver, given the
+image's install commands, installs exactly the pins."""
 
 from __future__ import annotations
 
@@ -91,17 +92,34 @@ def test_image_requirement_files_agree_with_requirements_txt() -> None:
 
 
 # Import name -> the distribution providing it (its own requirement, or a dependency of one).
-PROVIDERS = {"elastic_transport": "elasticsearch", "starlette": "fastapi"}
+PROVIDERS = {
+    "elastic_transport": "elasticsearch",
+    "starlette": "fastapi",
+    "safetensors": "transformers",
+    "mlflow": "mlflow-skinny",
+    "yaml": "pyyaml",
+}
 RETRIEVAL_TOOLS_ONLY = {"benchmark.py", "testing.py"}  # benchmarks and test helpers, not in the image's job
-# Optional features imported lazily: `serve --reranker` loads KARD's reranker from this repository's trainer
-# (torch, transformers), so a reranking service runs from the job image; BM25 serving never imports it.
-JOB_IMAGE_ONLY = {"trainer"}
+RETRIEVAL_IMAGE_PACKAGES = ("retrieval_service", "retrieval_core")  # what the image copies into /app
+
+
+def retrieval_stage() -> str:
+    text = DOCKERFILE.read_text()
+    return text[text.index(" AS retrieval\n") : text.index(" AS mlflow\n")]
+
+
+def test_retrieval_image_copies_the_service_and_the_core_and_not_the_trainer() -> None:
+    copied = re.findall(r"^COPY --chown=\S+ (\S+) /app/\1$", retrieval_stage(), flags=re.MULTILINE)
+    assert tuple(sorted(copied)) == tuple(sorted(RETRIEVAL_IMAGE_PACKAGES))
+    assert "download.pytorch.org/whl/cpu" in retrieval_stage()  # torch's CPU build, not PyPI's CUDA one
 
 
 def test_retrieval_image_has_every_module_the_service_imports() -> None:
+    """Every import, lazy ones too (`serve --reranker` loads torch models only on first use), of the copied packages
+    is installed or copied: a reranking service runs from the retrieval image."""
     installed = set(pins(REPO_ROOT / "docker" / "requirements-retrieval.txt"))
     missing = set()
-    for path in (REPO_ROOT / "retrieval_service").rglob("*.py"):
+    for path in (p for package in RETRIEVAL_IMAGE_PACKAGES for p in (REPO_ROOT / package).rglob("*.py")):
         if path.name in RETRIEVAL_TOOLS_ONLY:
             continue
         for node in ast.walk(ast.parse(path.read_text())):
@@ -112,10 +130,10 @@ def test_retrieval_image_has_every_module_the_service_imports() -> None:
                 names = [node.module]
             for name in names:
                 top = name.split(".")[0]
-                if top in sys.stdlib_module_names or top in ("retrieval_service", "__future__", *JOB_IMAGE_ONLY):
+                if top in sys.stdlib_module_names or top in ("__future__", *RETRIEVAL_IMAGE_PACKAGES):
                     continue
                 if PROVIDERS.get(top, top.replace("_", "-")) not in installed:
-                    missing.add(f"{path.name}: {top}")
+                    missing.add(f"{path.relative_to(REPO_ROOT)}: {top}")
     assert not missing, sorted(missing)
 
 

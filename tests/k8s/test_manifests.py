@@ -94,23 +94,28 @@ def test_elasticsearch_index_job_and_retrieval_service(kustomized, find) -> None
     assert env["RETRIEVAL_API_TOKEN_FILE"]["value"].startswith("/var/run/secrets/")
     assert env["ELASTICSEARCH_USERNAME"]["valueFrom"]["secretKeyRef"]["name"] == "kard-es-reader"
     assert env["ELASTICSEARCH_PASSWORD_FILE"]["value"].startswith("/var/run/secrets/")
+    # serve --reranker from the same image, when the corpus names one; MLflow's URL comes with the endpoints
+    reranker = env["RETRIEVAL_RERANKER"]["valueFrom"]["configMapKeyRef"]
+    assert reranker["key"] == "reranker" and reranker["optional"] is True
+    assert {"configMapRef": {"name": "reasondistill-endpoints"}} in service["envFrom"]
     hpa = find(docs, "HorizontalPodAutoscaler", "retrieval-wikipedia")["spec"]
     assert hpa["scaleTargetRef"]["name"] == "retrieval-wikipedia" and hpa["maxReplicas"] > hpa["minReplicas"]
     assert find(docs, "Service", "retrieval-wikipedia")["spec"]["selector"]["reasondistill.io/corpus"] == "wikipedia"
 
 
 def test_only_training_pods_reach_mlflow_and_retrieval(kustomized, find) -> None:
+    """Training pods reach both; the retrieval services reach MLflow too, to read the reranker they serve."""
     docs = kustomized["base"]
     assert find(docs, "NetworkPolicy", "default-deny-ingress")["spec"]["podSelector"] == {}
-    for policy, role, port in (
-        ("mlflow-from-training", "mlflow", 5000),
-        ("retrieval-from-training", "retrieval", 8000),
+    for policy, role, port, clients in (
+        ("mlflow-from-training", "mlflow", 5000, ["training", "retrieval"]),
+        ("retrieval-from-training", "retrieval", 8000, ["training"]),
     ):
         spec = find(docs, "NetworkPolicy", policy)["spec"]
         assert spec["podSelector"]["matchLabels"] == {"reasondistill.io/role": role}
         assert spec["ingress"] == [
             {
-                "from": [{"podSelector": {"matchLabels": {"reasondistill.io/role": "training"}}}],
+                "from": [{"podSelector": {"matchLabels": {"reasondistill.io/role": c}}} for c in clients],
                 "ports": [{"protocol": "TCP", "port": port}],
             }
         ]

@@ -12,8 +12,8 @@ import mlflow
 import pytest
 import yaml
 
-from retrieval_service.backends.tantivy_backend import TantivyBackend
-from retrieval_service.documents import iter_passages
+from retrieval_core.backends.tantivy_backend import TantivyBackend
+from retrieval_core.documents import iter_passages
 from retrieval_service.testing import ServerProcess
 from trainer.data.synthetic_kb import SyntheticKBSpec, write_corpus
 from trainer.tracking.compare import compare_runs

@@ -1,4 +1,4 @@
-"""Fixtures for the retrieval service tests: small corpora, real tantivy indices, real server processes."""
+"""Fixtures for the retrieval service tests: real server processes over the small corpus index (tests/conftest.py)."""
 
 from __future__ import annotations
 
@@ -7,48 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from retrieval_service.backends.tantivy_backend import TantivyBackend
-from retrieval_service.documents import iter_passages
-from retrieval_service.settings import wikipedia_passages
-from retrieval_service.testing import ServerProcess, make_corpus, write_jsonl
+from retrieval_service.testing import ServerProcess
 
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "elasticsearch: needs a real Elasticsearch cluster at ELASTICSEARCH_URL")
-
-
-@pytest.fixture(scope="session")
-def corpus() -> list[dict[str, str]]:
-    return make_corpus(400)
-
-
-@pytest.fixture(scope="session")
-def corpus_file(tmp_path_factory: pytest.TempPathFactory, corpus: list[dict[str, str]]) -> Path:
-    return write_jsonl(tmp_path_factory.mktemp("corpus") / "passages.jsonl", corpus)
-
-
-@pytest.fixture(scope="session")
-def wiki_path() -> Path:
-    path = wikipedia_passages()
-    if not path.is_file():
-        pytest.skip(f"shared Wikipedia passages not found at {path} (set REASONDISTILL_DATA_DIR)")
-    return path
-
-
-@pytest.fixture(scope="session")
-def corpus_index(tmp_path_factory: pytest.TempPathFactory, corpus_file: Path) -> Path:
-    path = tmp_path_factory.mktemp("corpus_index") / "index"
-    with TantivyBackend(path, create=True) as backend:
-        backend.index_documents(iter_passages(corpus_file))
-    return path
-
-
-@pytest.fixture(scope="session")
-def wiki_index(tmp_path_factory: pytest.TempPathFactory, wiki_path: Path) -> Path:
-    path = tmp_path_factory.mktemp("wiki_index") / "index"
-    with TantivyBackend(path, create=True) as backend:
-        backend.index_documents(iter_passages(wiki_path))
-    return path
 
 
 @pytest.fixture(scope="session")

@@ -12,7 +12,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 import retrieval_service.app as app_module
-from retrieval_service.backends.tantivy_backend import TantivyBackend
+from retrieval_core.backends.tantivy_backend import TantivyBackend
 from retrieval_service.cli import main as cli_main
 from retrieval_service.client import RetrievalClient, RetrievalError
 from retrieval_service.settings import ServiceSettings

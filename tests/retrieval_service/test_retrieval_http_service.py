@@ -10,9 +10,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from retrieval_service.backends.tantivy_backend import TantivyBackend
-from retrieval_service.client import RetrievalClient, RetrievalError, ScoredDocument
-from retrieval_service.documents import Document
+from retrieval_core.backends.tantivy_backend import TantivyBackend
+from retrieval_core.documents import Document, ScoredDocument
+from retrieval_service.client import RetrievalClient, RetrievalError
 from retrieval_service.testing import ServerProcess, free_port
 
 

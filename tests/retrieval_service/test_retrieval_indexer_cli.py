@@ -9,7 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from retrieval_service.backends.tantivy_backend import TantivyBackend
+from retrieval_core.backends.tantivy_backend import TantivyBackend
 from retrieval_service.settings import REPO_ROOT
 
 

@@ -11,7 +11,7 @@ import httpx
 import pytest
 import torch
 
-from retrieval_service.backends.tantivy_backend import TantivyBackend
+from retrieval_core.backends.tantivy_backend import TantivyBackend
 from retrieval_service.client import RetrievalClient
 from retrieval_service.testing import ServerProcess
 
@@ -51,7 +51,7 @@ def rerank_server(corpus_index: Path, reranker_dir: Path) -> Iterator[ServerProc
 def test_rerank_returns_the_in_process_reranker_order_over_bm25_candidates(
     rerank_server: ServerProcess, corpus_index: Path, reranker_dir: Path
 ) -> None:
-    from trainer.models.late_interaction import LateInteractionScorer, passage_text
+    from retrieval_core.late_interaction import LateInteractionScorer, passage_text
 
     scorer = LateInteractionScorer(reranker_dir)
     queries = ["river ocean tiger", "violin opera", "castle bridge tower"]

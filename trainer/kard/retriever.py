@@ -1,8 +1,8 @@
 """One retrieval interface for KARD over three modes: the embedded tantivy index in-process, the HTTP retrieval
 service, or Elasticsearch. A RetrieverSpec is a small picklable description, so Ray Data actors open their own.
 
-Scores come back in one convention whatever the mode: Lucene's BM25 (tantivy's scores carry an extra (k1 + 1)
-factor, removed here), so rationale-relevance targets do not change scale when the backend does.
+Scores come back in one convention whatever the mode, Lucene's BM25, because every backend (retrieval_core.backends)
+returns them so, behind the service too: rationale-relevance targets do not change scale when the backend does.
 """
 
 from __future__ import annotations
@@ -17,14 +17,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from retrieval_service.backends import SearchBackend, create_backend
-from retrieval_service.backends.base import BM25_K1
+from retrieval_core.backends import DEFAULT_ES_ALIAS, SearchBackend, create_backend
+from retrieval_core.documents import Document
 from retrieval_service.client import RetrievalClient
-from retrieval_service.documents import Document
 from retrieval_service.indexer import index_files
 from trainer.config.schema import RetrievalConfig
 
-TANTIVY_SCALE = 1.0 / (1.0 + BM25_K1)
 Hit = tuple[str, float]  # passage id, BM25 score
 
 
@@ -45,11 +43,11 @@ class RetrieverSpec:
 
     def open(self) -> Retriever:
         if self.mode == "embedded":
-            return Retriever(create_backend("tantivy", self.index), TANTIVY_SCALE)
+            return Retriever(create_backend("tantivy", self.index))
         if self.mode == "elasticsearch":
             if self.url:
                 os.environ.setdefault("ELASTICSEARCH_URL", self.url)
-            return Retriever(create_backend("elasticsearch", self.index), 1.0)
+            return Retriever(create_backend("elasticsearch", self.index))
         client = RetrievalClient(
             self.url or "",
             token=os.environ.get(self.token_env) or None,
@@ -57,21 +55,18 @@ class RetrieverSpec:
             retries=self.retries,
             batch_size=self.batch_size,
         )
-        backend = client.health().get("backend")
-        return Retriever(client, TANTIVY_SCALE if backend == "tantivy" else 1.0)
+        return Retriever(client)
 
 
 class Retriever:
     """search_batch / score_batch / version over a backend or the HTTP client, scores in Lucene's convention."""
 
-    def __init__(self, source: SearchBackend | RetrievalClient, score_scale: float) -> None:
+    def __init__(self, source: SearchBackend | RetrievalClient) -> None:
         self.source = source
-        self.score_scale = score_scale
 
     def search_batch(self, queries: Sequence[str], k: int) -> list[list[Hit]]:
         """(id, score) per hit, best first; passage texts are fetched once per id with get()."""
-        scale = self.score_scale
-        return [[(d.id, d.score * scale) for d in hits] for hits in self.source.search_batch(list(queries), k)]
+        return [[(d.id, d.score) for d in hits] for hits in self.source.search_batch(list(queries), k)]
 
     def get(self, ids: Sequence[str]) -> dict[str, Document]:
         if isinstance(self.source, RetrievalClient):
@@ -79,8 +74,7 @@ class Retriever:
         return self.source.get(list(ids))
 
     def score_batch(self, queries: Sequence[str], ids: Sequence[Sequence[str]]) -> list[dict[str, float]]:
-        scale = self.score_scale
-        return [{i: s * scale for i, s in row.items()} for row in self.source.score_batch(list(queries), ids)]
+        return self.source.score_batch(list(queries), ids)
 
     def version(self) -> str:
         return self.source.version()
@@ -138,7 +132,7 @@ def resolve_retriever(cfg: RetrievalConfig, cache_dir: Path, default_corpus: Pat
         url = cfg.url or os.environ.get("ELASTICSEARCH_URL")
         if not url:
             raise RetrievalSetupError("retrieval.url: set it (or ELASTICSEARCH_URL) for the elasticsearch mode")
-        return RetrieverSpec("elasticsearch", cfg.index or "kard-passages", url=url, **common)
+        return RetrieverSpec("elasticsearch", cfg.index or DEFAULT_ES_ALIAS, url=url, **common)
     if cfg.index and (Path(cfg.index) / "meta.json").is_file():
         return RetrieverSpec("embedded", str(Path(cfg.index).resolve()), **common)
     corpus = Path(cfg.corpus).expanduser() if cfg.corpus else default_corpus

@@ -21,6 +21,8 @@ from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema
 from mlflow.types.schema import Array
 from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
 
+import retrieval_core
+from retrieval_core.model_sources import HF_MODEL_ARTIFACT
 from trainer.config.schema import TrackingConfig
 from trainer.tracking.metric_buffer import MetricBuffer
 from trainer.tracking.redaction import redact_text, redact_value
@@ -31,7 +33,6 @@ if TYPE_CHECKING:
 DEFAULT_EXPERIMENT = "reasondistill"
 MODEL_ARTIFACT_PATH = "model"  # the selected model: what later stages and users load
 FINAL_MODEL_ARTIFACT_PATH = "model_final"  # the last step's model, when selection picked an earlier one
-HF_MODEL_ARTIFACT = "hf_model"  # the artifact key every pyfunc loads the exported HF directory from
 _PARAM_BATCH = 100
 LAUNCH_TAG = "reasondistill.launch_id"  # one per job submission and run: a restarted worker group finds its run
 RESTARTS_TAG = "reasondistill.restarts"
@@ -62,7 +63,8 @@ RERANKER_PYFUNC = PyfuncSpec(
         inputs=Schema([ColSpec("string", "query"), ColSpec(Array("string"), "passages")]),
         outputs=Schema([ColSpec(Array("double"))]),
     ),
-    artifacts={"late_interaction": Path(__file__).parents[1] / "models" / "late_interaction.py"},
+    # by path: importing it here would load torch and transformers with every tracker
+    artifacts={"late_interaction": Path(retrieval_core.__file__).with_name("late_interaction.py")},
 )
 
 

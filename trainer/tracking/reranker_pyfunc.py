@@ -3,7 +3,7 @@
     model = mlflow.pyfunc.load_model("runs:/<id>/model")
     model.predict(pd.DataFrame({"query": ["..."], "passages": [["title. text", ...]]}))  # -> [[score, ...]]
 
-Logged by path with two artifacts: the exported directory and trainer/models/late_interaction.py, which is
+Logged by path with two artifacts: the exported directory and retrieval_core/late_interaction.py, which is
 loaded from the artifact, so neither this file nor the model needs this repository. Never import it: it
 registers itself with set_model().
 """
@@ -16,7 +16,7 @@ import mlflow
 import pandas as pd
 from mlflow.pyfunc import PythonModel, PythonModelContext
 
-# Must match trainer.tracking.mlflow_tracker (HF_MODEL_ARTIFACT and the reranker spec's code artifact).
+# Must match retrieval_core.model_sources.HF_MODEL_ARTIFACT and the code artifact of mlflow_tracker.RERANKER_PYFUNC.
 HF_MODEL_ARTIFACT = "hf_model"
 CODE_ARTIFACT = "late_interaction"
 

@@ -13,7 +13,7 @@ import torch
 from mlflow.pyfunc import PythonModel, PythonModelContext
 from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
 
-# Must match trainer.tracking.mlflow_tracker.HF_MODEL_ARTIFACT; this file imports nothing from the repo.
+# Must match retrieval_core.model_sources.HF_MODEL_ARTIFACT; this file imports nothing from the repo.
 HF_MODEL_ARTIFACT = "hf_model"
 
 

@@ -1,4 +1,4 @@
-"""MaxSim scoring, LoRA merging on export, and the exported reranker's round trip with real MiniLM weights."""
+"""LoRA merging on export, and the exported reranker's round trip with real MiniLM weights into the scorer."""
 
 import importlib.util
 from pathlib import Path
@@ -7,26 +7,12 @@ import pytest
 import torch
 from torch import nn
 
-from trainer.models.late_interaction import (
-    LateInteractionReranker,
-    LateInteractionScorer,
-    maxsim,
-    merge_lora,
-    passage_text,
-)
+from retrieval_core.late_interaction import LateInteractionScorer, passage_text
+from trainer.models.late_interaction import LateInteractionReranker, merge_lora
 from trainer.models.lora import LoRALinear, add_lora
 from trainer.models.sources import resolve_model_source
 
 MINILM = "sentence-transformers/all-MiniLM-L6-v2"
-
-
-def test_maxsim_sums_each_query_tokens_best_match_and_padding_never_matches() -> None:
-    query = torch.tensor([[[1.0, 0.0], [0.0, 1.0], [9.0, 9.0]]])  # third token is padding
-    query_mask = torch.tensor([[1, 1, 0]])
-    passages = torch.tensor([[[[1.0, 0.0], [0.5, 0.5], [0.0, 7.0]], [[0.2, 0.9], [0.0, 0.0], [0.0, 0.0]]]])
-    passage_mask = torch.tensor([[[1, 1, 0], [1, 0, 0]]])  # the 7.0 token of passage 0 is padding
-    scores = maxsim(query, query_mask, passages, passage_mask)
-    assert scores[0].tolist() == pytest.approx([1.0 + 0.5, 0.2 + 0.9])
 
 
 def test_lora_starts_as_the_base_layer_and_merging_reproduces_it() -> None:

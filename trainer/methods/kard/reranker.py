@@ -13,6 +13,7 @@ import torch
 from mlflow.data.dataset import Dataset
 from transformers import AutoModel, PretrainedConfig
 
+from retrieval_core.late_interaction import passage_text
 from trainer.config.schema import ExperimentConfig
 from trainer.data.example import DataError, QAExample
 from trainer.evaluation.evaluator import EvalSettings
@@ -24,7 +25,7 @@ from trainer.methods.base import Method
 from trainer.methods.kard import KardSections
 from trainer.methods.kard.student import knowledge_dataset
 from trainer.methods.registry import section_of
-from trainer.models.late_interaction import LateInteractionReranker, passage_text
+from trainer.models.late_interaction import LateInteractionReranker
 from trainer.models.lora import add_lora
 from trainer.objectives.reranker import RelevanceDistillation
 from trainer.strategy.protocols import DistributedContext

@@ -20,6 +20,7 @@ import torch
 from mlflow.data.dataset import Dataset
 from transformers import PretrainedConfig
 
+from retrieval_core.late_interaction import LateInteractionScorer, passage_text
 from trainer.config.schema import ExperimentConfig
 from trainer.data.example import DataError, QAExample
 from trainer.evaluation.evaluator import EvalResult, EvalSettings
@@ -32,7 +33,6 @@ from trainer.kard.rationale_filter import KEPT, RationaleCandidate, parse_filter
 from trainer.methods.finetune.method import FinetuneIRO
 from trainer.methods.kard import KardSections
 from trainer.methods.registry import section_of
-from trainer.models.late_interaction import LateInteractionScorer, passage_text
 from trainer.models.sources import resolve_model_source
 from trainer.tracking.mlflow_tracker import resolve_tracking_uri
 

@@ -7,7 +7,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from retrieval_service.documents import Document, ScoredDocument
+from retrieval_core.documents import Document, ScoredDocument
 
 BM25_K1 = 1.2
 BM25_B = 0.75
@@ -69,7 +69,11 @@ ProgressCallback = Callable[[int], None]
 
 
 class SearchBackend(ABC):
-    """BM25 (k1=1.2, b=0.75) over ``title + "\\n" + text`` with the tokenization contract."""
+    """BM25 (k1=1.2, b=0.75) over ``title + "\\n" + text`` with the tokenization contract.
+
+    Scores follow Lucene's BM25 formula (idf · tf / (tf + k1 · norm)) whatever the engine: a backend whose engine
+    scales them differently undoes that itself, so callers never branch on a backend's name.
+    """
 
     name: str = "abstract"
 

@@ -4,7 +4,7 @@ No Elasticsearch server can be installed here, so these run against osmem-server
 OpenSearch-compatible emulator) started on an ephemeral 127.0.0.1 port: a stand-in for the real
 cluster, used for requests, bulk errors, msearch, mget and the alias swap only. Its ranking is not
 BM25 and it cannot search through a custom analyzer, so these tests use ``analyzer="standard"`` and
-never assert scores or order; ranking against real Elasticsearch is in test_retrieval_elasticsearch_real.py.
+never assert scores or order; ranking against real Elasticsearch is in test_elasticsearch_real.py.
 """
 
 from __future__ import annotations
@@ -18,14 +18,14 @@ import pytest
 
 osmem_server = pytest.importorskip("osmem_server", reason="osmem-server (requirements-dev.txt) not installed")
 
-from retrieval_service.backends import BackendError  # noqa: E402
-from retrieval_service.backends.elasticsearch_backend import (  # noqa: E402
+from retrieval_core.backends import BackendError  # noqa: E402
+from retrieval_core.backends.elasticsearch_backend import (  # noqa: E402
     ElasticsearchBackend,
     ElasticsearchSettings,
 )
-from retrieval_service.documents import Document  # noqa: E402
+from retrieval_core.documents import Document  # noqa: E402
+from retrieval_core.tokenization import tokenize  # noqa: E402
 from retrieval_service.testing import ServerProcess, free_port  # noqa: E402
-from retrieval_service.tokenization import tokenize  # noqa: E402
 
 _counter = itertools.count()
 # osmem is RE2-based: Java's \p{IsAlphabetic} does not parse there; \p{L}\p{N} is the closest RE2 class.

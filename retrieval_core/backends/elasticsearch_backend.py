@@ -21,7 +21,8 @@ import elasticsearch
 from elastic_transport import ApiResponse, HttpHeaders, Urllib3HttpNode
 from elasticsearch import Elasticsearch, helpers
 
-from retrieval_service.backends.base import (
+from retrieval_core.backends import DEFAULT_ES_ALIAS
+from retrieval_core.backends.base import (
     BM25_B,
     BM25_K1,
     BackendError,
@@ -30,9 +31,9 @@ from retrieval_service.backends.base import (
     ProgressCallback,
     SearchBackend,
 )
-from retrieval_service.documents import Document, ScoredDocument
-from retrieval_service.settings import DEFAULT_ES_ALIAS, read_secret
-from retrieval_service.tokenization import ES_ANALYZER, ES_TOKEN_PATTERN, elasticsearch_analysis, tokenize
+from retrieval_core.credentials import read_secret
+from retrieval_core.documents import Document, ScoredDocument
+from retrieval_core.tokenization import ES_ANALYZER, ES_TOKEN_PATTERN, elasticsearch_analysis, tokenize
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")

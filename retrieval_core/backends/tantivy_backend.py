@@ -1,4 +1,8 @@
-"""Embedded default backend: an on-disk tantivy index, BM25 k1=1.2 b=0.75, no server to run."""
+"""Embedded default backend: an on-disk tantivy index, BM25 k1=1.2 b=0.75, no server to run.
+
+tantivy's BM25 keeps the (k1 + 1) factor of the textbook formula that Lucene drops; every score leaves this module
+divided by it, in Lucene's convention like every backend's (the ranking is unchanged).
+"""
 
 from __future__ import annotations
 
@@ -10,15 +14,16 @@ from pathlib import Path
 
 import tantivy
 
-from retrieval_service.backends.base import (
+from retrieval_core.backends.base import (
+    BM25_K1,
     BackendError,
     Health,
     IndexReport,
     ProgressCallback,
     SearchBackend,
 )
-from retrieval_service.documents import Document, ScoredDocument
-from retrieval_service.tokenization import TANTIVY_TOKENIZER, tokenize
+from retrieval_core.documents import Document, ScoredDocument
+from retrieval_core.tokenization import TANTIVY_TOKENIZER, tokenize
 
 FIELD_ID = "id"
 FIELD_CONTENTS = "contents"
@@ -27,6 +32,7 @@ FIELD_TEXT = "text"
 FIELD_FINGERPRINT = "fingerprint"
 _REQUIRED_FIELDS = (FIELD_ID, FIELD_CONTENTS, FIELD_TITLE, FIELD_TEXT, FIELD_FINGERPRINT)
 _CHUNK = 1024
+LUCENE_SCALE = 1.0 / (1.0 + BM25_K1)  # tantivy's score x this = Lucene's BM25
 
 
 def build_schema() -> tantivy.Schema:
@@ -112,7 +118,7 @@ class TantivyBackend(SearchBackend):
         out = []
         for score, address in hits:
             doc = self._to_document(searcher.doc(address))
-            out.append(ScoredDocument(doc.id, doc.title, doc.text, float(score)))
+            out.append(ScoredDocument(doc.id, doc.title, doc.text, float(score) * LUCENE_SCALE))
         return out
 
     def search_batch(self, queries: Sequence[str], k: int) -> list[list[ScoredDocument]]:
@@ -128,7 +134,7 @@ class TantivyBackend(SearchBackend):
 
     def _score(self, searcher: tantivy.Searcher, query: str, ids: Sequence[str]) -> dict[str, float]:
         """The id set is a zero-scoring Must clause and the query terms optional Should clauses, so every listed
-        document matches and scores exactly its BM25 for the query (0.0 when it shares no term)."""
+        document matches and scores exactly its BM25 for the query (0.0 when it shares no term), Lucene-scaled."""
         unique = list(dict.fromkeys(ids))
         if not unique:
             return {}
@@ -136,7 +142,7 @@ class TantivyBackend(SearchBackend):
         clauses = [(tantivy.Occur.Must, only_ids)]
         clauses += [(tantivy.Occur.Should, self._term(t)) for t in tokenize(query)]
         hits = searcher.search(tantivy.Query.boolean_query(clauses), len(unique), count=False).hits
-        return {searcher.doc(address).get_first(FIELD_ID): float(score) for score, address in hits}
+        return {searcher.doc(address).get_first(FIELD_ID): float(score) * LUCENE_SCALE for score, address in hits}
 
     def version(self) -> str:
         """Hash of the index's meta.json, which every commit rewrites, plus the live document count."""

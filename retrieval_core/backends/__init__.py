@@ -1,14 +1,18 @@
-"""Backend factory: the service, indexer and benchmark pick a backend by name."""
+"""Backend factory: the service, indexer, benchmark and trainer pick a backend by name.
+
+Every backend returns scores in one convention, Lucene's BM25, so no caller rescales by backend.
+"""
 
 from __future__ import annotations
 
 from typing import Any
 
-from retrieval_service.backends.base import BackendError, Health, IndexReport, SearchBackend
+from retrieval_core.backends.base import BackendError, Health, IndexReport, SearchBackend
 
 BACKENDS = ("tantivy", "elasticsearch")
+DEFAULT_ES_ALIAS = "kard-passages"
 
-__all__ = ["BACKENDS", "BackendError", "Health", "IndexReport", "SearchBackend", "create_backend"]
+__all__ = ["BACKENDS", "DEFAULT_ES_ALIAS", "BackendError", "Health", "IndexReport", "SearchBackend", "create_backend"]
 
 
 def create_backend(name: str, index: str, create: bool = False, **options: Any) -> SearchBackend:
@@ -19,13 +23,13 @@ def create_backend(name: str, index: str, create: bool = False, **options: Any) 
     embedded path never needs the Elasticsearch client configured.
     """
     if name == "tantivy":
-        from retrieval_service.backends.tantivy_backend import TantivyBackend
+        from retrieval_core.backends.tantivy_backend import TantivyBackend
 
         return TantivyBackend(index, create=create, **options)
     if name in ("elasticsearch", "es"):
         from dataclasses import replace
 
-        from retrieval_service.backends.elasticsearch_backend import (
+        from retrieval_core.backends.elasticsearch_backend import (
             ElasticsearchBackend,
             ElasticsearchSettings,
         )
