@@ -258,7 +258,8 @@ def test_kard_knowledge_stage_in_elasticsearch_mode(
         overrides=[
             "data.dataset=synthetic_kb", "data.max_train_examples=30", "data.max_dev_examples=6",
             "retrieval.mode=elasticsearch", f"retrieval.url={osmem.url}", f"retrieval.index={settings.alias}",
-            "method.kard.candidates=5", "method.reranker.candidates_per_query=4", f"run.output_dir={tmp_path}",
+            "method.name=kard", "method.kard.candidates=5", "method.reranker.candidates_per_query=4",
+            f"run.output_dir={tmp_path}",
         ]
     )  # fmt: skip
     build = prepare_knowledge(cfg)
