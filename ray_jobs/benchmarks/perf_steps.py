@@ -23,7 +23,7 @@ import statistics
 import tempfile
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +33,8 @@ from torch.nn.parallel import DistributedDataParallel
 from transformers import T5Config, T5ForConditionalGeneration
 
 from trainer.config import load_config
-from trainer.models.presets import T5_VOCAB_SIZE, get_preset
+from trainer.models.architecture import T5_VOCAB_SIZE
+from trainer.models.presets import get_preset
 from trainer.strategy.deepspeed_strategy import DeepSpeedStrategy
 from trainer.strategy.ds_config import load_template, size_buckets
 
@@ -61,8 +62,8 @@ LOOPS = ("ddp", *STRATEGY_LOOPS)
 
 
 def model_config(shape: str) -> T5Config:
-    kwargs = get_preset(shape).config_kwargs(SHAPES[shape], pad_token_id=0, eos_token_id=1)
-    return T5Config(**{**kwargs, "dropout_rate": 0.0})
+    architecture = replace(get_preset(shape).architecture, vocab_size=SHAPES[shape], dropout_rate=0.0)
+    return T5Config(**architecture.config_kwargs(pad_token_id=0, eos_token_id=1))
 
 
 def make_batches(config: T5Config, rank: int, count: int = 4) -> list[dict[str, torch.Tensor]]:

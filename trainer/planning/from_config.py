@@ -8,7 +8,8 @@ import sys
 
 from trainer.config.loader import ConfigError
 from trainer.config.schema import ExperimentConfig
-from trainer.planning.architecture import ArchitectureError, T5Architecture, resolve_architecture
+from trainer.models.architecture import T5Architecture
+from trainer.planning.architecture import ArchitectureError, resolve_architecture
 from trainer.planning.memory import GIB, Workload, ZeroSetup
 from trainer.planning.planner import Estimate, Hardware, Plan, PlanRequest, Teacher, estimate, make_plan
 from trainer.strategy.ds_config import DeepSpeedConfigError, load_template
