@@ -35,6 +35,7 @@ from transformers import T5Config, T5ForConditionalGeneration
 from trainer.config import load_config
 from trainer.models.architecture import T5_VOCAB_SIZE
 from trainer.models.presets import get_preset
+from trainer.perf.process_memory import proc_status_kib
 from trainer.strategy.deepspeed_strategy import DeepSpeedStrategy
 from trainer.strategy.ds_config import load_template, size_buckets
 
@@ -173,21 +174,6 @@ def timed_steps(loop: DDPLoop | StrategyLoop, batches: list[dict[str, torch.Tens
     return times
 
 
-def peak_rss_mb() -> float:
-    return _status_kb("VmHWM") / 1024
-
-
-def current_rss_mb() -> float:
-    return _status_kb("VmRSS") / 1024
-
-
-def _status_kb(field_name: str) -> float:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(field_name + ":"):
-            return float(line.split()[1])
-    raise RuntimeError(f"{field_name} not in /proc/self/status")
-
-
 @dataclass
 class LoopTiming:
     loop: str
@@ -247,10 +233,10 @@ def measure_memory(shape: str, loop_name: str, steps: int, scratch: Path) -> dic
     config = model_config(shape)
     batches = make_batches(config, dist.get_rank())
     gc.collect()
-    before = current_rss_mb()
+    before = proc_status_kib("VmRSS") / 1024
     loop = build_loop(loop_name, config, scratch)
     times = timed_steps(loop, batches, steps)
-    mine = {"rss_before_mb": before, "peak_rss_mb": peak_rss_mb(), "last_step_s": times[-1]}
+    mine = {"rss_before_mb": before, "peak_rss_mb": proc_status_kib("VmHWM") / 1024, "last_step_s": times[-1]}
     ranks: list[Any] = [None] * dist.get_world_size()
     dist.all_gather_object(ranks, mine)
     return {"shape": shape, "loop": loop_name, "ranks": ranks}
