@@ -114,11 +114,16 @@ def hub_offline() -> bool:
     return any(flag in ("1", "true", "yes") for flag in flags)
 
 
-def hub_reachable(timeout_s: float = 5.0) -> bool:
-    """One TCP connect to the hub: an unreachable hub otherwise costs ~30 s of client retries."""
+def hub_endpoint() -> str:
+    """The model hub's address: HF_ENDPOINT (a mirror) or huggingface.co."""
     from huggingface_hub import constants
 
-    url = urlparse(os.environ.get("HF_ENDPOINT", constants.ENDPOINT))
+    return os.environ.get("HF_ENDPOINT", constants.ENDPOINT)
+
+
+def hub_reachable(timeout_s: float = 5.0) -> bool:
+    """One TCP connect to the hub: an unreachable hub otherwise costs ~30 s of client retries."""
+    url = urlparse(hub_endpoint())
     try:
         with socket.create_connection((url.hostname, url.port or 443), timeout=timeout_s):
             return True
