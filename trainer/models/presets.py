@@ -110,6 +110,7 @@ def check_shape(preset: ModelPreset, config: Any) -> None:
 
 
 def hub_offline() -> bool:
+    """huggingface_hub's and transformers' offline switches: with either set, nothing is downloaded."""
     flags = (os.environ.get(k, "").lower() for k in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
     return any(flag in ("1", "true", "yes") for flag in flags)
 
