@@ -6,6 +6,8 @@ not exist here) is reported as unchecked, not failed, unless the cluster runs on
 
 from __future__ import annotations
 
+import difflib
+import functools
 import os
 import urllib.error
 import urllib.request
@@ -20,7 +22,7 @@ from trainer.config.schema import ExperimentConfig
 from trainer.data.example import DataError, QAExample
 from trainer.data.jsonl import iter_json_rows
 from trainer.data.registry import load_splits, registered_datasets
-from trainer.models.presets import is_preset
+from trainer.models.presets import PRESETS, hub_endpoint, hub_offline, hub_reachable, is_preset
 from trainer.tracking.redaction import redact_text
 
 PROBE_TIMEOUT_S = 5.0
@@ -92,8 +94,40 @@ def check_data(cfg: ExperimentConfig, local_cluster: bool) -> list[str]:
     return []
 
 
-def check_model_source(field: str, source: str | None, tracking_uri: str | None) -> list[str]:
-    """A preset, an existing local path, an MLflow model URI whose run exists, or (unchecked) a hub name."""
+def hub_unreachable_reason() -> str | None:
+    """Why no hub name can be downloaded from here (None: the hub answers a TCP connect within the probe timeout)."""
+    if hub_offline():
+        return "HF_HUB_OFFLINE (or TRANSFORMERS_OFFLINE) is set"
+    if not hub_reachable(PROBE_TIMEOUT_S):
+        return f"the model hub {hub_endpoint()} is unreachable (no connection within {PROBE_TIMEOUT_S:g} s)"
+    return None
+
+
+def _in_hf_cache(name: str) -> bool:
+    """A hub repo whose config (a model's or a tokenizer's) is downloaded already loads without the hub."""
+    from huggingface_hub import try_to_load_from_cache
+
+    try:
+        return any(isinstance(try_to_load_from_cache(name, f), str) for f in ("config.json", "tokenizer_config.json"))
+    except ValueError:  # not a repo id at all (huggingface_hub's HFValidationError)
+        return False
+
+
+def _nearest_presets(name: str) -> str:
+    """For a mistyped name: the presets it is closest to (by its last path part, so `org/t5-smal` finds t5-small)."""
+    close = difflib.get_close_matches(name.rsplit("/", 1)[-1], PRESETS, n=3, cutoff=0.6)
+    return f"nearest presets: {', '.join(close)}" if close else f"presets: {', '.join(PRESETS)}"
+
+
+def check_model_source(
+    field: str,
+    source: str | None,
+    tracking_uri: str | None,
+    unreachable_reason: Callable[[], str | None] = hub_unreachable_reason,
+) -> list[str]:
+    """A preset, an existing local path, an MLflow model URI whose run exists, or a hub name: one in the local HF
+    cache passes, one the hub could serve is noted as unchecked, and with the hub unreachable it fails here rather
+    than on every rank of the job ("couldn't connect to huggingface.co")."""
     if source is None or is_preset(source):
         return []
     if is_mlflow_uri(source):
@@ -103,6 +137,14 @@ def check_model_source(field: str, source: str | None, tracking_uri: str | None)
         if not (path / "config.json").is_file() and not (path / "tokenizer_config.json").is_file():
             raise PreflightError(f"{field}: {source} is not a model directory (no config.json)")
         return []
+    if _in_hf_cache(source):
+        return []
+    reason = unreachable_reason()
+    if reason is not None:
+        raise PreflightError(
+            f"{field}: {source!r} is no preset, local model directory, MLflow URI or model in the local HF cache, and "
+            f"{reason}; {_nearest_presets(source)} (a cluster that reaches the hub itself: submit with --no-preflight)"
+        )
     return [f"{field}: {source!r} is a model hub name; not checked from here"]
 
 
@@ -169,6 +211,7 @@ def preflight(
     """Run every check on every (stage name, config); raises PreflightError at the first problem."""
     seen: set[str] = set()
     notes: list[str] = []
+    unreachable_reason = functools.cache(hub_unreachable_reason)  # one probe for every field and stage
     for stage, cfg in configs:
         prefix = f"stage {stage!r}: " if stage else ""
         try:
@@ -185,7 +228,7 @@ def preflight(
                     check()
             uri = cfg.tracking.tracking_uri
             for field, source in fields_with_role(cfg, FieldRole.MODEL_SOURCE):  # a method's own ones too
-                notes.extend(check_model_source(field, source, uri))
+                notes.extend(check_model_source(field, source, uri, unreachable_reason))
         except PreflightError as exc:
             raise PreflightError(prefix + str(exc)) from None
     for note in dict.fromkeys(notes):

@@ -61,21 +61,14 @@ def group_run_name(pipeline: str, group: list[PlannedStage]) -> str:
     return f"{pipeline}-{group[0].name}" if len(group) == 1 else f"{pipeline}-{group[0].name}-to-{group[-1].name}"
 
 
-def _from_rank_zero(value: Any) -> Any:
-    import torch.distributed as dist
-
-    holder = [value]
-    dist.broadcast_object_list(holder, src=0)
-    return holder[0]
-
-
 def _stage_group_worker(loop_config: dict[str, Any]) -> None:
     rank_zero = ray.train.get_context().get_world_rank() == 0
     if rank_zero:
         timeline.mark("worker.process", at=timeline.process_start_time())
         timeline.mark("worker.train_fn")
-    # trainer.loop is imported here, in the workers only (see ray_jobs.train_job).
+    # trainer.loop and the strategy are imported here, in the workers only (see ray_jobs.train_job).
     from trainer.loop import Trainer
+    from trainer.strategy.deepspeed_strategy import broadcast_from_rank_zero
 
     if rank_zero:
         timeline.mark("worker.start")
@@ -89,7 +82,8 @@ def _stage_group_worker(loop_config: dict[str, Any]) -> None:
     restarted = ray.train.get_checkpoint() is not None
     for stage in stages:
         if restarted:
-            done = _from_rank_zero(finished_stage_result(client, parent_run_id, stage.name) if client else None)
+            recorded = finished_stage_result(client, parent_run_id, stage.name) if client else None
+            done = broadcast_from_rank_zero(recorded)
             if done is not None:
                 results[stage.name] = done
                 continue
@@ -105,7 +99,7 @@ def _stage_group_worker(loop_config: dict[str, Any]) -> None:
             launch_id=f"{loop_config['launch_id']}:{wired.config.run.name}",
         )
         result = trainer.evaluate_model() if stage.kind == "evaluate" else trainer.fit()
-        summary = _from_rank_zero(result.reported())  # rank 0 logged the models: its URIs are the stage's
+        summary = broadcast_from_rank_zero(result.reported())  # rank 0 logged the models: its URIs are the stage's
         if client is not None:
             record_stage_result(client, parent_run_id, stage.name, summary)
             timeline.mark("stage.end", stage=stage.name)

@@ -34,6 +34,7 @@ from retrieval_core.documents import Document, iter_passages
 from retrieval_core.tokenization import tokenize
 from retrieval_service.settings import REPO_ROOT, wikipedia_passages
 from retrieval_service.testing import ServerProcess
+from trainer.perf.process_memory import proc_status_kib
 
 K = 10
 BATCH = 64
@@ -119,13 +120,11 @@ def dir_size(path: Path) -> int:
 
 
 def vm_rss(pid: int | str = "self") -> int:
+    """Resident bytes of a process; 0 once it has exited (the tree walk races with workers that stop)."""
     try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return 0
+        return proc_status_kib("VmRSS", pid) * 1024
+    except (OSError, KeyError):
+        return 0
 
 
 def tree_rss(pid: int) -> int:

@@ -43,8 +43,9 @@ from trainer.loop import build_trained_model
 from trainer.methods.base import Method
 from trainer.methods.knife.collate import build_knife_features
 from trainer.methods.registry import method_class
+from trainer.models.architecture import T5Architecture
 from trainer.models.factory import build_model, build_model_config, build_tokenizer, count_parameters
-from trainer.perf.flops import StepFlops, T5Shape, knife_student_step_flops, parameter_count, train_step_flops
+from trainer.perf.flops import StepFlops, knife_student_step_flops, train_step_flops
 from trainer.strategy.deepspeed_strategy import DeepSpeedStrategy
 from trainer.strategy.ds_config import load_template
 
@@ -127,7 +128,7 @@ def make_batch(method: Method, case: StepCase, vocab_size: int, first_id: int) -
     return method.collate(features)
 
 
-def step_flops(case: StepCase, shape: T5Shape) -> StepFlops:
+def step_flops(case: StepCase, shape: T5Architecture) -> StepFlops:
     if case.method == "knife_student":
         return knife_student_step_flops(
             shape, shape, case.micro_batch_size, case.src_len, case.rationale_len, case.tgt_len,
@@ -264,11 +265,11 @@ def run_case(case: StepCase, work_dir: Path) -> dict[str, Any]:
     model_config = built.pop("model_config", None)
     result.update(built)
     if model_config is not None:
-        shape = T5Shape.from_config(model_config)
+        shape = T5Architecture.from_hf_config(model_config)
         flops = step_flops(case, shape)
         result.update(
             shape=asdict(shape),
-            parameter_count_formula=parameter_count(shape),
+            parameter_count_formula=shape.num_parameters,
             model_flops_per_step=flops.model,
             hardware_flops_per_step=flops.hardware,
         )
@@ -337,8 +338,8 @@ def check_models(models: list[str]) -> dict[str, dict[str, Any]]:
         try:
             cfg = load_config(overrides=[f"model.name={name}"])
             tokenizer = build_tokenizer(cfg.model, _corpus, broadcast=lambda blob: blob)
-            shape = T5Shape.from_config(build_model_config(cfg.model, tokenizer))
-            checked[name] = {"parameters": parameter_count(shape), "shape": asdict(shape)}
+            shape = T5Architecture.from_hf_config(build_model_config(cfg.model, tokenizer))
+            checked[name] = {"parameters": shape.num_parameters, "shape": asdict(shape)}
         except Exception as exc:  # noqa: BLE001 - any failure to resolve is reported by name
             checked[name] = {"error": f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"}
     return checked

@@ -26,6 +26,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from trainer.perf.process_memory import proc_status_kib
+
 MIB = 2**20
 WORLD_SIZE = 2
 
@@ -43,13 +45,6 @@ class Case:
     @property
     def label(self) -> str:
         return f"{self.model} ZeRO-{self.zero_stage}{' +ckpt' if self.gradient_checkpointing else ''}"
-
-
-def _status_kib(field: str) -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1])
-    raise KeyError(field)
 
 
 def run_rank(case: Case, result_file: Path) -> None:
@@ -84,13 +79,13 @@ def run_rank(case: Case, result_file: Path) -> None:
     method = method_class(cfg)(cfg, tokenizer)
     model_config = build_model_config(cfg.model, tokenizer)
     strategy.barrier()
-    baseline_kib = _status_kib("VmRSS")
+    baseline_kib = proc_status_kib("VmRSS")
     strategy.configure(model_config.d_model)
     with strategy.partitioned_init(strategy.resolved_config):
         model = build_model(cfg.model, model_config)
     parameters = count_parameters(model)
     engine = strategy.prepare(model)
-    after_init_kib = _status_kib("VmRSS")
+    after_init_kib = proc_status_kib("VmRSS")
     generator = torch.Generator().manual_seed(strategy.rank)
     vocab = len(tokenizer)
     started = time.perf_counter()
@@ -102,13 +97,13 @@ def run_rank(case: Case, result_file: Path) -> None:
         }
         strategy.backward_step(engine, method.loss(engine, batch)["loss"])
     step_s = (time.perf_counter() - started) / case.steps
-    steady_kib = _status_kib("VmRSS")  # before the high-water mark, which then includes it
+    steady_kib = proc_status_kib("VmRSS")  # before the high-water mark, which then includes it
     result = {
         "rank": strategy.rank,
         "parameters": parameters,
         "baseline_mib": baseline_kib / 1024,
         "after_init_mib": after_init_kib / 1024,
-        "peak_mib": _status_kib("VmHWM") / 1024,
+        "peak_mib": proc_status_kib("VmHWM") / 1024,
         "steady_mib": steady_kib / 1024,
         "step_s": step_s,
     }

@@ -23,7 +23,7 @@ import statistics
 import tempfile
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +33,9 @@ from torch.nn.parallel import DistributedDataParallel
 from transformers import T5Config, T5ForConditionalGeneration
 
 from trainer.config.loader import load_config
-from trainer.models.presets import T5_VOCAB_SIZE, get_preset
+from trainer.models.architecture import T5_VOCAB_SIZE
+from trainer.models.presets import get_preset
+from trainer.perf.process_memory import proc_status_kib
 from trainer.strategy.deepspeed_strategy import DeepSpeedStrategy
 from trainer.strategy.ds_config import load_template, size_buckets
 
@@ -61,8 +63,8 @@ LOOPS = ("ddp", *STRATEGY_LOOPS)
 
 
 def model_config(shape: str) -> T5Config:
-    kwargs = get_preset(shape).config_kwargs(SHAPES[shape], pad_token_id=0, eos_token_id=1)
-    return T5Config(**{**kwargs, "dropout_rate": 0.0})
+    architecture = replace(get_preset(shape).architecture, vocab_size=SHAPES[shape], dropout_rate=0.0)
+    return T5Config(**architecture.config_kwargs(pad_token_id=0, eos_token_id=1))
 
 
 def make_batches(config: T5Config, rank: int, count: int = 4) -> list[dict[str, torch.Tensor]]:
@@ -172,21 +174,6 @@ def timed_steps(loop: DDPLoop | StrategyLoop, batches: list[dict[str, torch.Tens
     return times
 
 
-def peak_rss_mb() -> float:
-    return _status_kb("VmHWM") / 1024
-
-
-def current_rss_mb() -> float:
-    return _status_kb("VmRSS") / 1024
-
-
-def _status_kb(field_name: str) -> float:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(field_name + ":"):
-            return float(line.split()[1])
-    raise RuntimeError(f"{field_name} not in /proc/self/status")
-
-
 @dataclass
 class LoopTiming:
     loop: str
@@ -246,10 +233,10 @@ def measure_memory(shape: str, loop_name: str, steps: int, scratch: Path) -> dic
     config = model_config(shape)
     batches = make_batches(config, dist.get_rank())
     gc.collect()
-    before = current_rss_mb()
+    before = proc_status_kib("VmRSS") / 1024
     loop = build_loop(loop_name, config, scratch)
     times = timed_steps(loop, batches, steps)
-    mine = {"rss_before_mb": before, "peak_rss_mb": peak_rss_mb(), "last_step_s": times[-1]}
+    mine = {"rss_before_mb": before, "peak_rss_mb": proc_status_kib("VmHWM") / 1024, "last_step_s": times[-1]}
     ranks: list[Any] = [None] * dist.get_world_size()
     dist.all_gather_object(ranks, mine)
     return {"shape": shape, "loop": loop_name, "ranks": ranks}

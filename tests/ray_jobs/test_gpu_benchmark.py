@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 
 from ray_jobs.benchmarks.gpu_cases import STEP_SUITES, BenchSettings, StepCase, plan_cases, unique_cases
-from trainer.perf.flops import T5Shape, knife_student_step_flops, parameter_count, train_step_flops
+from trainer.models.architecture import T5Architecture
+from trainer.perf.flops import knife_student_step_flops, train_step_flops
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 PEAK_TFLOPS = 0.5  # a made-up per-device peak, so MFU is computed on CPU too
@@ -43,8 +44,8 @@ def test_quick_benchmark_measures_every_suite_and_reports_flops_and_mfu(tmp_path
         assert result["step_time_s"] == statistics.median(result["step_times_s"])
         assert result["samples_per_s"] == pytest.approx(case.micro_batch_size / result["step_time_s"])
         # FLOPs from the architecture of the model that actually ran, whose HF parameter count they reproduce.
-        shape = T5Shape(**result["shape"])
-        assert result["num_parameters"] == result["parameter_count_formula"] == parameter_count(shape)
+        shape = T5Architecture(**result["shape"])
+        assert result["num_parameters"] == result["parameter_count_formula"] == shape.num_parameters
         if case.method == "knife_student":
             flops = knife_student_step_flops(shape, shape, case.micro_batch_size, case.src_len, case.rationale_len,
                                              case.tgt_len, case.gradient_checkpointing)  # fmt: skip

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -85,3 +86,56 @@ def test_retrieval_service_must_answer(tmp_path: Path) -> None:
         check("data.dataset=synthetic", "retrieval.mode=http", f"retrieval.url={dead}")
     with pytest.raises(PreflightError, match="retrieval.corpus: corpus file not found"):
         check("data.dataset=synthetic", f"retrieval.corpus={tmp_path / 'none.jsonl'}")
+
+
+@pytest.fixture
+def unreachable_hub(monkeypatch: pytest.MonkeyPatch) -> str:
+    """The hub at a loopback port nothing listens on. No network is reachable on the machines this suite runs on,
+    so huggingface.co itself is as unreachable; the closed port makes that true everywhere, through the same TCP
+    probe preflight makes in real use."""
+    endpoint = f"http://127.0.0.1:{free_port()}"
+    monkeypatch.setenv("HF_ENDPOINT", endpoint)
+    for flag in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"):
+        monkeypatch.delenv(flag, raising=False)
+    return endpoint
+
+
+def test_a_mistyped_model_name_fails_here_with_the_nearest_presets(unreachable_hub: str) -> None:
+    with pytest.raises(PreflightError, match=rf"model.name: 't5-huge' is no preset.*{unreachable_hub} is unreachable"):
+        check("data.dataset=synthetic", "model.name=t5-huge")
+    with pytest.raises(PreflightError, match="nearest presets: t5-large"):
+        check("data.dataset=synthetic", "model.name=t5-huge")
+    for method, field, value in (
+        ("ft_io", "model.tokenizer", "gogle/t5-small"),
+        ("knife_student", "method.knife.teacher", "flan-t5-smal"),
+        ("kard", "method.kard.reranker", "org/t5-v1_1-bse"),
+    ):
+        with pytest.raises(PreflightError, match=rf"{field}: '{value}' is no preset.*nearest presets: .*t5"):
+            check("data.dataset=synthetic", f"method.name={method}", f"{field}={value}")
+
+
+def test_offline_mode_counts_as_unreachable(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(PreflightError, match="model.name: 'bert-huge' .* HF_HUB_OFFLINE .* is set; presets: t5-tiny"):
+        check("data.dataset=synthetic", "model.name=bert-huge")
+
+
+def test_a_hub_name_in_the_local_cache_or_with_the_hub_up_passes(
+    unreachable_hub: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from huggingface_hub import constants
+
+    snapshot = tmp_path / "hub" / "models--acme--t5-huge" / "snapshots" / "abc123"
+    snapshot.mkdir(parents=True)
+    (snapshot / "config.json").write_text("{}")
+    (snapshot.parents[1] / "refs").mkdir()
+    (snapshot.parents[1] / "refs" / "main").write_text("abc123")
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    check("data.dataset=synthetic", "model.name=acme/t5-huge")  # cached: loads offline, so it passes
+
+    with socket.create_server(("127.0.0.1", 0)) as hub:  # a hub that accepts connections: a name it may serve
+        monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{hub.getsockname()[1]}")
+        notes: list[str] = []
+        cfg = load_config(overrides=["data.dataset=synthetic", "model.name=acme/t5-tiny"])
+        preflight([("", cfg)], local_cluster=True, report=notes.append)
+    assert notes == ["[preflight] note: model.name: 'acme/t5-tiny' is a model hub name; not checked from here"]

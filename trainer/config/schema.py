@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Annotated, Any, Literal
 
 from pydantic import Field, SerializeAsAny, ValidatorFunctionWrapHandler, field_validator, model_validator
@@ -95,20 +96,44 @@ class OptimConfig(_Section):
 
 
 class DeepSpeedConfig(_Section):
-    """How DeepSpeed shards the run; the template's "auto" values are filled from the rest of the config."""
+    """How DeepSpeed shards the run; the template's "auto" values are filled from the rest of the config.
 
-    template: str = Field(default="zero2", description="name in ds_configs/ (zero1, zero2, zero3) or a JSON path")
+    One setting decides the stage: `zero_stage` alone picks the built-in template zero{N}; a template alone runs
+    its own stage; both set must agree (a JSON template is checked when it is read: trainer.strategy.ds_config).
+    """
+
+    template: str = Field(
+        default="zero2",
+        description="name in ds_configs/ (zero0 ... zero3) or a JSON path; default zero{ds.zero_stage}, else zero2",
+    )
     zero_stage: Literal[0, 1, 2, 3, "auto"] | None = Field(
         default=None,
-        description="override the template's stage; auto: the memory planner (trainer.planning) picks the stage, "
-        "offload and gradient checkpointing for the `cluster` hardware when the job is submitted or rendered",
+        description="the ZeRO stage, which picks the template zero{N} when ds.template is not set; auto: the memory "
+        "planner (trainer.planning) picks the stage, offload and gradient checkpointing for the `cluster` hardware "
+        "when the job is submitted or rendered",
     )
     offload_optimizer: bool = False
     offload_param: bool = False
     precision: Literal["fp32", "bf16"] = "fp32"
 
+    @model_validator(mode="before")
+    @classmethod
+    def _stage_picks_the_template(cls, data: Any) -> Any:
+        """`zero_stage: 3` alone runs zero3.json, with its stage-3 settings, not zero2.json's with stage 3."""
+        if isinstance(data, dict) and "template" not in data:
+            stage = data.get("zero_stage")
+            if type(stage) is int and 0 <= stage <= 3:
+                return {**data, "template": f"zero{stage}"}
+        return data
+
     @model_validator(mode="after")
-    def _offload_needs_zero(self) -> DeepSpeedConfig:
+    def _one_stage(self) -> DeepSpeedConfig:
+        builtin = re.fullmatch(r"zero([0-3])", self.template)
+        if builtin and isinstance(self.zero_stage, int) and int(builtin[1]) != self.zero_stage:
+            raise ValueError(
+                f"ds.zero_stage={self.zero_stage} contradicts ds.template={self.template} (stage {builtin[1]}); set "
+                f"one of them: ds.zero_stage alone picks the template zero{self.zero_stage}"
+            )
         if self.offload_param and self.zero_stage not in (None, 3, "auto"):
             raise ValueError("ds.offload_param needs ds.zero_stage=3")
         return self

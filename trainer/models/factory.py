@@ -16,7 +16,7 @@ from transformers import (
 )
 
 from trainer.config.schema import ModelConfig
-from trainer.models.presets import T5_VOCAB_SIZE, check_shape, get_preset, is_preset, pretrained_source
+from trainer.models.presets import check_shape, get_preset, is_preset, pretrained_source
 from trainer.models.sources import resolve_model_source
 from trainer.models.tokenizer import tokenizer_from_json, train_tokenizer_json
 
@@ -49,12 +49,12 @@ def build_model_config(
         config = AutoConfig.from_pretrained(weights)
         check_shape(preset, config)
         return config
-    # Published shapes keep the real embedding size (memory and speed are the real ones); the offline
-    # tokenizer's ids are a subset of its rows.
-    vocab_size = T5_VOCAB_SIZE if preset.published else len(tokenizer)
-    if len(tokenizer) > vocab_size:
-        raise ValueError(f"model.tokenizer_vocab_size: {len(tokenizer)} tokens do not fit {cfg.name}'s {vocab_size}")
-    return T5Config(**preset.config_kwargs(vocab_size, tokenizer.pad_token_id, tokenizer.eos_token_id))
+    architecture = preset.architecture_for(len(tokenizer))
+    if len(tokenizer) > architecture.vocab_size:
+        raise ValueError(
+            f"model.tokenizer_vocab_size: {len(tokenizer)} tokens do not fit {cfg.name}'s {architecture.vocab_size}"
+        )
+    return T5Config(**architecture.config_kwargs(tokenizer.pad_token_id, tokenizer.eos_token_id))
 
 
 def build_model(cfg: ModelConfig, config: PretrainedConfig) -> PreTrainedModel:
@@ -64,7 +64,7 @@ def build_model(cfg: ModelConfig, config: PretrainedConfig) -> PreTrainedModel:
     """
     if is_preset(cfg.name) and pretrained_source(cfg) is None:
         model = AutoModelForSeq2SeqLM.from_config(config)
-        if not get_preset(cfg.name).shape.tie_word_embeddings:
+        if not get_preset(cfg.name).architecture.tie_word_embeddings:
             _untie_output_layer(model)
     else:
         model = AutoModelForSeq2SeqLM.from_pretrained(config.name_or_path, config=config)

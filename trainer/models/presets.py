@@ -11,68 +11,58 @@ import logging
 import os
 import socket
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 from urllib.parse import urlparse
 
 from trainer.config.schema import ModelConfig
+from trainer.models.architecture import T5_VOCAB_SIZE, T5Architecture
 
 logger = logging.getLogger(__name__)
 
-T5_VOCAB_SIZE = 32128  # the published checkpoints' embedding rows (32100 sentencepiece pieces, padded to 128)
-
-
-@dataclass(frozen=True)
-class T5Shape:
-    """The architecture fields of a T5Config that decide parameter count, memory and speed."""
-
-    d_model: int
-    d_ff: int
-    num_layers: int
-    num_decoder_layers: int
-    num_heads: int
-    d_kv: int
-    feed_forward_proj: Literal["relu", "gated-gelu"]
-    tie_word_embeddings: bool
+# ModelConfig.tokenizer_vocab_size's default: the offline shapes' vocabulary until a run's tokenizer sizes it.
+OFFLINE_VOCAB_SIZE = 4000
+# What `check_shape` compares: the layers. The vocabulary may be resized and dropout retuned by a fine-tune, and
+# transformers 5 rewrites tie_word_embeddings on load (the checkpoint decides it).
+LAYER_FIELDS = ("d_model", "d_ff", "num_layers", "num_decoder_layers", "num_heads", "d_kv", "feed_forward_proj")
 
 
 @dataclass(frozen=True)
 class ModelPreset:
-    """A named shape; `hub_name` is where its published weights live (None: an offline-only shape)."""
+    """A named architecture; `hub_name` is where its published weights live (None: an offline-only shape)."""
 
     name: str
-    shape: T5Shape
+    architecture: T5Architecture
     hub_name: str | None = None
-    dropout_rate: float = 0.1
 
     @property
     def published(self) -> bool:
         return self.hub_name is not None
 
-    def config_kwargs(self, vocab_size: int, pad_token_id: int, eos_token_id: int) -> dict[str, Any]:
-        """T5Config keyword arguments; T5 starts decoding from the pad token."""
-        return {
-            **asdict(self.shape),
-            "vocab_size": vocab_size,
-            "pad_token_id": pad_token_id,
-            "eos_token_id": eos_token_id,
-            "decoder_start_token_id": pad_token_id,
-            "dropout_rate": self.dropout_rate,
-            "relative_attention_num_buckets": 32,
-            "relative_attention_max_distance": 128,
-            "layer_norm_epsilon": 1e-6,
-        }
+    def architecture_for(self, tokenizer_size: int) -> T5Architecture:
+        """Published shapes keep their real embedding (memory and speed are the real ones; the offline tokenizer's
+        ids are a subset of its rows); offline shapes take the tokenizer's size."""
+        if self.published:
+            return self.architecture
+        return replace(self.architecture, vocab_size=tokenizer_size)
 
 
-def _original(d_model: int, d_ff: int, layers: int, heads: int, d_kv: int) -> T5Shape:
+def _original(d_model: int, d_ff: int, layers: int, heads: int, d_kv: int) -> T5Architecture:
     """Raffel et al. 2020: ReLU feed-forward, input and output embeddings shared."""
-    return T5Shape(d_model, d_ff, layers, layers, heads, d_kv, "relu", True)
+    return T5Architecture(d_model, d_ff, layers, layers, heads, d_kv, "relu", True)
 
 
-def _v1_1(d_model: int, d_ff: int, layers: int, heads: int) -> T5Shape:
+def _v1_1(d_model: int, d_ff: int, layers: int, heads: int) -> T5Architecture:
     """T5 v1.1 (and Flan-T5, fine-tuned from it): gated-GELU feed-forward, untied output layer, d_kv 64."""
-    return T5Shape(d_model, d_ff, layers, layers, heads, 64, "gated-gelu", False)
+    return T5Architecture(d_model, d_ff, layers, layers, heads, 64, "gated-gelu", False)
+
+
+def _offline(d_model: int, d_ff: int, layers: int, heads: int, d_kv: int) -> T5Architecture:
+    """Tiny shapes (CPU minutes): the vocabulary is the offline tokenizer's, no dropout."""
+    return T5Architecture(
+        d_model, d_ff, layers, layers, heads, d_kv, "gated-gelu", True, vocab_size=OFFLINE_VOCAB_SIZE, dropout_rate=0.0
+    )
 
 
 _V1_1_SHAPES = {
@@ -85,9 +75,8 @@ _V1_1_SHAPES = {
 PRESETS: dict[str, ModelPreset] = {
     preset.name: preset
     for preset in [
-        # Tiny shapes (CPU minutes): the vocabulary is the offline tokenizer's, no dropout.
-        ModelPreset("t5-tiny", T5Shape(64, 256, 2, 2, 4, 16, "gated-gelu", True), dropout_rate=0.0),
-        ModelPreset("t5-mini", T5Shape(128, 512, 4, 4, 4, 32, "gated-gelu", True), dropout_rate=0.0),
+        ModelPreset("t5-tiny", _offline(64, 256, 2, 4, 16)),
+        ModelPreset("t5-mini", _offline(128, 512, 4, 4, 32)),
         # Published shapes, from the checkpoints' config.json.
         ModelPreset("t5-small", _original(512, 2048, 6, 8, 64), "google-t5/t5-small"),
         ModelPreset("t5-base", _original(768, 3072, 12, 12, 64), "google-t5/t5-base"),
@@ -111,9 +100,8 @@ def get_preset(name: str) -> ModelPreset:
 
 def check_shape(preset: ModelPreset, config: Any) -> None:
     """Weights named for a preset must have its shape: a run labelled t5-base must train a t5-base."""
-    for key, expected in asdict(preset.shape).items():
-        if key == "tie_word_embeddings":  # transformers 5 rewrites it on load; the checkpoint decides
-            continue
+    for key in LAYER_FIELDS:
+        expected = getattr(preset.architecture, key)
         found = getattr(config, key, None)
         if found != expected:
             raise ValueError(
@@ -121,16 +109,22 @@ def check_shape(preset: ModelPreset, config: Any) -> None:
             )
 
 
-def _hub_offline() -> bool:
+def hub_offline() -> bool:
+    """huggingface_hub's and transformers' offline switches: with either set, nothing is downloaded."""
     flags = (os.environ.get(k, "").lower() for k in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
     return any(flag in ("1", "true", "yes") for flag in flags)
 
 
-def _hub_reachable(timeout_s: float = 5.0) -> bool:
-    """One TCP connect to the hub: an unreachable hub otherwise costs ~30 s of client retries."""
+def hub_endpoint() -> str:
+    """The model hub's address: HF_ENDPOINT (a mirror) or huggingface.co."""
     from huggingface_hub import constants
 
-    url = urlparse(os.environ.get("HF_ENDPOINT", constants.ENDPOINT))
+    return os.environ.get("HF_ENDPOINT", constants.ENDPOINT)
+
+
+def hub_reachable(timeout_s: float = 5.0) -> bool:
+    """One TCP connect to the hub: an unreachable hub otherwise costs ~30 s of client retries."""
+    url = urlparse(hub_endpoint())
     try:
         with socket.create_connection((url.hostname, url.port or 443), timeout=timeout_s):
             return True
@@ -145,7 +139,7 @@ def _has_weights(source: str) -> bool:
     from transformers import AutoConfig
 
     for local_only in (True, False):
-        if not local_only and (_hub_offline() or not _hub_reachable()):
+        if not local_only and (hub_offline() or not hub_reachable()):
             return False
         try:
             AutoConfig.from_pretrained(source, local_files_only=local_only)

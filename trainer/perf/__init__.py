@@ -1,1 +1,2 @@
-"""Performance arithmetic: FLOPs of T5 training steps from the architecture, and MFU against GPU peaks."""
+"""Performance arithmetic: FLOPs of T5 training steps from the architecture, MFU against GPU peaks, and the
+process memory the benchmarks read from /proc."""

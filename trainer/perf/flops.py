@@ -18,68 +18,8 @@ torch.utils.flop_counter on a real HF T5 step.
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
-from typing import Any
 
-from trainer.planning.architecture import T5Architecture
-
-
-@dataclass(frozen=True)
-class T5Shape:
-    """The dimensions of a T5 encoder-decoder that its FLOPs and parameter count depend on."""
-
-    d_model: int
-    d_ff: int
-    d_kv: int
-    num_heads: int
-    num_layers: int
-    num_decoder_layers: int
-    vocab_size: int
-    gated_ffn: bool = True
-    tie_word_embeddings: bool = True
-    relative_attention_num_buckets: int = 32
-
-    @classmethod
-    def from_config(cls, config: Any) -> T5Shape:
-        """From a transformers T5Config (or anything with its attribute names)."""
-        return cls(
-            d_model=config.d_model,
-            d_ff=config.d_ff,
-            d_kv=config.d_kv,
-            num_heads=config.num_heads,
-            num_layers=config.num_layers,
-            num_decoder_layers=config.num_decoder_layers,
-            vocab_size=config.vocab_size,
-            gated_ffn=bool(getattr(config, "is_gated_act", False)),
-            tie_word_embeddings=bool(getattr(config, "tie_word_embeddings", True)),
-            relative_attention_num_buckets=config.relative_attention_num_buckets,
-        )
-
-    @property
-    def inner_dim(self) -> int:
-        """Width of the concatenated attention heads (num_heads × d_kv; 4096 for t5-3b, not d_model)."""
-        return self.num_heads * self.d_kv
-
-    @property
-    def ffn_matrices(self) -> int:
-        """Gated FFNs (T5 v1.1, gated-gelu) have wi_0, wi_1 and wo; the original ReLU FFN has wi and wo."""
-        return 3 if self.gated_ffn else 2
-
-
-def parameter_count(shape: T5Shape) -> int:
-    """Exactly the parameters of HF's T5ForConditionalGeneration for this shape: the memory planner's count."""
-    return T5Architecture(
-        name="t5",
-        vocab_size=shape.vocab_size,
-        d_model=shape.d_model,
-        d_ff=shape.d_ff,
-        num_layers=shape.num_layers,
-        num_decoder_layers=shape.num_decoder_layers,
-        num_heads=shape.num_heads,
-        d_kv=shape.d_kv,
-        gated=shape.gated_ffn,
-        tie_word_embeddings=shape.tie_word_embeddings,
-        relative_attention_num_buckets=shape.relative_attention_num_buckets,
-    ).num_parameters
+from trainer.models.architecture import T5Architecture
 
 
 @dataclass(frozen=True)
@@ -119,7 +59,7 @@ class ForwardFlops:
         return self.encoder_attention + self.decoder_self_attention + self.cross_attention
 
 
-def forward_flops(shape: T5Shape, batch_size: int, src_len: int, tgt_len: int) -> ForwardFlops:
+def forward_flops(shape: T5Architecture, batch_size: int, src_len: int, tgt_len: int) -> ForwardFlops:
     """Forward FLOPs of `batch_size` sequences of `src_len` encoder and `tgt_len` decoder tokens."""
     if min(batch_size, src_len, tgt_len) < 1:
         raise ValueError(f"batch_size, src_len and tgt_len must be positive, got {batch_size}, {src_len}, {tgt_len}")
@@ -151,7 +91,7 @@ class StepFlops:
 
 
 def train_step_flops(
-    shape: T5Shape, batch_size: int, src_len: int, tgt_len: int, gradient_checkpointing: bool = False
+    shape: T5Architecture, batch_size: int, src_len: int, tgt_len: int, gradient_checkpointing: bool = False
 ) -> StepFlops:
     """Forward + backward (3× forward) of a seq2seq LM step; checkpointing re-runs the blocks' forward."""
     forward = forward_flops(shape, batch_size, src_len, tgt_len)
@@ -160,8 +100,8 @@ def train_step_flops(
 
 
 def knife_student_step_flops(
-    student: T5Shape,
-    teacher: T5Shape,
+    student: T5Architecture,
+    teacher: T5Architecture,
     batch_size: int,
     input_len: int,
     rationale_len: int,

@@ -9,12 +9,13 @@ import sys
 from trainer.config.loader import ConfigError
 from trainer.config.schema import ExperimentConfig
 from trainer.methods.registry import spec_of
-from trainer.planning.architecture import ArchitectureError, T5Architecture, resolve_architecture
+from trainer.models.architecture import T5Architecture
+from trainer.planning.architecture import ArchitectureError, resolve_architecture
 from trainer.planning.memory import GIB, Workload, ZeroSetup
 from trainer.planning.planner import Estimate, Hardware, Plan, PlanRequest, Teacher, estimate, make_plan
-from trainer.strategy.ds_config import DeepSpeedConfigError, load_template
+from trainer.strategy.ds_config import DeepSpeedConfigError, check_template_stage, load_template
 
-BUILTIN_TEMPLATES = ("zero1", "zero2", "zero3")
+BUILTIN_TEMPLATES = ("zero0", "zero1", "zero2", "zero3")
 
 
 class ModelNotPlannable(ConfigError):
@@ -121,6 +122,11 @@ def resolve_auto_zero(cfg: ExperimentConfig) -> ExperimentConfig:
             "offload_param": setup.offload_param,
         }
     )
+    if template not in BUILTIN_TEMPLATES:
+        try:
+            check_template_stage(ds, load_template(template)[0])
+        except DeepSpeedConfigError as exc:
+            raise ConfigError(f"ds.zero_stage=auto chose {setup.describe()}, but {exc}") from None
     model = cfg.model.model_copy(update={"gradient_checkpointing": setup.gradient_checkpointing})
     print(
         f"[plan] {cfg.run.name}: ds.zero_stage=auto -> {setup.describe()} "

@@ -19,7 +19,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from trainer.planning.architecture import T5Architecture
+from trainer.models.architecture import T5Architecture
 
 GIB = 2**30
 Precision = Literal["bf16", "fp32"]

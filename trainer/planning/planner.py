@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from trainer.planning.architecture import T5Architecture
+from trainer.models.architecture import T5Architecture
 from trainer.planning.memory import (
     GIB,
     ActivationMemory,

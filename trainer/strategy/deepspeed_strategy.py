@@ -40,6 +40,13 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
+def broadcast_from_rank_zero(obj: Any) -> Any:
+    """Rank 0's value on every rank of the current process group (other ranks' `obj` is never sent)."""
+    holder = [obj if dist.get_rank() == 0 else None]
+    dist.broadcast_object_list(holder, src=0)
+    return holder[0]
+
+
 def check_accelerator(on_gpu: bool, accelerator: str) -> None:
     """DeepSpeed picks its accelerator once, at import (DS_ACCELERATOR, else CUDA when it sees a GPU); a
     mismatch with run.use_gpu would put the engine and our batches on different devices."""
@@ -150,9 +157,7 @@ class DeepSpeedStrategy:
 
     def broadcast_object(self, obj: Any) -> Any:
         """Rank 0's value everywhere (e.g. an MLflow run id or a tokenizer built once)."""
-        holder = [obj if self.is_rank_zero else None]
-        dist.broadcast_object_list(holder, src=0)
-        return holder[0]
+        return broadcast_from_rank_zero(obj)
 
     def all_gather_objects(self, obj: Any) -> list[Any]:
         gathered: list[Any] = [None] * self.world_size

@@ -48,6 +48,17 @@ def load_template(name_or_path: str) -> tuple[dict[str, Any], Path]:
         raise DeepSpeedConfigError(f"{path}:{exc.lineno}: invalid JSON: {exc.msg}") from None
 
 
+def check_template_stage(ds: DeepSpeedConfig, template: dict[str, Any]) -> None:
+    """A template that states a stage and a `ds.zero_stage` set beside it must agree: a stage-3 run built on a
+    stage-2 template would lack the template's stage-3 settings. (The schema checks the built-in names.)"""
+    stated = template.get("zero_optimization", {}).get("stage")
+    if isinstance(ds.zero_stage, int) and stated is not None and stated != ds.zero_stage:
+        raise DeepSpeedConfigError(
+            f"ds.zero_stage={ds.zero_stage} contradicts ds.template={ds.template} (stage {stated}); set one of them, "
+            "or remove zero_optimization.stage from the template to let ds.zero_stage decide"
+        )
+
+
 def _fill(section: dict[str, Any], key: str, value: Any) -> None:
     """Replace an "auto" (or absent) value; an explicit template value wins."""
     if section.get(key, AUTO) == AUTO:
@@ -142,6 +153,7 @@ def _resolve_zero(config: dict[str, Any], ds: DeepSpeedConfig, ctx: ResolveConte
             "ds.zero_stage=auto is resolved by the memory planner before a run starts (ray_jobs.submit, "
             "ray_jobs.k8s render, trainer.train); this config reached DeepSpeed unresolved"
         )
+    check_template_stage(ds, config)
     if ds.zero_stage is not None:
         zero["stage"] = ds.zero_stage
     stage = zero.get("stage", 0)

@@ -12,10 +12,10 @@ def write(tmp_path: Path, text: str) -> Path:
 
 
 def test_yaml_then_dotted_overrides_with_typed_values(tmp_path: Path) -> None:
-    path = write(tmp_path, "method:\n  name: ft_iro\nds:\n  template: zero2\noptim:\n  lr: 0.01\n")
+    path = write(tmp_path, "method:\n  name: ft_iro\nds:\n  precision: bf16\noptim:\n  lr: 0.01\n")
     cfg = load_config(path, ["ds.zero_stage=3", "optim.max_steps=7"])
     assert cfg.method.name == "ft_iro"
-    assert cfg.ds.zero_stage == 3 and cfg.ds.template == "zero2"
+    assert cfg.ds.zero_stage == 3 and cfg.ds.template == "zero3" and cfg.ds.precision == "bf16"
     assert cfg.optim.max_steps == 7 and cfg.optim.lr == 0.01
 
 
@@ -63,6 +63,23 @@ def test_malformed_override() -> None:
 def test_offload_param_needs_zero3() -> None:
     with pytest.raises(ConfigError, match="offload_param needs ds.zero_stage=3"):
         load_config(overrides=["ds.zero_stage=2", "ds.offload_param=true"])
+
+
+def test_one_setting_decides_the_zero_stage(tmp_path: Path) -> None:
+    """ds.zero_stage alone picks zero{N}; a template alone keeps its own; both must agree, also after a round trip
+    through the JSON a Ray worker receives."""
+    assert load_config().ds.template == "zero2" and load_config().ds.zero_stage is None
+    for stage in (0, 1, 2, 3):
+        cfg = load_config(overrides=[f"ds.zero_stage={stage}"])
+        assert cfg.ds.template == f"zero{stage}"
+        assert type(cfg).model_validate(cfg.model_dump(mode="json")) == cfg
+    assert load_config(overrides=["ds.template=zero3", "ds.zero_stage=3"]).ds.template == "zero3"
+    assert load_config(overrides=["ds.zero_stage=auto"]).ds.template == "zero2"  # the planner picks it later
+    path = write(tmp_path, "ds:\n  template: zero2\n")
+    with pytest.raises(ConfigError, match=r"ds.zero_stage=3 contradicts ds.template=zero2 \(stage 2\)"):
+        load_config(path, ["ds.zero_stage=3"])
+    with pytest.raises(ConfigError, match=r"ds.zero_stage=1 contradicts ds.template=zero3"):
+        load_config(overrides=["ds.zero_stage=1", "ds.template=zero3"])
 
 
 def test_flatten_gives_dotted_params() -> None:

@@ -15,7 +15,7 @@ from trainer.config.schema import ModelConfig
 from trainer.models import presets
 from trainer.models.factory import build_model, build_model_config, build_tokenizer, count_parameters
 from trainer.models.presets import PRESETS, get_preset, pretrained_source, weights_tags
-from trainer.planning.architecture import T5Architecture
+from trainer.planning.architecture import resolve_architecture
 
 CORPUS = ["can a fish climb trees ? no , fish have no legs .", "is the sun a star ? yes ."] * 20
 
@@ -60,23 +60,22 @@ def build(cfg: ModelConfig) -> torch.nn.Module:
 def test_published_shapes(name: str) -> None:
     d_model, d_ff, layers, heads, d_kv, ff, tied, count = PUBLISHED[name]
     preset = get_preset(name)
-    shape = preset.shape
+    shape = preset.architecture
     assert (shape.d_model, shape.d_ff, shape.num_layers, shape.num_decoder_layers) == (d_model, d_ff, layers, layers)
     assert (shape.num_heads, shape.d_kv, shape.feed_forward_proj, shape.tie_word_embeddings) == (heads, d_kv, ff, tied)
-    arch = T5Architecture.from_preset(name)
-    assert arch.vocab_size == 32128
-    assert arch.num_parameters == count
+    assert shape.vocab_size == 32128
+    assert shape.num_parameters == count
 
 
 @pytest.mark.parametrize("name", ["t5-small", "t5-3b", "flan-t5-xl", "t5-v1_1-large"])
 def test_analytic_count_matches_the_built_model(name: str) -> None:
     """The planner's formula against transformers' own model, built on the meta device (no memory)."""
-    config = T5Config(**PRESETS[name].config_kwargs(32128, 0, 1))
+    config = T5Config(**PRESETS[name].architecture.config_kwargs(pad_token_id=0, eos_token_id=1))
     with torch.device("meta"):
         model = AutoModelForSeq2SeqLM.from_config(config)
-    tied = PRESETS[name].shape.tie_word_embeddings
+    tied = PRESETS[name].architecture.tie_word_embeddings
     untied_head = 0 if tied else config.vocab_size * config.d_model  # transformers 5 ties it; the factory unties
-    assert sum(p.numel() for p in model.parameters()) + untied_head == T5Architecture.from_preset(name).num_parameters
+    assert sum(p.numel() for p in model.parameters()) + untied_head == resolve_architecture(name).num_parameters
 
 
 def test_random_t5_small_builds_offline_with_the_real_parameter_count(no_network, caplog) -> None:

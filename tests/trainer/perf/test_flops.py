@@ -7,21 +7,17 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 from transformers import T5Config, T5ForConditionalGeneration
 
-from trainer.perf.flops import (
-    T5Shape,
-    forward_flops,
-    knife_student_step_flops,
-    parameter_count,
-    train_step_flops,
-)
+from trainer.models.architecture import T5Architecture
+from trainer.perf.flops import forward_flops, knife_student_step_flops, train_step_flops
 
 # d_model 8, two heads of 4 (inner 8), ReLU FFN of 16, one layer per stack, vocabulary 10, tied embeddings.
-HAND = T5Shape(
-    d_model=8, d_ff=16, d_kv=4, num_heads=2, num_layers=1, num_decoder_layers=1, vocab_size=10, gated_ffn=False
-)
-T5_BASE = T5Shape(
-    d_model=768, d_ff=3072, d_kv=64, num_heads=12, num_layers=12, num_decoder_layers=12, vocab_size=32128,
-    gated_ffn=False,
+HAND = T5Architecture(
+    d_model=8, d_ff=16, num_layers=1, num_decoder_layers=1, num_heads=2, d_kv=4, feed_forward_proj="relu",
+    tie_word_embeddings=True, vocab_size=10,
+)  # fmt: skip
+T5_BASE = T5Architecture(
+    d_model=768, d_ff=3072, num_layers=12, num_decoder_layers=12, num_heads=12, d_kv=64, feed_forward_proj="relu",
+    tie_word_embeddings=True,
 )  # fmt: skip
 
 
@@ -56,28 +52,22 @@ def test_forward_flops_match_a_hand_count_for_a_tiny_config() -> None:
 def test_parameter_count_by_hand_and_against_hf() -> None:
     # encoder: 1 × (attention 4·8·8 + FFN 2·8·16 + 2 norms of 8) + final norm 8 + position bias 32 buckets × 2 heads
     # decoder: 1 × (2 attentions + FFN + 3 norms) + final norm + position bias; embeddings 10 × 8 once (tied)
-    assert parameter_count(HAND) == (256 + 256 + 16) + 8 + 64 + (512 + 256 + 24) + 8 + 64 + 80 == 1544
-    for shape in (HAND, T5Shape(64, 96, 16, 3, 2, 3, 50, gated_ffn=True)):
+    assert HAND.num_parameters == (256 + 256 + 16) + 8 + 64 + (512 + 256 + 24) + 8 + 64 + 80 == 1544
+    wider = T5Architecture(
+        d_model=64, d_ff=96, num_layers=2, num_decoder_layers=3, num_heads=3, d_kv=16, feed_forward_proj="gated-gelu",
+        tie_word_embeddings=True, vocab_size=50,
+    )  # fmt: skip
+    for shape in (HAND, wider):
         config = _hf_config(shape)
-        assert T5Shape.from_config(config) == shape
-        assert parameter_count(shape) == sum(p.numel() for p in T5ForConditionalGeneration(config).parameters())
+        assert T5Architecture.from_hf_config(config) == shape
+        assert shape.num_parameters == sum(p.numel() for p in T5ForConditionalGeneration(config).parameters())
     # An untied LM head (configs that keep one) is a second vocabulary × d_model matrix.
-    assert parameter_count(replace(HAND, tie_word_embeddings=False)) == 1544 + 10 * 8
+    assert replace(HAND, tie_word_embeddings=False).num_parameters == 1544 + 10 * 8
 
 
-def _hf_config(shape: T5Shape) -> T5Config:
+def _hf_config(shape: T5Architecture) -> T5Config:
     return T5Config(
-        d_model=shape.d_model,
-        d_ff=shape.d_ff,
-        d_kv=shape.d_kv,
-        num_heads=shape.num_heads,
-        num_layers=shape.num_layers,
-        num_decoder_layers=shape.num_decoder_layers,
-        vocab_size=shape.vocab_size,
-        feed_forward_proj="gated-gelu" if shape.gated_ffn else "relu",
-        tie_word_embeddings=shape.tie_word_embeddings,
-        dropout_rate=0.0,
-        decoder_start_token_id=0,
+        **shape.config_kwargs(pad_token_id=0, eos_token_id=1),
         attn_implementation="eager",  # explicit matmuls, which FlopCounterMode counts on CPU
     )
 
@@ -94,7 +84,10 @@ def torch_linear(monkeypatch: pytest.MonkeyPatch) -> None:
 @pytest.mark.parametrize("checkpointing", [False, True])
 def test_counts_equal_torch_flop_counter_on_a_real_hf_t5_step(gated: bool, checkpointing: bool) -> None:
     """torch.utils.flop_counter counts every matmul HF T5 actually runs, forward and backward."""
-    shape = T5Shape(32, 48, 8, 4, 2, 3, 40, gated_ffn=gated)
+    shape = T5Architecture(
+        d_model=32, d_ff=48, num_layers=2, num_decoder_layers=3, num_heads=4, d_kv=8,
+        feed_forward_proj="gated-gelu" if gated else "relu", tie_word_embeddings=True, vocab_size=40, dropout_rate=0.0,
+    )  # fmt: skip
     model = T5ForConditionalGeneration(_hf_config(shape)).train()
     if checkpointing:
         model.activation_checkpointing_enable()  # HF's default: torch's non-reentrant checkpoint
@@ -125,7 +118,7 @@ def test_six_n_tokens_holds_without_attention_and_roughly_with_it() -> None:
 
     # With equal lengths every matmul weight sees the same tokens, so 6·N·tokens is the whole count up to the
     # attention products (~3% at 128 tokens for t5-base) and the few non-matmul parameters (norms, position bias).
-    n = parameter_count(T5_BASE)
+    n = T5_BASE.num_parameters
     for length in (64, 128):
         step = train_step_flops(T5_BASE, batch, length, length).model
         assert 1.0 < step / (6 * n * batch * length) < 1.06

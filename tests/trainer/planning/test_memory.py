@@ -22,8 +22,9 @@ from deepspeed.runtime.zero.stage_1_and_2 import (
 )
 from transformers import AutoModelForSeq2SeqLM, T5Config
 
+from trainer.models.architecture import T5Architecture
 from trainer.objectives.task import token_cross_entropy
-from trainer.planning.architecture import T5Architecture, resolve_architecture
+from trainer.planning.architecture import resolve_architecture
 from trainer.planning.memory import GIB, Workload, ZeroSetup, activation_memory, model_state_memory
 from trainer.planning.plan import build_parser, format_table
 
@@ -154,7 +155,7 @@ def _saved_bytes(arch: T5Architecture, work: Workload, dtype: torch.dtype) -> in
         num_decoder_layers=arch.num_decoder_layers,
         num_heads=arch.num_heads,
         d_kv=arch.d_kv,
-        feed_forward_proj="gated-gelu" if arch.gated else "relu",
+        feed_forward_proj=arch.feed_forward_proj,
         dropout_rate=arch.dropout_rate,
         decoder_start_token_id=0,
     )
@@ -178,7 +179,7 @@ def _saved_bytes(arch: T5Architecture, work: Workload, dtype: torch.dtype) -> in
     return sum(kept.values())
 
 
-SMALL = T5Architecture("t5-small-2l", 32128, 512, 2048, 2, 2, 8, 64, gated=False, tie_word_embeddings=True)
+SMALL = T5Architecture(512, 2048, 2, 2, 8, 64, "relu", tie_word_embeddings=True, name="t5-small-2l")
 
 
 @pytest.mark.parametrize(
@@ -186,7 +187,7 @@ SMALL = T5Architecture("t5-small-2l", 32128, 512, 2048, 2, 2, 8, 64, gated=False
     [
         SMALL,
         dataclasses.replace(SMALL, dropout_rate=0.0),
-        dataclasses.replace(SMALL, gated=True, d_ff=1024, num_heads=6),
+        dataclasses.replace(SMALL, feed_forward_proj="gated-gelu", d_ff=1024, num_heads=6),
     ],
     ids=["relu", "relu-no-dropout", "gated-gelu"],
 )

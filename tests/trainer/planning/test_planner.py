@@ -130,6 +130,13 @@ def test_auto_keeps_a_custom_template_and_leaves_other_configs_alone(tmp_path: P
     assert resolve_auto_zero(explicit) is explicit
 
 
+def test_auto_with_a_template_fixing_another_stage_fails_at_submission(tmp_path: Path) -> None:
+    stage3 = tmp_path / "stage3.json"
+    stage3.write_text(json.dumps({"zero_optimization": {"stage": 3}}))
+    with pytest.raises(ConfigError, match=rf"auto chose ZeRO-2.*ds.zero_stage=2 contradicts ds.template={stage3}"):
+        resolve_auto_zero(gpu_config("ds.zero_stage=auto", f"ds.template={stage3}"))
+
+
 def test_auto_that_fits_nowhere_names_what_to_change() -> None:
     cfg = gpu_config(
         "ds.zero_stage=auto", "cluster.gpu_memory_gib=4", "cluster.node_memory_gib=16", "run.num_workers=1"

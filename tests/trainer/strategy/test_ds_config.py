@@ -27,7 +27,7 @@ def resolve(*overrides: str, ctx: ResolveContext = CTX, parameters: int = TINY_M
     return size_buckets(resolve_training_config(template, cfg.ds, cfg.optim, ctx), parameters)
 
 
-@pytest.mark.parametrize("name", ["zero1", "zero2", "zero3"])
+@pytest.mark.parametrize("name", ["zero0", "zero1", "zero2", "zero3"])
 def test_every_template_resolves_without_auto(name: str) -> None:
     config = resolve(f"ds.template={name}", "optim.micro_batch_size=3", "optim.gradient_accumulation_steps=2")
     assert_no_auto(config)
@@ -74,10 +74,30 @@ def test_zero3_prefetch_and_persistence_follow_hidden_size() -> None:
     assert "offload_param" not in zero and "offload_optimizer" not in zero
 
 
-def test_stage_override_drops_stage3_keys() -> None:
-    zero = resolve("ds.template=zero3", "ds.zero_stage=2")["zero_optimization"]
+def test_zero_stage_alone_runs_its_template_with_its_stage3_settings() -> None:
+    zero = resolve("ds.zero_stage=3")["zero_optimization"]
+    assert zero["stage"] == 3
+    assert zero["stage3_gather_16bit_weights_on_model_save"] is True  # zero3.json's; zero2.json has none
+    assert zero["stage3_max_live_parameters"] == 1_000_000_000
+
+
+def test_a_template_without_a_stage_takes_ds_zero_stage_and_drops_other_stages_keys(tmp_path: Path) -> None:
+    template, _ = load_template("zero3")
+    del template["zero_optimization"]["stage"]
+    path = tmp_path / "stageless.json"
+    path.write_text(json.dumps(template))
+    zero = resolve(f"ds.template={path}", "ds.zero_stage=2")["zero_optimization"]
     assert zero["stage"] == 2
     assert not [k for k in zero if k.startswith("stage3_")]
+
+
+def test_a_json_template_whose_stage_contradicts_ds_zero_stage_fails_naming_both(tmp_path: Path) -> None:
+    template, _ = load_template("zero2")
+    path = tmp_path / "mine.json"
+    path.write_text(json.dumps(template))
+    assert resolve(f"ds.template={path}", "ds.zero_stage=2")["zero_optimization"]["stage"] == 2  # agreeing: fine
+    with pytest.raises(DeepSpeedConfigError, match=rf"ds.zero_stage=3 contradicts ds.template={path} \(stage 2\)"):
+        resolve(f"ds.template={path}", "ds.zero_stage=3")
 
 
 def test_precision_and_offload() -> None:
