@@ -373,12 +373,19 @@ class Trainer:
         state: TrainState,
         tracker: Tracker,
     ) -> EvalResult | None:
+        """Train from state.global_step to optim.max_steps.
+
+        Logged every tracking.log_every steps: the window's mean of each loss part (over its micro-batches and
+        ranks), the LR, throughput, and train/grad_norm: the mean, over the window's optimizer steps, of each
+        step's pre-clipping global gradient norm (of the gradient accumulated over all its micro-batches and
+        ranks; see DeepSpeedStrategy.grad_norm)."""
         cfg, strategy = self.cfg, self.strategy
         first_step = state.global_step + 1
         accumulation = cfg.optim.gradient_accumulation_steps
         micro_done = state.global_step * accumulation
         epoch, skip = divmod(micro_done, len(loader))
         running: dict[str, float] = {}
+        grad_norms: list[float] = []
         window_start, window_micro = time.perf_counter(), 0
         last_eval: EvalResult | None = None
         engine.train()
@@ -398,6 +405,9 @@ class Trainer:
                 state.global_step += 1
                 last_eval = None
                 step = state.global_step
+                grad_norm = strategy.grad_norm(engine)
+                if grad_norm is not None:
+                    grad_norms.append(grad_norm)
                 if step == first_step:
                     self._mark("worker.first_step")
                 failpoint("train.step", step=step, rank=strategy.rank, run=cfg.run.name)
@@ -406,6 +416,8 @@ class Trainer:
                     state.wall_time_s += elapsed
                     metrics = {f"train/{k}": strategy.all_reduce_mean(v / window_micro) for k, v in running.items()}
                     metrics["train/lr"] = strategy.current_lr(engine)
+                    if grad_norms:
+                        metrics["train/grad_norm"] = sum(grad_norms) / len(grad_norms)
                     metrics["train/samples_per_s"] = (
                         window_micro * cfg.optim.micro_batch_size * strategy.world_size / max(elapsed, 1e-9)
                     )
@@ -416,7 +428,7 @@ class Trainer:
                             f"lr {metrics['train/lr']:.2e}",
                             flush=True,
                         )
-                    running, window_start, window_micro = {}, time.perf_counter(), 0
+                    running, grad_norms, window_start, window_micro = {}, [], time.perf_counter(), 0
                 if cfg.run.eval_every and step % cfg.run.eval_every == 0:
                     last_eval = self._evaluate(engine, method, dev)
                     tracker.log_metrics(last_eval.metrics(), step=step)

@@ -88,6 +88,7 @@ class DeepSpeedStrategy:
         self.on_gpu = cfg.run.use_gpu
         self.resolved_config: dict[str, Any] | None = None
         self.auxiliary_names: tuple[str, ...] = ()
+        self._replicated_grad_norm: float | None = None  # the last step's, where DeepSpeed keeps none (stage 0 fp32)
         self.param_group_sizes: list[int] = []  # tensors per optimizer group of the engine `prepare` built
 
     def release(self) -> None:
@@ -244,8 +245,23 @@ class DeepSpeedStrategy:
         """Backward and (on an accumulation boundary) optimizer + LR step; True when a step happened."""
         boundary = engine.is_gradient_accumulation_boundary()
         engine.backward(loss)
+        if boundary and not hasattr(engine.optimizer, "_global_grad_norm"):
+            # Without ZeRO or bf16, DeepSpeed steps torch's optimizer directly and keeps no norm; its backward
+            # has just all-reduced the replicated gradients, which the step then clears.
+            grads = [p.grad for p in engine.module.parameters() if p.grad is not None]
+            self._replicated_grad_norm = float(torch.nn.utils.get_total_norm(grads)) if grads else 0.0
         engine.step()
         return boundary
+
+    def grad_norm(self, engine: DeepSpeedEngine) -> float | None:
+        """The L2 norm of the gradient the last optimizer step applied, before clipping: the whole model's gradient
+        averaged over the accumulated micro-batches and all ranks, the same value on every rank. ZeRO-1/2/3 and
+        DeepSpeed's bf16 optimizer all-reduce it over their partitions (engine.get_global_grad_norm); inf after an
+        overflow step; None when the template turned it off (zero_optimization.compute_grad_norm=false)."""
+        if not hasattr(engine.optimizer, "_global_grad_norm"):
+            return self._replicated_grad_norm
+        norm = engine.get_global_grad_norm()
+        return None if norm is None else float(norm)
 
     def current_lr(self, engine: DeepSpeedEngine) -> float:
         return float(engine.get_lr()[0])
