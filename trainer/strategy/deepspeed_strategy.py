@@ -288,7 +288,7 @@ class DeepSpeedStrategy:
         """Refuse a checkpoint whose optimizer groups differ from this run's, naming the setting to change; DeepSpeed
         itself fails on it with an unrelated message (ZeRO-1/2: a parameter-alignment mismatch). A checkpoint
         without the layout file predates the groups: one group of every trainable parameter, in model order."""
-        saved = next(iter(sorted(directory.glob(f"{PARAM_GROUPS_PREFIX}*.json"))), None)
+        saved = min(directory.glob(f"{PARAM_GROUPS_PREFIX}*.json"), default=None)  # every rank wrote the same
         if saved is None:
             if len(self.param_group_sizes) > 1:
                 raise ValueError(
