@@ -11,7 +11,7 @@ from typing import Any
 
 import torch
 import yaml
-from torch.utils.data import DataLoader, DistributedSampler
+from torch.utils.data import DataLoader
 from transformers import PretrainedConfig
 
 from trainer.checkpoint_io import CheckpointIO
@@ -23,6 +23,7 @@ from trainer.data.feature_cache import CachedFeatures, examples_digest, load_or_
 from trainer.data.formatting import tokenizer_corpus
 from trainer.data.rationales import answer_leakage
 from trainer.data.registry import DatasetSplits, load_splits
+from trainer.data.resumable_sampler import ResumableDistributedSampler
 from trainer.evaluation.evaluator import EvalSettings
 from trainer.evaluation.protocols import Evaluation
 from trainer.failpoints import failpoint
@@ -210,8 +211,9 @@ class Trainer:
         method.prepare_evaluation(strategy, splits.dev)
         self._mark("worker.engine")
 
-        sampler = DistributedSampler(
+        sampler = ResumableDistributedSampler(
             features.dataset,
+            cfg.optim.micro_batch_size,
             num_replicas=strategy.world_size,
             rank=strategy.rank,
             shuffle=True,
@@ -223,6 +225,9 @@ class Trainer:
             batch_size=cfg.optim.micro_batch_size,
             sampler=sampler,
             collate_fn=method.collate,
+            # Its own generator: each epoch's iterator draws a seed from it, which from torch's global one would
+            # shift the RNG stream (dropout) of a run resumed mid-epoch against the uninterrupted run.
+            generator=torch.Generator().manual_seed(cfg.run.seed),
         )
 
         state = TrainState()
@@ -372,25 +377,31 @@ class Trainer:
         engine: Any,
         method: Method,
         loader: DataLoader,
-        sampler: DistributedSampler,
+        sampler: ResumableDistributedSampler,
         dev: list[QAExample],
         state: TrainState,
         tracker: Tracker,
     ) -> Evaluation | None:
+        """Train from state.global_step to optim.max_steps. A resumed run starts the sampler at the micro-batch
+        where the checkpointed step ended (epoch and offset), so the batches it skips are never loaded or collated.
+
+        Logged every tracking.log_every steps: the window's mean of each loss part (over its micro-batches and
+        ranks), the LR, throughput, and train/grad_norm: the mean, over the window's optimizer steps, of each
+        step's pre-clipping global gradient norm (of the gradient accumulated over all its micro-batches and
+        ranks; see DeepSpeedStrategy.grad_norm)."""
         cfg, strategy = self.cfg, self.strategy
         first_step = state.global_step + 1
         accumulation = cfg.optim.gradient_accumulation_steps
         micro_done = state.global_step * accumulation
-        epoch, skip = divmod(micro_done, len(loader))
+        epoch, skip = divmod(micro_done, sampler.batches_per_epoch)
         running: dict[str, float] = {}
+        grad_norms: list[float] = []
         window_start, window_micro = time.perf_counter(), 0
         last_eval: Evaluation | None = None
         engine.train()
         while state.global_step < cfg.optim.max_steps:
-            sampler.set_epoch(epoch)
-            for index, batch in enumerate(loader):
-                if index < skip:
-                    continue
+            sampler.set_epoch(epoch, start_batch=skip)
+            for batch in loader:
                 batch = {k: v.to(strategy.device) for k, v in batch.items()}
                 method.progress = state.global_step / cfg.optim.max_steps
                 parts = method.loss(engine, batch)
@@ -402,6 +413,9 @@ class Trainer:
                 state.global_step += 1
                 last_eval = None
                 step = state.global_step
+                grad_norm = strategy.grad_norm(engine)
+                if grad_norm is not None:
+                    grad_norms.append(grad_norm)
                 if step == first_step:
                     self._mark("worker.first_step")
                 failpoint("train.step", step=step, rank=strategy.rank, run=cfg.run.name)
@@ -410,6 +424,8 @@ class Trainer:
                     state.wall_time_s += elapsed
                     metrics = {f"train/{k}": strategy.all_reduce_mean(v / window_micro) for k, v in running.items()}
                     metrics["train/lr"] = strategy.current_lr(engine)
+                    if grad_norms:
+                        metrics["train/grad_norm"] = sum(grad_norms) / len(grad_norms)
                     metrics["train/samples_per_s"] = (
                         window_micro * cfg.optim.micro_batch_size * strategy.world_size / max(elapsed, 1e-9)
                     )
@@ -420,7 +436,7 @@ class Trainer:
                             f"lr {metrics['train/lr']:.2e}",
                             flush=True,
                         )
-                    running, window_start, window_micro = {}, time.perf_counter(), 0
+                    running, grad_norms, window_start, window_micro = {}, [], time.perf_counter(), 0
                 if cfg.run.eval_every and step % cfg.run.eval_every == 0:
                     last_eval = self._evaluate(engine, method, dev)
                     tracker.log_metrics(last_eval.metrics(), step=step)

@@ -86,6 +86,11 @@ class OptimConfig(_Section):
 
     lr: float = Field(default=1e-3, gt=0.0)
     weight_decay: float = Field(default=0.0, ge=0.0)
+    decay_norm_and_bias: bool = Field(
+        default=False,
+        description="apply weight_decay to biases and normalisation weights too (T5LayerNorm, any *norm* "
+        "module); by default they form a parameter group of their own without decay. Embeddings are always decayed",
+    )
     betas: tuple[float, float] = (0.9, 0.999)
     eps: float = Field(default=1e-8, gt=0.0)
     warmup_steps: int = Field(default=0, ge=0)

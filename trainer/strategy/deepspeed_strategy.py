@@ -30,8 +30,10 @@ from trainer.strategy.ds_config import (
     size_buckets,
 )
 from trainer.strategy.op_cache import pin_op_cache
+from trainer.strategy.param_groups import weight_decay_groups
 
 CLIENT_STATE_KEY = "reasondistill"
+PARAM_GROUPS_PREFIX = "param_groups.rank"  # one JSON per rank beside its DeepSpeed shard: the optimizer's groups
 
 
 def _free_port() -> int:
@@ -93,6 +95,8 @@ class DeepSpeedStrategy:
         self.on_gpu = cfg.run.use_gpu
         self.resolved_config: dict[str, Any] | None = None
         self.auxiliary_names: tuple[str, ...] = ()
+        self._replicated_grad_norm: float | None = None  # the last step's, where DeepSpeed keeps none (stage 0 fp32)
+        self.param_group_sizes: list[int] = []  # tensors per optimizer group of the engine `prepare` built
 
     def release(self) -> None:
         """Leave the process as a next run in it expects (a pipeline's shared worker group runs stage after
@@ -212,7 +216,9 @@ class DeepSpeedStrategy:
 
         `auxiliary` modules (KNIFE's student→teacher projection) become submodules of the model under their names,
         so the same engine and optimizer train them (partitioned like the rest under ZeRO-3) and checkpoints carry
-        them; export_model leaves them out of the HF directory.
+        them; export_model leaves them out of the HF directory. The optimizer gets two parameter groups, the
+        auxiliary modules' parameters included (trainer.strategy.param_groups): biases and norm weights without
+        weight decay unless optim.decay_norm_and_bias.
         """
         if self.resolved_config is None:
             raise RuntimeError("DeepSpeedStrategy.configure() must run before prepare()")
@@ -224,11 +230,9 @@ class DeepSpeedStrategy:
         # Counted after the auxiliary modules joined: their gradients travel in the same buckets.
         trainable = sum(getattr(p, "ds_numel", p.numel()) for p in model.parameters() if p.requires_grad)
         self.resolved_config = size_buckets(self.resolved_config, trainable)
-        engine, *_ = deepspeed.initialize(
-            model=model,
-            model_parameters=[p for p in model.parameters() if p.requires_grad],
-            config=self.resolved_config,
-        )
+        groups = weight_decay_groups(model, self.cfg.optim.decay_norm_and_bias)
+        self.param_group_sizes = [len(group["params"]) for group in groups]
+        engine, *_ = deepspeed.initialize(model=model, model_parameters=groups, config=self.resolved_config)
         return engine
 
     def prepare_frozen(self, model: PreTrainedModel, ds_config: dict[str, Any] | None) -> torch.nn.Module:
@@ -246,8 +250,23 @@ class DeepSpeedStrategy:
         """Backward and (on an accumulation boundary) optimizer + LR step; True when a step happened."""
         boundary = engine.is_gradient_accumulation_boundary()
         engine.backward(loss)
+        if boundary and not hasattr(engine.optimizer, "_global_grad_norm"):
+            # Without ZeRO or bf16, DeepSpeed steps torch's optimizer directly and keeps no norm; its backward
+            # has just all-reduced the replicated gradients, which the step then clears.
+            grads = [p.grad for p in engine.module.parameters() if p.grad is not None]
+            self._replicated_grad_norm = float(torch.nn.utils.get_total_norm(grads)) if grads else 0.0
         engine.step()
         return boundary
+
+    def grad_norm(self, engine: DeepSpeedEngine) -> float | None:
+        """The L2 norm of the gradient the last optimizer step applied, before clipping: the whole model's gradient
+        averaged over the accumulated micro-batches and all ranks, the same value on every rank. ZeRO-1/2/3 and
+        DeepSpeed's bf16 optimizer all-reduce it over their partitions (engine.get_global_grad_norm); inf after an
+        overflow step; None when the template turned it off (zero_optimization.compute_grad_norm=false)."""
+        if not hasattr(engine.optimizer, "_global_grad_norm"):
+            return self._replicated_grad_norm
+        norm = engine.get_global_grad_norm()
+        return None if norm is None else float(norm)
 
     def current_lr(self, engine: DeepSpeedEngine) -> float:
         return float(engine.get_lr()[0])
@@ -264,11 +283,36 @@ class DeepSpeedStrategy:
 
     # ---- checkpoints ---------------------------------------------------------------------------
     def save_checkpoint(self, engine: DeepSpeedEngine, directory: Path, client_state: dict[str, Any]) -> None:
-        """Every rank writes its own shard (model, optimizer, scheduler, our client state) into directory."""
+        """Every rank writes its own shard (model, optimizer, scheduler, our client state) into directory, and the
+        optimizer's group layout, which load_checkpoint checks before DeepSpeed reads the shard."""
         engine.save_checkpoint(str(directory), tag="checkpoint", client_state={CLIENT_STATE_KEY: client_state})
+        layout = {"decay_norm_and_bias": self.cfg.optim.decay_norm_and_bias, "group_sizes": self.param_group_sizes}
+        (directory / f"{PARAM_GROUPS_PREFIX}{self.rank}.json").write_text(json.dumps(layout))
+
+    def check_param_groups(self, directory: Path) -> None:
+        """Refuse a checkpoint whose optimizer groups differ from this run's, naming the setting to change; DeepSpeed
+        itself fails on it with an unrelated message (ZeRO-1/2: a parameter-alignment mismatch). A checkpoint
+        without the layout file predates the groups: one group of every trainable parameter, in model order."""
+        saved = min(directory.glob(f"{PARAM_GROUPS_PREFIX}*.json"), default=None)  # every rank wrote the same
+        if saved is None:
+            if len(self.param_group_sizes) > 1:
+                raise ValueError(
+                    f"checkpoint {directory} has one optimizer parameter group (saved before biases and norm "
+                    "weights had their own); resume it with optim.decay_norm_and_bias=true"
+                )
+            return
+        layout = json.loads(saved.read_text())
+        if layout["group_sizes"] != self.param_group_sizes:
+            raise ValueError(
+                f"checkpoint {directory} has optimizer parameter groups of {layout['group_sizes']} tensors "
+                f"(optim.decay_norm_and_bias={str(layout['decay_norm_and_bias']).lower()}), this run builds "
+                f"{self.param_group_sizes} (optim.decay_norm_and_bias="
+                f"{str(self.cfg.optim.decay_norm_and_bias).lower()}); resume with the setting it was saved with"
+            )
 
     def load_checkpoint(self, engine: DeepSpeedEngine, directory: Path) -> dict[str, Any]:
         """Restore every rank's shard; returns the client state saved with it."""
+        self.check_param_groups(directory)
         load_path, client_state = engine.load_checkpoint(str(directory), tag="checkpoint")
         if load_path is None:
             raise FileNotFoundError(f"no DeepSpeed checkpoint under {directory}")

@@ -1,6 +1,7 @@
 """The model-sized ZeRO buckets (trainer.strategy.ds_config.zero_bucket_elements) across two real ranks: ZeRO-1, 2
 and 3 train, and a run checkpointed midway and resumed into differently initialised engines ends bit-identical to
-one trained straight through."""
+one trained straight through (both optimizer parameter groups decayed differently); the logged gradient norm is
+the global one on every rank."""
 
 import json
 import os
@@ -28,6 +29,7 @@ def test_model_sized_buckets_train_and_resume_bit_exactly(tiny_config, tmp_path:
         "optim.micro_batch_size=4",
         "optim.max_steps=4",
         "optim.warmup_steps=1",
+        "optim.weight_decay=0.1",  # the decayed and the undecayed parameter group both round-trip
         "run.num_workers=2",
         f"run.output_dir={tmp_path / 'runs'}",
     ]
@@ -47,6 +49,11 @@ def test_model_sized_buckets_train_and_resume_bit_exactly(tiny_config, tmp_path:
             assert case["buckets"]["allgather_bucket_size"] == zero_bucket_elements(case["parameters"])
         assert case["straight"] == case["resumed"], stage  # the same losses, to the last bit
         assert case["straight"][-1] < case["straight"][0], stage  # it trains
+        # The step's norm is all-reduced: every rank logs the same one, the norm of the ranks' mean gradient.
+        rank0, rank1 = case["grad_norms"]
+        assert rank0 == rank1, stage
+        assert rank0["straight"] == rank0["resumed"], stage
+        assert rank0["straight"][0] == pytest.approx(case["reference_grad_norm"], rel=1e-5), stage
         straight = load_file(tmp_path / stage / "straight" / "model.safetensors")
         resumed = load_file(tmp_path / stage / "resumed" / "model.safetensors")
         assert straight.keys() == resumed.keys()
