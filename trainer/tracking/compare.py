@@ -105,6 +105,7 @@ def compare_runs(tracking_uri: str, experiment: str) -> list[Row]:
     for (dataset, method), runs in groups.items():
         acc = tuple(run.data.metrics[ACCURACY] for run in runs)
         mean, std = mean_std(acc)
+        assert mean is not None, "every group holds a run"
         rows.append(
             Row(
                 dataset=dataset,
