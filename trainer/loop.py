@@ -7,7 +7,7 @@ import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 import torch
 import yaml
@@ -31,7 +31,7 @@ from trainer.model_selection import replace_dir, restore_selected, stash_selecte
 from trainer.models.factory import build_model_config, build_tokenizer, count_parameters, model_hidden_size
 from trainer.models.presets import weights_tags
 from trainer.strategy.deepspeed_strategy import DeepSpeedStrategy
-from trainer.strategy.protocols import TrainingEngine
+from trainer.strategy.protocols import TrainingEngine, as_torch_module
 from trainer.tracking import timeline
 from trainer.tracking.mlflow_tracker import (
     FINAL_MODEL_ARTIFACT_PATH,
@@ -173,8 +173,7 @@ class Trainer:
         student under each inference-time knowledge source. ZeRO-3 configs evaluate it partitioned."""
         cfg, strategy = self.cfg, self.strategy
         splits, method, model_config = self._prepare()
-        assert strategy.resolved_config is not None, "_prepare configures the strategy"
-        zero_stage = 3 if strategy.resolved_config["zero_optimization"].get("stage") == 3 else 0
+        zero_stage = 3 if strategy.training_config["zero_optimization"].get("stage") == 3 else 0
         frozen = strategy.frozen_config(model_hidden_size(model_config), zero_stage)
         with strategy.partitioned_init(frozen):
             model = strategy.prepare_frozen(method.build_model(model_config), frozen)
@@ -384,6 +383,7 @@ class Trainer:
         running: dict[str, float] = {}
         window_start, window_micro = time.perf_counter(), 0
         last_eval: EvalResult | None = None
+        trained = as_torch_module(engine)
         engine.train()
         while state.global_step < cfg.optim.max_steps:
             sampler.set_epoch(epoch)
@@ -392,7 +392,7 @@ class Trainer:
                     continue
                 batch = {k: v.to(strategy.device) for k, v in batch.items()}
                 method.progress = state.global_step / cfg.optim.max_steps
-                parts = method.loss(cast(torch.nn.Module, engine), batch)  # a DeepSpeed engine is a Module
+                parts = method.loss(trained, batch)
                 for key, value in parts.items():
                     running[key] = running.get(key, 0.0) + float(value.detach())
                 window_micro += 1

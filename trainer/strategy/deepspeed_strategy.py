@@ -177,6 +177,13 @@ class DeepSpeedStrategy:
         )
         return self.resolved_config
 
+    @property
+    def training_config(self) -> dict[str, Any]:
+        """The resolved training config (bucket sizes too once `prepare` ran), for code that runs after `configure`."""
+        if self.resolved_config is None:
+            raise RuntimeError("DeepSpeedStrategy.configure() must run before the training config is read")
+        return self.resolved_config
+
     def frozen_config(self, hidden_size: int, zero_stage: int) -> dict[str, Any] | None:
         """ZeRO-3 inference config for a frozen model (KNIFE's teacher), or None to replicate it (stage 0)."""
         if zero_stage == 0:

@@ -56,6 +56,10 @@ class TrainingEngine(Protocol):
 
     def train(self, mode: bool = True) -> Any: ...
 
+    def __call__(self, *args: Any, **kwargs: Any) -> Any: ...
+
+    def destroy(self) -> None: ...
+
     def is_gradient_accumulation_boundary(self) -> bool: ...
 
     def backward(self, loss: torch.Tensor) -> Any: ...
@@ -74,6 +78,14 @@ class TrainingEngine(Protocol):
     def zero_optimization_partition_weights(self) -> bool: ...
 
     def _zero3_consolidated_16bit_state_dict(self) -> dict[str, torch.Tensor] | None: ...
+
+
+def as_torch_module(engine: TrainingEngine) -> torch.nn.Module:
+    """The engine itself as the torch Module it is (DeepSpeedEngine subclasses Module): what a method's loss runs
+    forward, through the engine (precision, ZeRO hooks), where `engine.module` would bypass it."""
+    if not isinstance(engine, torch.nn.Module):
+        raise TypeError(f"a training engine must be a torch Module; got {type(engine).__name__}")
+    return engine
 
 
 class PretrainedExport(Protocol):
