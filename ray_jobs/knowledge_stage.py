@@ -89,13 +89,14 @@ class RayDataQueries:
     ) -> list[dict[str, Any]]:
         if not rows:
             return []
+        gpus: dict[str, Any] = {"num_gpus": 1} if actor is _VerifyActor and self.use_gpu else {}
         dataset = ray.data.from_items(rows).map_batches(
             actor,
             fn_constructor_kwargs=constructor or {"spec": self.spec},
             batch_size=self.spec.batch_size,
             batch_format="pandas",
             concurrency=self.actors,
-            **({"num_gpus": 1} if actor is _VerifyActor and self.use_gpu else {}),
+            **gpus,
         )
         return dataset.take_all()
 

@@ -165,7 +165,7 @@ def load_pipeline(path: str | Path, overrides: Sequence[str] = ()) -> PipelinePl
         stages.append(
             PlannedStage(
                 config=config,
-                **stage.model_dump(include={"name", "kind", *REFERENCES}),  # type: ignore[arg-type]
+                **stage.model_dump(include={"name", "kind", *REFERENCES}),
             )
         )
     return PipelinePlan(name=spec.name, stages=stages, reuse_workers=spec.reuse_workers)
