@@ -31,6 +31,7 @@ demo: $(STAMP)
 # Everything but the multi-node fault-injection suite, which alone takes ~15 min here (docs/reliability.md).
 test: $(STAMP)
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy
 	$(PY) -m pytest -q -p no:cacheprovider --durations=15 -m "not reliability"
 
 test-reliability: $(STAMP)
@@ -41,6 +42,7 @@ test-fast: $(STAMP)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy
 
 bench: $(STAMP)
 	$(PY) -m retrieval_service.benchmark --out bench_results/retrieval
@@ -63,4 +65,4 @@ bench-gpu: $(GPU_STAMP)
 	DS_ACCELERATOR=cuda $(PY) -m ray_jobs.benchmarks.gpu --out bench_results/gpu
 
 clean:
-	rm -rf runs mlruns mlartifacts mlflow.db bench_results .pytest_cache
+	rm -rf runs mlruns mlartifacts mlflow.db bench_results .pytest_cache .mypy_cache

@@ -8,6 +8,7 @@ records it in MLflow as the stage run's dataset.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import pandas as pd
@@ -88,13 +89,14 @@ class RayDataQueries:
     ) -> list[dict[str, Any]]:
         if not rows:
             return []
+        gpus: dict[str, Any] = {"num_gpus": 1} if actor is _VerifyActor and self.use_gpu else {}
         dataset = ray.data.from_items(rows).map_batches(
             actor,
             fn_constructor_kwargs=constructor or {"spec": self.spec},
             batch_size=self.spec.batch_size,
             batch_format="pandas",
             concurrency=self.actors,
-            **({"num_gpus": 1} if actor is _VerifyActor and self.use_gpu else {}),
+            **gpus,
         )
         return dataset.take_all()
 
@@ -112,7 +114,7 @@ class RayDataQueries:
         rows = self._run([{"id": i} for i in ids], _FetchActor)
         return {r["id"]: Passage(r["id"], r["title"], r["text"]) for r in rows}
 
-    def verify(self, candidates: list[RationaleCandidate]) -> list[str]:
+    def verify(self, candidates: Sequence[RationaleCandidate]) -> list[str]:
         if not self.verifier_model:
             raise ValueError("data.verifier_model: the verifier filter needs a model")
         device = "cuda" if self.use_gpu else "cpu"

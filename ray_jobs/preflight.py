@@ -215,17 +215,17 @@ def preflight(
     for stage, cfg in configs:
         prefix = f"stage {stage!r}: " if stage else ""
         try:
-            checks: list[tuple[object, Callable[[], object]]] = [
-                (cfg.tracking, lambda c=cfg: check_tracking(c)),
-                ((cfg.data, cfg.run.seed), lambda c=cfg: notes.extend(check_data(c, local_cluster))),
-                (cfg.run.storage_path, lambda c=cfg: check_storage(c)),
-                (cfg.retrieval, lambda c=cfg: notes.extend(check_retrieval(c, local_cluster))),
+            checks: list[tuple[object, Callable[[], list[str] | None]]] = [  # a check returns its notes, if any
+                (cfg.tracking, functools.partial(check_tracking, cfg)),
+                ((cfg.data, cfg.run.seed), functools.partial(check_data, cfg, local_cluster)),
+                (cfg.run.storage_path, functools.partial(check_storage, cfg)),
+                (cfg.retrieval, functools.partial(check_retrieval, cfg, local_cluster)),
             ]
             for subject, check in checks:  # pipeline stages share most settings: check each value once
                 fingerprint = repr(subject)
                 if fingerprint not in seen:
                     seen.add(fingerprint)
-                    check()
+                    notes.extend(check() or [])
             uri = cfg.tracking.tracking_uri
             for field, source in fields_with_role(cfg, FieldRole.MODEL_SOURCE):  # a method's own ones too
                 notes.extend(check_model_source(field, source, uri, unreachable_reason))

@@ -312,7 +312,7 @@ def build_request(
     def prepare(cfg: ExperimentConfig) -> ExperimentConfig:
         return resolve_auto_zero(place(cfg))
 
-    if is_pipeline_file(path):
+    if path is not None and is_pipeline_file(path):
         return JobRequest.for_pipeline(load_pipeline(path, overrides).with_configs(prepare))
     return JobRequest.for_training(prepare(load_config(path, overrides)))
 

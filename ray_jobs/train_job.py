@@ -70,7 +70,10 @@ def run_training_job(cfg: ExperimentConfig) -> dict[str, Any]:
     loop_config = {"config": cfg.model_dump(mode="json"), "launch_id": f"{LAUNCH_ID}:{cfg.run.name}"}
     trainer = torch_trainer(_train_worker, loop_config, cfg, cfg.run.name)
     timeline.mark("driver.fit", run=cfg.run.name)
-    metrics = dict(trainer.fit().metrics)
+    reported = trainer.fit().metrics
+    if reported is None:
+        raise RuntimeError(f"run {cfg.run.name}: the training workers reported no metrics")
+    metrics = dict(reported)
     timeline.mark("driver.fitted", run=cfg.run.name)
     return metrics
 

@@ -11,7 +11,7 @@ import hmac
 import logging
 import threading
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from typing import Annotated, Any
 
@@ -44,7 +44,7 @@ class ApiError(Exception):
 
 
 def _error(
-    status: int, code: str, detail: list[dict[str, str]], headers: dict[str, str] | None = None
+    status: int, code: str, detail: list[dict[str, str]], headers: Mapping[str, str] | None = None
 ) -> JSONResponse:
     return JSONResponse({"error": code, "detail": detail}, status_code=status, headers=headers)
 

@@ -138,7 +138,8 @@ class ServerProcess:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise RuntimeError(f"server exited with {self.proc.returncode}: {self.proc.stdout.read()}")
+                output = self.proc.stdout.read() if self.proc.stdout else ""
+                raise RuntimeError(f"server exited with {self.proc.returncode}: {output}")
             try:
                 if httpx.get(f"{self.url}/healthz", timeout=1.0).status_code == 200:
                     return self

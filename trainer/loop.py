@@ -33,6 +33,7 @@ from trainer.model_selection import replace_dir, restore_selected, stash_selecte
 from trainer.models.factory import build_model_config, build_tokenizer, count_parameters, model_hidden_size
 from trainer.models.presets import weights_tags
 from trainer.strategy.deepspeed_strategy import DeepSpeedStrategy
+from trainer.strategy.protocols import TrainingEngine, as_torch_module
 from trainer.tracking import timeline
 from trainer.tracking.mlflow_tracker import (
     FINAL_MODEL_ARTIFACT_PATH,
@@ -177,7 +178,7 @@ class Trainer:
         student under each inference-time knowledge source. ZeRO-3 configs evaluate it partitioned."""
         cfg, strategy = self.cfg, self.strategy
         splits, method, model_config = self._prepare()
-        zero_stage = 3 if strategy.resolved_config["zero_optimization"].get("stage") == 3 else 0
+        zero_stage = 3 if strategy.training_config["zero_optimization"].get("stage") == 3 else 0
         frozen = strategy.frozen_config(model_hidden_size(model_config), zero_stage)
         with strategy.partitioned_init(frozen):
             model = strategy.prepare_frozen(method.build_model(model_config), frozen)
@@ -195,10 +196,10 @@ class Trainer:
         staging = self.checkpoint_io.staging_dir(0)
         staging.mkdir(parents=True, exist_ok=True)
         (staging / f"eval_metrics.rank{strategy.rank}.json").write_text(json.dumps(metrics))
-        result = TrainingResult(0, metrics, run_id, cfg.model.name, None, predictions)
-        self.checkpoint_io.report(result.reported(), staging)
+        evaluated = TrainingResult(0, metrics, run_id, cfg.model.name, None, predictions)
+        self.checkpoint_io.report(evaluated.reported(), staging)
         tracker.finish()
-        return result
+        return evaluated
 
     def fit(self) -> TrainingResult:
         cfg, strategy = self.cfg, self.strategy
@@ -265,6 +266,7 @@ class Trainer:
         self._mark("worker.evaluated")
         final_selected = state.offer(eval_result.selection_score, always=not cfg.run.eval_every)
         final_dir = self.export_dir if final_selected else self.final_export_dir
+        assert state.best_step is not None and state.best_score is not None, "offer() always leaves a selection"
         self._export(engine, method, final_dir)
         if final_selected and strategy.is_rank_zero:
             shutil.rmtree(self.final_export_dir, ignore_errors=True)  # an earlier run's last step, now superseded
@@ -303,7 +305,7 @@ class Trainer:
         self._mark("worker.exported")
         return result
 
-    def _export(self, engine: Any, method: Method, directory: Path) -> None:
+    def _export(self, engine: TrainingEngine, method: Method, directory: Path) -> None:
         """A consolidated HF directory (a collective under ZeRO-3: every rank calls it), swapped in whole."""
         partial = directory.with_name(f"{directory.name}.partial")
         if self.strategy.is_rank_zero:
@@ -313,7 +315,7 @@ class Trainer:
         if self.strategy.is_rank_zero:
             replace_dir(partial, directory)
 
-    def _save_checkpoint(self, engine: Any, state: TrainState, tracker: Tracker) -> Path:
+    def _save_checkpoint(self, engine: TrainingEngine, state: TrainState, tracker: Tracker) -> Path:
         """Every rank writes its shard (DeepSpeed state, RNG streams; rank 0 with model selection: the selected
         model's export), then seals it once all ranks wrote."""
         strategy, step = self.strategy, state.global_step
@@ -368,13 +370,13 @@ class Trainer:
             seed=run.seed,
         )
 
-    def _evaluate(self, engine: torch.nn.Module, method: Method, dev: list[QAExample]) -> Evaluation:
+    def _evaluate(self, engine: TrainingEngine, method: Method, dev: list[QAExample]) -> Evaluation:
         model = engine.module
         return method.evaluate(model, dev, self.strategy, self._eval_settings(), self.strategy.generation_kwargs(model))
 
     def _train(
         self,
-        engine: Any,
+        engine: TrainingEngine,
         method: Method,
         loader: DataLoader,
         sampler: ResumableDistributedSampler,
@@ -398,13 +400,14 @@ class Trainer:
         grad_norms: list[float] = []
         window_start, window_micro = time.perf_counter(), 0
         last_eval: Evaluation | None = None
+        trained = as_torch_module(engine)
         engine.train()
         while state.global_step < cfg.optim.max_steps:
             sampler.set_epoch(epoch, start_batch=skip)
             for batch in loader:
                 batch = {k: v.to(strategy.device) for k, v in batch.items()}
                 method.progress = state.global_step / cfg.optim.max_steps
-                parts = method.loss(engine, batch)
+                parts = method.loss(trained, batch)
                 for key, value in parts.items():
                     running[key] = running.get(key, 0.0) + float(value.detach())
                 window_micro += 1

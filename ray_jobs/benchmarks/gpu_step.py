@@ -48,6 +48,7 @@ from trainer.models.factory import build_model, build_model_config, build_tokeni
 from trainer.perf.flops import StepFlops, knife_student_step_flops, train_step_flops
 from trainer.strategy.deepspeed_strategy import DeepSpeedStrategy
 from trainer.strategy.ds_config import load_template
+from trainer.strategy.protocols import as_torch_module
 
 GIB = 2**30
 
@@ -100,7 +101,8 @@ def ensure_teacher(case: StepCase, work_dir: Path) -> Path:
         teacher = build_model(cfg.model, config)
     dtype = torch.bfloat16 if case.precision == "bf16" else torch.float32
     staging = directory.with_name(directory.name + ".partial")
-    teacher.to(dtype).save_pretrained(staging)
+    # transformers' wrapper around PreTrainedModel.to types it unbound (self expected first)
+    teacher.to(dtype).save_pretrained(staging)  # type: ignore[arg-type]
     tokenizer.save_pretrained(staging)
     staging.rename(directory)
     del teacher
@@ -182,13 +184,14 @@ def _strategy_steps(cfg: ExperimentConfig, case: StepCase) -> dict[str, Any]:
     engine.train()
     batch = make_batch(method, case, model_config.vocab_size, _first_id(tokenizer))
     batch = {k: v.to(strategy.device) for k, v in batch.items()}
+    trained = as_torch_module(engine)
 
     def step() -> torch.Tensor:
-        loss = method.loss(engine, batch)["loss"]
+        loss = method.loss(trained, batch)["loss"]
         strategy.backward_step(engine, loss)
         return loss
 
-    zero = strategy.resolved_config["zero_optimization"]
+    zero = strategy.training_config["zero_optimization"]
     return {
         "model_config": model_config,
         "num_parameters": num_parameters,

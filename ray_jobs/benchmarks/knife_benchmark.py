@@ -82,7 +82,7 @@ DATASETS: dict[str, dict[str, Any]] = {
         ],
     },
 }
-QUICK = {"max_steps": 24, "overrides": ["data.max_train_examples=256", "data.max_dev_examples=24"]}
+QUICK: dict[str, Any] = {"max_steps": 24, "overrides": ["data.max_train_examples=256", "data.max_dev_examples=24"]}
 _ARTIFACTS = ("mlflow.db", "mlartifacts", "runs", "logs", "results.md", "results.json", "accuracy.png")
 
 

@@ -55,6 +55,7 @@ def run_rank(case: Case, result_file: Path) -> None:
     from trainer.methods.registry import method_class
     from trainer.models.factory import build_model, build_model_config, build_tokenizer, count_parameters
     from trainer.strategy.deepspeed_strategy import DeepSpeedStrategy
+    from trainer.strategy.protocols import as_torch_module
 
     cfg = load_config(
         overrides=[
@@ -85,6 +86,7 @@ def run_rank(case: Case, result_file: Path) -> None:
         model = build_model(cfg.model, model_config)
     parameters = count_parameters(model)
     engine = strategy.prepare(model)
+    trained = as_torch_module(engine)
     after_init_kib = proc_status_kib("VmRSS")
     generator = torch.Generator().manual_seed(strategy.rank)
     vocab = len(tokenizer)
@@ -95,7 +97,7 @@ def run_rank(case: Case, result_file: Path) -> None:
             "attention_mask": torch.ones(case.micro_batch_size, case.source_length, dtype=torch.long),
             "labels": torch.randint(3, vocab, (case.micro_batch_size, case.target_length), generator=generator),
         }
-        strategy.backward_step(engine, method.loss(engine, batch)["loss"])
+        strategy.backward_step(engine, method.loss(trained, batch)["loss"])
     step_s = (time.perf_counter() - started) / case.steps
     steady_kib = proc_status_kib("VmRSS")  # before the high-water mark, which then includes it
     result = {

@@ -149,7 +149,7 @@ class StrategyLoop:
 
     @property
     def resolved_config(self) -> dict[str, Any]:
-        return self.strategy.resolved_config
+        return self.strategy.training_config
 
     def step(self, batch: dict[str, torch.Tensor]) -> None:
         self.strategy.backward_step(self.engine, self.engine(**batch).loss)
@@ -269,7 +269,7 @@ def time_hf_trainer(shape: str, rounds: int, steps: int, warmup: int, scratch: P
     strategy.setup_distributed()
     strategy.configure(config.d_model)
     model = fresh_model(config)
-    ds_config = size_buckets(strategy.resolved_config, sum(p.numel() for p in model.parameters()))
+    ds_config = size_buckets(strategy.training_config, sum(p.numel() for p in model.parameters()))
 
     class StepClock(TrainerCallback):
         def __init__(self) -> None:

@@ -179,7 +179,7 @@ def cluster_targets(spec: dict[str, Any], base: ClusterTargets) -> ClusterTarget
     )
 
 
-def _set_image(template: dict[str, Any], image: str, known: set[str]) -> None:
+def _set_image(template: dict[str, Any], image: str, known: set[str | None]) -> None:
     for container in _containers(template):
         if container.get("image") in known:
             container["image"] = image
@@ -289,7 +289,7 @@ def render(
     job_spec["runtimeEnvYAML"] = yaml.safe_dump({"env_vars": env}, sort_keys=True, width=10**9)
     if timeout_s:
         job_spec["activeDeadlineSeconds"] = int(timeout_s)
-    known_images = {JOB_IMAGE}
+    known_images: set[str | None] = {JOB_IMAGE}  # None: a container that names no image
     for group in [spec["headGroupSpec"], *spec["workerGroupSpecs"]]:
         known_images.update(c.get("image") for c in _containers(group["template"]))
     _set_image(job_spec["submitterPodTemplate"], image, known_images)

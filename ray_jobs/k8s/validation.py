@@ -90,7 +90,7 @@ def _validate_builtin(doc: dict[str, Any], where: str) -> Iterator[SchemaError]:
 def validate_document(doc: dict[str, Any], crd_dir: Path) -> list[SchemaError]:
     """Every schema violation in one manifest (an empty list: valid)."""
     where = _name(doc)
-    crd_file = CRD_FILES.get((doc.get("apiVersion"), doc.get("kind")))
+    crd_file = CRD_FILES.get((doc.get("apiVersion", ""), doc.get("kind", "")))
     if crd_file is None:
         return list(_validate_builtin(doc, where))
     path = crd_dir / crd_file

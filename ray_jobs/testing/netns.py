@@ -52,7 +52,7 @@ def _free_subnet() -> ipaddress.IPv4Network:
             continue
     start = os.getpid() % 200
     for offset in range(250):
-        candidate = ipaddress.ip_network(f"10.213.{(start + offset) % 250 + 1}.0/24")
+        candidate = ipaddress.IPv4Network(f"10.213.{(start + offset) % 250 + 1}.0/24")
         if not any(candidate.overlaps(net) for net in taken if net.prefixlen > 0):
             return candidate
     raise RuntimeError("no free 10.213.x.0/24 subnet for the test network")

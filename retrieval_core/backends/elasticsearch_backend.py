@@ -50,7 +50,7 @@ class PlainJsonNode(Urllib3HttpNode):
     ``application/vnd.elasticsearch+json; compatible-with=9``. Not needed for real Elasticsearch.
     """
 
-    def perform_request(  # type: ignore[override]
+    def perform_request(
         self,
         method: str,
         target: str,

@@ -51,6 +51,14 @@ def fingerprint(doc: Document) -> bytes:
     return hashlib.blake2b(f"{doc.title}\x00{doc.text}".encode(), digest_size=16).digest()
 
 
+def _id_of(raw: tantivy.Document) -> str:
+    """A stored document's id (tantivy types a field's first value as optional; every document here has one)."""
+    doc_id = raw.get_first(FIELD_ID)
+    if not isinstance(doc_id, str):
+        raise ValueError(f"tantivy index: a document without a string {FIELD_ID!r} field")
+    return doc_id
+
+
 def _chunks(items: Iterable[Document], size: int) -> Iterator[list[Document]]:
     iterator = iter(items)
     while chunk := list(islice(iterator, size)):
@@ -102,7 +110,7 @@ class TantivyBackend(SearchBackend):
     @staticmethod
     def _to_document(raw: tantivy.Document) -> Document:
         return Document(
-            id=raw.get_first(FIELD_ID),
+            id=_id_of(raw),
             title=bytes(raw.get_first(FIELD_TITLE) or b"").decode("utf-8"),
             text=bytes(raw.get_first(FIELD_TEXT) or b"").decode("utf-8"),
         )
@@ -142,7 +150,7 @@ class TantivyBackend(SearchBackend):
         clauses = [(tantivy.Occur.Must, only_ids)]
         clauses += [(tantivy.Occur.Should, self._term(t)) for t in tokenize(query)]
         hits = searcher.search(tantivy.Query.boolean_query(clauses), len(unique), count=False).hits
-        return {searcher.doc(address).get_first(FIELD_ID): float(score) * LUCENE_SCALE for score, address in hits}
+        return {_id_of(searcher.doc(address)): float(score) * LUCENE_SCALE for score, address in hits}
 
     def version(self) -> str:
         """Hash of the index's meta.json, which every commit rewrites, plus the live document count."""
@@ -166,7 +174,7 @@ class TantivyBackend(SearchBackend):
         result: dict[str, bytes] = {}
         for _, address in hits:
             raw = searcher.doc(address)
-            result[raw.get_first(FIELD_ID)] = bytes(raw.get_first(FIELD_FINGERPRINT) or b"")
+            result[_id_of(raw)] = bytes(raw.get_first(FIELD_FINGERPRINT) or b"")
         return result
 
     def count(self) -> int:

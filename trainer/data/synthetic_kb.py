@@ -101,7 +101,7 @@ def generate_synthetic_kb_task(spec: SyntheticKBSpec) -> SyntheticKBTask:
         return templates[template].format(e=entity, c=c, p=properties[prop])
 
     def rows(split: str, pool: list[str], count: int) -> list[dict]:
-        out = []
+        out: list[dict] = []
         while len(out) < count:
             entity = rng.choice(pool)
             templates = rng.sample(range(len(_RATIONALE_POSITIVE)), len(_RATIONALE_POSITIVE))

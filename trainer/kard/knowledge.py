@@ -68,7 +68,7 @@ class QueryExecutor(Protocol):
     def search(self, requests: list[SearchRequest]) -> list[list[Hit]]: ...
     def score(self, queries: list[str], ids: list[list[str]]) -> list[dict[str, float]]: ...
     def fetch(self, ids: list[str]) -> dict[str, Passage]: ...
-    def verify(self, candidates: list[RationaleCandidate]) -> list[str]: ...
+    def verify(self, candidates: Sequence[RationaleCandidate]) -> list[str]: ...
 
 
 def batched(items: list[Any], size: int) -> list[list[Any]]:
@@ -116,7 +116,7 @@ class LocalQueries:
             found.update({d.id: Passage(d.id, d.title, d.text) for d in self.retriever.get(chunk).values()})
         return found
 
-    def verify(self, candidates: list[RationaleCandidate]) -> list[str]:
+    def verify(self, candidates: Sequence[RationaleCandidate]) -> list[str]:
         if not self.verifier_source:
             raise ValueError("data.verifier_model: the verifier filter needs a model")
         return VerifierFilter(self.verifier_source)(candidates)
@@ -311,7 +311,7 @@ def build_knowledge(
         seen = {i for i, _ in hits_r}
         only_by_question.append([i for i, _ in question_hits[candidate.example.id] if i not in seen])
     extra_rho = executor.score([c.text for c in kept], only_by_question)
-    train_rows = []
+    train_rows: list[dict[str, Any]] = []
     question_recall = 0.0
     for candidate, hits_r, q_only, rho_q in zip(kept, rationale_hits, only_by_question, extra_rho, strict=True):
         rho = dict(hits_r[:per_query])
@@ -330,7 +330,7 @@ def build_knowledge(
                 "candidate_rho": list(rho.values()),
             }
         )
-    dev_rows = [
+    dev_rows: list[dict[str, Any]] = [
         {
             "example_id": example.id,
             "question": example.question,

@@ -15,7 +15,7 @@ import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from retrieval_core.backends import DEFAULT_ES_ALIAS, SearchBackend, create_backend
 from retrieval_core.documents import Document
@@ -123,7 +123,7 @@ def build_embedded_index(corpus: Path, index_dir: Path) -> Path:
 
 def resolve_retriever(cfg: RetrievalConfig, cache_dir: Path, default_corpus: Path | None) -> RetrieverSpec:
     """The spec for the configured mode; the embedded mode builds its index from the corpus first if needed."""
-    common = {"timeout_s": cfg.timeout_s, "retries": cfg.retries, "batch_size": cfg.batch_size}
+    common: dict[str, Any] = {"timeout_s": cfg.timeout_s, "retries": cfg.retries, "batch_size": cfg.batch_size}
     if cfg.mode == "http":
         if not cfg.url:
             raise RetrievalSetupError("retrieval.url: the http mode needs the retrieval service's URL")

@@ -67,6 +67,7 @@ def build_model(cfg: ModelConfig, config: PretrainedConfig) -> PreTrainedModel:
         if not get_preset(cfg.name).architecture.tie_word_embeddings:
             _untie_output_layer(model)
     else:
+        assert config.name_or_path is not None, "PretrainedConfig sets name_or_path to a string"
         model = AutoModelForSeq2SeqLM.from_pretrained(config.name_or_path, config=config)
     if cfg.gradient_checkpointing:
         model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})

@@ -181,6 +181,7 @@ def _decide(cfg: ModelConfig, preset: ModelPreset) -> str:
     Errors are returned, not raised, so rank 0 can hand them to every rank instead of leaving them waiting.
     """
     source = cfg.weights_from or preset.hub_name
+    assert source is not None, "only published presets (with a hub_name) are probed"
     if _has_weights(source):
         return f"source:{source}"
     if cfg.weights_from is not None:

@@ -17,7 +17,7 @@ under inverted dropout.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 from torch import Tensor, nn
@@ -44,9 +44,16 @@ def _check_decoder_inputs(labels: Tensor | None, decoder_input_ids: Tensor | Non
         raise ValueError("pass labels (teacher forcing) or decoder_input_ids so the decoder has inputs")
 
 
+def _stack(model: nn.Module, side: str) -> nn.Module:
+    """model.get_encoder() or get_decoder(), looked up by name: torch types a Module's other attributes as
+    Tensor | Module, which would make the call a type error."""
+    get_stack: Callable[[], nn.Module] = getattr(model, f"get_{side}")
+    return get_stack()
+
+
 def encode(model: nn.Module, input_ids: Tensor, attention_mask: Tensor, **kwargs: bool) -> BaseModelOutput:
     """The encoder alone, so a caller can choose what the decoder cross-attends to."""
-    return model.get_encoder()(input_ids=input_ids, attention_mask=attention_mask, return_dict=True, **kwargs)
+    return _stack(model, "encoder")(input_ids=input_ids, attention_mask=attention_mask, return_dict=True, **kwargs)
 
 
 @contextlib.contextmanager
@@ -62,8 +69,8 @@ def final_norm_outputs(model: nn.Module, capture: bool = True) -> Iterator[dict[
     def keep(side: str):
         return lambda _module, _inputs, output: captured.__setitem__(side, output)
 
-    stacks = {"encoder": model.get_encoder(), "decoder": model.get_decoder()}
-    handles = [stack.final_layer_norm.register_forward_hook(keep(side)) for side, stack in stacks.items()]
+    norms = {side: _stack(model, side).get_submodule("final_layer_norm") for side in ("encoder", "decoder")}
+    handles = [norm.register_forward_hook(keep(side)) for side, norm in norms.items()]
     try:
         yield captured
     finally:
@@ -73,17 +80,23 @@ def final_norm_outputs(model: nn.Module, capture: bool = True) -> Iterator[dict[
 
 def _before_final_dropout(states: tuple[Tensor, ...] | None, final_norm: Tensor | None) -> tuple[Tensor, ...]:
     """HF's hidden-state tuple with its last (dropped-out) entry replaced by the final layer norm's output."""
-    return (*states[:-1], final_norm) if states else ()
+    if not states:
+        return ()
+    assert final_norm is not None, "hidden states come back only while final_norm_outputs captures"
+    return (*states[:-1], final_norm)
 
 
 def _states(
     output, encoder_outputs: BaseModelOutput, output_attentions: bool, final_norms: dict[str, Tensor]
 ) -> Seq2SeqStates:
     encoder_states = _before_final_dropout(encoder_outputs.hidden_states, final_norms.get("encoder"))
+    if not encoder_states:
+        assert encoder_outputs.last_hidden_state is not None, "an encoder pass always returns its last states"
+        encoder_states = (encoder_outputs.last_hidden_state,)
     return Seq2SeqStates(
         logits=output.logits,
         loss=output.loss,
-        encoder_hidden_states=encoder_states or (encoder_outputs.last_hidden_state,),
+        encoder_hidden_states=encoder_states,
         decoder_hidden_states=_before_final_dropout(output.decoder_hidden_states, final_norms.get("decoder")),
         cross_attentions=tuple(output.cross_attentions) if output_attentions else None,
     )

@@ -62,8 +62,9 @@ def plan_request(cfg: ExperimentConfig) -> PlanRequest:
         teacher = Teacher(
             frozen_arch, Workload(cfg.optim.micro_batch_size, lengths.source, lengths.target), frozen.zero_stage
         )
+    stage_override = cfg.ds.zero_stage
     required = ZeroSetup(
-        0 if cfg.ds.zero_stage in (None, "auto") else cfg.ds.zero_stage,
+        0 if stage_override is None or stage_override == "auto" else stage_override,
         cfg.ds.offload_optimizer,
         cfg.ds.offload_param,
         cfg.model.gradient_checkpointing,
@@ -77,15 +78,18 @@ def plan_for_config(cfg: ExperimentConfig) -> Plan:
 
 def configured_setup(cfg: ExperimentConfig) -> ZeroSetup:
     """The setup a (resolved) config runs with: its stage override, else its template's stage."""
-    stage = cfg.ds.zero_stage
-    if stage == "auto":
+    override = cfg.ds.zero_stage
+    if override == "auto":
         raise ConfigError("ds.zero_stage=auto: resolve it first (resolve_auto_zero)")
-    if stage is None:
+    stage: int
+    if override is None:
         try:
             template, _ = load_template(cfg.ds.template)
         except DeepSpeedConfigError as exc:
             raise ConfigError(str(exc)) from None
         stage = int(template.get("zero_optimization", {}).get("stage", 0))
+    else:
+        stage = override
     return ZeroSetup(stage, cfg.ds.offload_optimizer, cfg.ds.offload_param, cfg.model.gradient_checkpointing)
 
 

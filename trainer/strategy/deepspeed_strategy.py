@@ -10,15 +10,14 @@ import random
 import socket
 from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import deepspeed
 import numpy as np
 import torch
 import torch.distributed as dist
-from deepspeed import DeepSpeedEngine
 from deepspeed.accelerator import get_accelerator
-from transformers import PreTrainedModel, PreTrainedTokenizerBase
+from transformers import PreTrainedTokenizerBase
 from transformers.integrations.deepspeed import HfDeepSpeedConfig, unset_hf_deepspeed_config
 
 from trainer.config.schema import ExperimentConfig
@@ -31,6 +30,7 @@ from trainer.strategy.ds_config import (
 )
 from trainer.strategy.op_cache import pin_op_cache
 from trainer.strategy.param_groups import weight_decay_groups
+from trainer.strategy.protocols import PretrainedExport, TrainingEngine
 
 CLIENT_STATE_KEY = "reasondistill"
 PARAM_GROUPS_PREFIX = "param_groups.rank"  # one JSON per rank beside its DeepSpeed shard: the optimizer's groups
@@ -186,6 +186,13 @@ class DeepSpeedStrategy:
         )
         return self.resolved_config
 
+    @property
+    def training_config(self) -> dict[str, Any]:
+        """The resolved training config (bucket sizes too once `prepare` ran), for code that runs after `configure`."""
+        if self.resolved_config is None:
+            raise RuntimeError("DeepSpeedStrategy.configure() must run before the training config is read")
+        return self.resolved_config
+
     def frozen_config(self, hidden_size: int, zero_stage: int) -> dict[str, Any] | None:
         """ZeRO-3 inference config for a frozen model (KNIFE's teacher), or None to replicate it (stage 0)."""
         if zero_stage == 0:
@@ -209,9 +216,7 @@ class DeepSpeedStrategy:
             del hf_deepspeed_config
             unset_hf_deepspeed_config()
 
-    def prepare(
-        self, model: PreTrainedModel, auxiliary: Mapping[str, torch.nn.Module] | None = None
-    ) -> DeepSpeedEngine:
+    def prepare(self, model: torch.nn.Module, auxiliary: Mapping[str, torch.nn.Module] | None = None) -> TrainingEngine:
         """Wrap a model for training with the resolved template (optimizer and schedule included).
 
         `auxiliary` modules (KNIFE's student→teacher projection) become submodules of the model under their names,
@@ -235,7 +240,7 @@ class DeepSpeedStrategy:
         engine, *_ = deepspeed.initialize(model=model, model_parameters=groups, config=self.resolved_config)
         return engine
 
-    def prepare_frozen(self, model: PreTrainedModel, ds_config: dict[str, Any] | None) -> torch.nn.Module:
+    def prepare_frozen(self, model: torch.nn.Module, ds_config: dict[str, Any] | None) -> torch.nn.Module:
         """A frozen model: a ZeRO-3 inference engine partitions it across ranks; None replicates it."""
         model.requires_grad_(False)
         model.eval()
@@ -246,7 +251,7 @@ class DeepSpeedStrategy:
         engine.eval()
         return engine.module
 
-    def backward_step(self, engine: DeepSpeedEngine, loss: torch.Tensor) -> bool:
+    def backward_step(self, engine: TrainingEngine, loss: torch.Tensor) -> bool:
         """Backward and (on an accumulation boundary) optimizer + LR step; True when a step happened."""
         boundary = engine.is_gradient_accumulation_boundary()
         engine.backward(loss)
@@ -258,7 +263,7 @@ class DeepSpeedStrategy:
         engine.step()
         return boundary
 
-    def grad_norm(self, engine: DeepSpeedEngine) -> float | None:
+    def grad_norm(self, engine: TrainingEngine) -> float | None:
         """The L2 norm of the gradient the last optimizer step applied, before clipping: the whole model's gradient
         averaged over the accumulated micro-batches and all ranks, the same value on every rank. ZeRO-1/2/3 and
         DeepSpeed's bf16 optimizer all-reduce it over their partitions (engine.get_global_grad_norm); inf after an
@@ -268,10 +273,10 @@ class DeepSpeedStrategy:
         norm = engine.get_global_grad_norm()
         return None if norm is None else float(norm)
 
-    def current_lr(self, engine: DeepSpeedEngine) -> float:
+    def current_lr(self, engine: TrainingEngine) -> float:
         return float(engine.get_lr()[0])
 
-    def optimizer_name(self, engine: DeepSpeedEngine) -> str:
+    def optimizer_name(self, engine: TrainingEngine) -> str:
         """The optimizer DeepSpeed built from the template: FusedAdam, DeepSpeedCPUAdam (offload) or torch's
         AdamW, depending on the device and offload; benchmarks record which one ran."""
         return type(engine.basic_optimizer).__name__
@@ -282,7 +287,7 @@ class DeepSpeedStrategy:
         return {"synced_gpus": self.world_size > 1 and partitioned}
 
     # ---- checkpoints ---------------------------------------------------------------------------
-    def save_checkpoint(self, engine: DeepSpeedEngine, directory: Path, client_state: dict[str, Any]) -> None:
+    def save_checkpoint(self, engine: TrainingEngine, directory: Path, client_state: dict[str, Any]) -> None:
         """Every rank writes its own shard (model, optimizer, scheduler, our client state) into directory, and the
         optimizer's group layout, which load_checkpoint checks before DeepSpeed reads the shard."""
         engine.save_checkpoint(str(directory), tag="checkpoint", client_state={CLIENT_STATE_KEY: client_state})
@@ -310,7 +315,7 @@ class DeepSpeedStrategy:
                 f"{str(self.cfg.optim.decay_norm_and_bias).lower()}); resume with the setting it was saved with"
             )
 
-    def load_checkpoint(self, engine: DeepSpeedEngine, directory: Path) -> dict[str, Any]:
+    def load_checkpoint(self, engine: TrainingEngine, directory: Path) -> dict[str, Any]:
         """Restore every rank's shard; returns the client state saved with it."""
         self.check_param_groups(directory)
         load_path, client_state = engine.load_checkpoint(str(directory), tag="checkpoint")
@@ -319,7 +324,7 @@ class DeepSpeedStrategy:
         return client_state[CLIENT_STATE_KEY]
 
     # ---- export --------------------------------------------------------------------------------
-    def export_model(self, engine: DeepSpeedEngine, tokenizer: PreTrainedTokenizerBase, directory: Path) -> None:
+    def export_model(self, engine: TrainingEngine, tokenizer: PreTrainedTokenizerBase, directory: Path) -> None:
         """Write a consolidated HF model dir (from_pretrained loads it) on rank 0; collective under ZeRO-3."""
         if engine.zero_optimization_partition_weights():
             state_dict = engine._zero3_consolidated_16bit_state_dict()
@@ -332,7 +337,7 @@ class DeepSpeedStrategy:
             state_dict = {k: v for k, v in state_dict.items() if not k.startswith(auxiliary)}
         if self.is_rank_zero:
             directory.mkdir(parents=True, exist_ok=True)
-            engine.module.save_pretrained(directory, state_dict=state_dict)
+            cast(PretrainedExport, engine.module).save_pretrained(directory, state_dict=state_dict)
             tokenizer.save_pretrained(directory)
             (directory / "ds_config.json").write_text(json.dumps(self.resolved_config, indent=2))
         self.barrier()

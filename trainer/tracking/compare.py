@@ -121,6 +121,7 @@ def compare_runs(tracking_uri: str, experiment: str) -> list[Row]:
     for (dataset, method, metric), runs in groups.items():
         acc = tuple(run.data.metrics[metric] for run in runs)
         mean, std = mean_std(acc)
+        assert mean is not None, "every group holds a run"
         rows.append(
             Row(
                 dataset=dataset,

@@ -79,7 +79,9 @@ def resolve_experiment(cfg: TrackingConfig) -> str:
 
 def huggingface_input(dataset: datasets.Dataset, name: str, digest: str, source: str) -> Dataset:
     """A Hugging Face dataset as an MLflow dataset for `log_input` (name, digest, schema and row count in the UI)."""
-    return mlflow.data.from_huggingface(dataset, name=name, digest=digest, source=source)
+    from mlflow.data.huggingface_dataset import from_huggingface  # what mlflow.data registers under that name
+
+    return from_huggingface(dataset, name=name, digest=digest, source=source)
 
 
 def _local_artifact_root(tracking_uri: str) -> str | None:
@@ -142,7 +144,10 @@ class MLflowTracker:
             return self.client.create_experiment(name, artifact_location=f"{root}/{name}" if root else None)
         except mlflow.exceptions.MlflowException:
             # Another process created it between our lookup and create.
-            return self.client.get_experiment_by_name(name).experiment_id
+            existing = self.client.get_experiment_by_name(name)
+            if existing is None:
+                raise
+            return existing.experiment_id
 
     def log_params(self, params: Mapping[str, Any]) -> None:
         existing = self.client.get_run(self.run_id).data.params

@@ -23,7 +23,10 @@ CODE_ARTIFACT = "late_interaction"
 
 class PassageReranker(PythonModel):
     def load_context(self, context: PythonModelContext) -> None:
-        spec = importlib.util.spec_from_file_location("late_interaction", context.artifacts[CODE_ARTIFACT])
+        code = context.artifacts[CODE_ARTIFACT]
+        spec = importlib.util.spec_from_file_location("late_interaction", code)
+        if spec is None or spec.loader is None:
+            raise ImportError(f"the reranker's code artifact {code} is not a loadable Python file")
         module = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(module)
         self.scorer = module.LateInteractionScorer(context.artifacts[HF_MODEL_ARTIFACT])
