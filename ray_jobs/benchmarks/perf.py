@@ -196,6 +196,7 @@ def eval_throughput(
     from trainer.evaluation.choice_scoring import score_choices
     from trainer.evaluation.evaluator import _decode, _fresh
     from trainer.methods.registry import method_class
+    from trainer.methods.seq2seq import Seq2SeqMethod
     from trainer.models.factory import build_model, build_model_config, build_tokenizer
 
     print(f"[perf] eval: {preset} {method_name}, {plan.eval_examples} examples", flush=True)
@@ -212,6 +213,7 @@ def eval_throughput(
     splits = load_splits(cfg.data, cfg.run.seed)
     tokenizer = build_tokenizer(cfg.model, lambda: tokenizer_corpus(splits.train), broadcast=lambda x: x)
     method = method_class(cfg)(cfg, tokenizer)
+    assert isinstance(method, Seq2SeqMethod), f"{cfg.method.name}: the inference profile measures seq2seq students"
     torch.manual_seed(0)
     model = build_model(cfg.model, build_model_config(cfg.model, tokenizer)).eval()
     dev = splits.dev

@@ -226,7 +226,7 @@ class ExperimentConfig(_Section):
     model: ModelConfig = Field(default_factory=ModelConfig)
     data: DataConfig = Field(default_factory=DataConfig)
     method: SerializeAsAny[MethodSection] = Field(
-        default_factory=lambda: {"name": DEFAULT_METHOD},  # type: ignore[arg-type,return-value]
+        default_factory=lambda: {"name": DEFAULT_METHOD},
         validate_default=True,
         description="the training method: `name` picks a registered method, the rest is that method's section",
     )

@@ -94,7 +94,9 @@ def score_choices(
     rows = build_scoring_rows(prefixes, choices)
     device = cross_attention_mask.device
     index = rows.example_index.to(device)
-    expanded = BaseModelOutput(last_hidden_state=encoder_outputs.last_hidden_state.index_select(0, index))
+    states = encoder_outputs.last_hidden_state
+    assert states is not None, "the encoder pass returns its last hidden state"
+    expanded = BaseModelOutput(last_hidden_state=states.index_select(0, index))
     labels = rows.labels.to(device)
     logits = model(
         encoder_outputs=expanded,

@@ -5,9 +5,9 @@ A method takes part by implementing trainer.evaluation.protocols.AnswerScoringTa
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import Tensor, nn
@@ -102,6 +102,12 @@ def _fresh(encoder_outputs: BaseModelOutput) -> BaseModelOutput:
     return BaseModelOutput(last_hidden_state=encoder_outputs.last_hidden_state)
 
 
+def _generate(model: nn.Module, **kwargs: Any) -> Tensor:
+    """HF's `generate`; torch types a Module's attributes as tensors or modules, so name what it is."""
+    generate = cast(Callable[..., Tensor], model.generate)
+    return generate(**kwargs)
+
+
 def _decode(method: AnswerScoringTask, output: Tensor) -> list[str]:
     return method.tokenizer.batch_decode(output, skip_special_tokens=True)
 
@@ -127,7 +133,8 @@ def predict_batch(
     budget = {"max_new_tokens": method.max_new_tokens(), **generation_kwargs}
     greedy = _decode(
         method,
-        model.generate(
+        _generate(
+            model,
             encoder_outputs=_fresh(encoder_outputs),
             attention_mask=cross_mask,
             do_sample=False,
@@ -143,7 +150,8 @@ def predict_batch(
     if settings.vote_samples:
         sampled = _decode(
             method,
-            model.generate(
+            _generate(
+                model,
                 encoder_outputs=_fresh(encoder_outputs),
                 attention_mask=cross_mask,
                 do_sample=True,

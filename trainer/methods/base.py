@@ -22,7 +22,7 @@ from trainer.data.example import QAExample
 from trainer.data.feature_cache import source_digest, tokenizer_digest
 from trainer.evaluation.evaluator import EvalSettings
 from trainer.evaluation.protocols import Batch, Evaluation, Features
-from trainer.strategy.protocols import DistributedContext
+from trainer.strategy.protocols import DistributedContext, MethodSetupContext
 from trainer.tracking.mlflow_tracker import SEQ2SEQ_PYFUNC, PyfuncSpec
 
 if TYPE_CHECKING:
@@ -59,7 +59,7 @@ class Method(ABC):
         """Where the tokenizer comes from when it is not the model's own (KNIFE's student: the teacher's)."""
         return cfg.model.tokenizer
 
-    def setup(self, strategy: Any, model_config: PretrainedConfig) -> None:  # noqa: B027 - most need nothing
+    def setup(self, strategy: MethodSetupContext, model_config: PretrainedConfig) -> None:  # noqa: B027 - most need nothing
         """Load anything beyond the trained model (KNIFE's frozen teacher) once the process group exists."""
 
     @abstractmethod

@@ -122,7 +122,7 @@ def register_method(
     """Class decorator for a method's config section (whose `name` field defaults to the method's name)."""
 
     def decorate(section: SectionT) -> SectionT:
-        name = section.model_fields["name"].default
+        name = section.model_fields["name"].default  # type: ignore[call-overload]  # pydantic types it per instance
         if not isinstance(name, str) or not name:
             raise TypeError(f"{section.__name__}: a method section's `name` field needs the method name as default")
         existing = _REGISTRY.get(name)

@@ -8,7 +8,7 @@ from abc import abstractmethod
 from typing import Any
 
 import torch
-from transformers import PretrainedConfig
+from transformers import GenerationConfig, PretrainedConfig
 from transformers.modeling_outputs import BaseModelOutput
 
 from trainer.data.example import QAExample
@@ -31,7 +31,9 @@ class Seq2SeqMethod(Method):
 
     def prepare_export(self, model: torch.nn.Module) -> None:
         """The exported model carries the generation budget its answers need."""
-        model.generation_config.max_new_tokens = self.max_new_tokens()
+        generation_config = model.generation_config
+        assert isinstance(generation_config, GenerationConfig), "a seq2seq student is a generative HF model"
+        generation_config.max_new_tokens = self.max_new_tokens()
 
     def encode(self, text: str, max_length: int) -> list[int]:
         """Token ids ending in EOS, truncated to max_length (EOS kept)."""

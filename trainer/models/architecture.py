@@ -3,7 +3,7 @@ are computed from, and what the GPU benchmark records of the model that ran."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -99,7 +99,9 @@ class T5Architecture:
     @classmethod
     def from_hf_config(cls, config: Mapping[str, Any] | Any, name: str | None = None) -> T5Architecture:
         """From a T5Config object or a config.json mapping."""
-        get = config.get if isinstance(config, Mapping) else lambda key, default=None: getattr(config, key, default)
+        get: Callable[..., Any] = (
+            config.get if isinstance(config, Mapping) else lambda key, default=None: getattr(config, key, default)
+        )
         model_type = get("model_type", "t5")
         if model_type not in T5_MODEL_TYPES:
             raise ArchitectureError(f"{name or 'model'}: model_type {model_type!r} is not a T5")

@@ -58,7 +58,7 @@ class FinetuneIRO(FinetuneIOR):
     def target(self, example: QAExample, rationale: str) -> str:
         # The rationale is cut before the answer so truncation can never drop the answer.
         ids = self.encode(rationale, self.cfg.data.max_rationale_length)
-        rationale = self.tokenizer.decode(ids, skip_special_tokens=True)
+        rationale = str(self.tokenizer.decode(ids, skip_special_tokens=True))  # one sequence in, one text out
         return f"{RATIONALE_PREFIX} {rationale} {ANSWER_PREFIX} {format_answer(example)}"
 
     def answer_terminator(self) -> list[int]:

@@ -28,7 +28,7 @@ from trainer.methods.registry import section_of
 from trainer.models.late_interaction import LateInteractionReranker
 from trainer.models.lora import add_lora
 from trainer.objectives.reranker import RelevanceDistillation
-from trainer.strategy.protocols import DistributedContext
+from trainer.strategy.protocols import DistributedContext, MethodSetupContext
 from trainer.tracking.mlflow_tracker import RERANKER_PYFUNC
 
 LORA_TARGETS = ("query", "value")
@@ -50,7 +50,7 @@ class KardReranker(Method):
         self.knowledge: KnowledgeBase | None = None
         self._passage_tokens: dict[str, list[int]] = {}
 
-    def setup(self, strategy: Any, model_config: PretrainedConfig) -> None:
+    def setup(self, strategy: MethodSetupContext, model_config: PretrainedConfig) -> None:
         if not self.kard.knowledge:
             raise DataError("method.kard.knowledge: the reranker trains on a knowledge dataset (a pipeline stage)")
         self.knowledge = KnowledgeBase(Path(self.kard.knowledge))
@@ -58,6 +58,7 @@ class KardReranker(Method):
     def build_model(self, model_config: PretrainedConfig) -> torch.nn.Module:
         """The pretrained encoder (weights from model.name), frozen under LoRA adapters, plus a projection."""
         settings = self.settings
+        assert model_config.name_or_path, "model.name: the reranker's pretrained encoder"
         encoder = AutoModel.from_pretrained(model_config.name_or_path, config=model_config)
         scale = None
         if settings.lora_rank:

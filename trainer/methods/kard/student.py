@@ -15,9 +15,9 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-import mlflow.data
 import torch
 from mlflow.data.dataset import Dataset
+from mlflow.data.huggingface_dataset import from_huggingface
 from transformers import PretrainedConfig
 
 from retrieval_core.late_interaction import LateInteractionScorer, passage_text
@@ -34,6 +34,7 @@ from trainer.methods.finetune.method import FinetuneIRO
 from trainer.methods.kard import KardSections
 from trainer.methods.registry import section_of
 from trainer.models.sources import resolve_model_source
+from trainer.strategy.protocols import MethodSetupContext
 from trainer.tracking.mlflow_tracker import resolve_tracking_uri
 
 
@@ -51,7 +52,7 @@ class KardStudent(FinetuneIRO):
         self.dev_passages: dict[str, list[Passage]] = {}
         self.retrieval_metrics: dict[str, float] = {}
 
-    def setup(self, strategy: Any, model_config: PretrainedConfig) -> None:
+    def setup(self, strategy: MethodSetupContext, model_config: PretrainedConfig) -> None:
         path = self.kard.knowledge
         if path:
             self.knowledge = KnowledgeBase(Path(path))
@@ -178,6 +179,6 @@ class ReasoningDistillation(KardStudent):
 
 def knowledge_dataset(knowledge: KnowledgeBase) -> Dataset:
     """The knowledge dataset as an MLflow dataset: named by its cache key, so runs on the same one line up."""
-    return mlflow.data.from_huggingface(
+    return from_huggingface(
         knowledge.dataset["train"], path=str(knowledge.path), name=f"kard-knowledge-{knowledge.key}"
     )

@@ -22,6 +22,7 @@ from trainer.models.sources import resolve_model_source
 from trainer.models.t5_knife import encode, student_forward, teacher_forward
 from trainer.objectives.distillation import layerwise_alignment, masked_kl
 from trainer.objectives.task import token_cross_entropy
+from trainer.strategy.protocols import MethodSetupContext
 from trainer.tracking.mlflow_tracker import resolve_tracking_uri
 
 
@@ -146,7 +147,7 @@ class KnifeStudent(_KnifeLayout):
                 f"{model_config.vocab_size}; output_loss=kl compares distributions over one vocabulary"
             )
 
-    def setup(self, strategy: Any, model_config: PretrainedConfig) -> None:
+    def setup(self, strategy: MethodSetupContext, model_config: PretrainedConfig) -> None:
         """Load the frozen teacher (partitioned as it loads under ZeRO-3) after checking it fits the student, and
         create the student→teacher projection when one is configured."""
         source = resolve_model_source(self._teacher_source(self.cfg), resolve_tracking_uri(self.cfg.tracking))
@@ -182,6 +183,7 @@ class KnifeStudent(_KnifeLayout):
         knife = self.knife
         labels = batch["labels"]
         student = student_forward(model, batch["student_input_ids"], batch["student_attention_mask"], labels=labels)
+        assert self.teacher is not None, "setup() loads the teacher before training"
         with torch.no_grad():
             teacher = teacher_forward(
                 self.teacher,
