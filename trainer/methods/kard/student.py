@@ -34,7 +34,7 @@ from trainer.methods.finetune.method import FinetuneIRO
 from trainer.methods.kard import KardSections
 from trainer.methods.registry import section_of
 from trainer.models.sources import resolve_model_source
-from trainer.strategy.protocols import MethodSetupContext
+from trainer.strategy.protocols import DistributedContext, MethodSetupContext
 from trainer.tracking.mlflow_tracker import resolve_tracking_uri
 
 
@@ -134,7 +134,7 @@ class KardStudent(FinetuneIRO):
             return [candidates[i] for i in self.reranker.rerank(question_query(example), texts, len(texts))]
         return candidates
 
-    def prepare_evaluation(self, strategy: Any, examples: list[QAExample]) -> None:
+    def prepare_evaluation(self, strategy: DistributedContext, examples: list[QAExample]) -> None:
         """Rank every dev question's passages once (each rank reranks a strided shard), then keep the top k."""
         kard = self.kard
         if not self.reads_passages or kard.inference == "none":
@@ -157,7 +157,7 @@ class KardStudent(FinetuneIRO):
         self,
         model: torch.nn.Module,
         examples: list[QAExample],
-        strategy: Any,
+        strategy: DistributedContext,
         settings: EvalSettings,
         generation_kwargs: dict[str, Any],
     ) -> EvalResult:
