@@ -3,22 +3,18 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import torch
-from transformers import (
-    AutoConfig,
-    AutoModelForSeq2SeqLM,
-    AutoTokenizer,
-    PretrainedConfig,
-    PreTrainedModel,
-    PreTrainedTokenizerBase,
-    T5Config,
-)
+from transformers import AutoConfig, AutoTokenizer, PretrainedConfig, PreTrainedTokenizerBase, T5Config
 
 from trainer.config.schema import ModelConfig
 from trainer.models.presets import T5_VOCAB_SIZE, check_shape, get_preset, is_preset, pretrained_source
 from trainer.models.sources import resolve_model_source
 from trainer.models.tokenizer import tokenizer_from_json, train_tokenizer_json
+
+if TYPE_CHECKING:  # transformers' modelling code (~2 s: model loading, generation, integrations) loads with a model
+    from transformers import PreTrainedModel
 
 
 def build_tokenizer(
@@ -62,6 +58,8 @@ def build_model(cfg: ModelConfig, config: PretrainedConfig) -> PreTrainedModel:
 
     Both paths honour an active transformers HfDeepSpeedConfig, i.e. build directly partitioned under ZeRO-3.
     """
+    from transformers import AutoModelForSeq2SeqLM
+
     if is_preset(cfg.name) and pretrained_source(cfg) is None:
         model = AutoModelForSeq2SeqLM.from_config(config)
         if not get_preset(cfg.name).shape.tie_word_embeddings:

@@ -13,12 +13,16 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
-from transformers import AutoModel, AutoTokenizer, PreTrainedModel
+from transformers import AutoTokenizer
+
+if TYPE_CHECKING:  # transformers' modelling code (~2 s) is imported when an encoder is loaded
+    from transformers import PreTrainedModel
 
 CONFIG_FILE = "reranker_config.json"
 PROJECTION_FILE = "projection.safetensors"
@@ -109,6 +113,8 @@ class LateInteractionReranker(nn.Module):
 
     @classmethod
     def from_pretrained(cls, directory: str | Path) -> LateInteractionReranker:
+        from transformers import AutoModel
+
         directory = Path(directory)
         settings = json.loads((directory / CONFIG_FILE).read_text())
         model = cls(AutoModel.from_pretrained(directory), **settings)

@@ -6,7 +6,6 @@ import functools
 import importlib.util
 from pathlib import Path
 
-import mlflow
 import yaml
 
 from trainer.tracking.mlflow_tracker import HF_MODEL_ARTIFACT
@@ -42,6 +41,8 @@ def resolve_model_source(source: str, tracking_uri: str | None = None) -> str:
     """
     if not is_mlflow_uri(source):
         return _packaged(source) or source
+    import mlflow  # only for runs:/ and models:/ sources: a preset or hub name never pays its import
+
     if tracking_uri:
         # MLflow 3 resolves runs:/.../model through the logged-model registry of the *global* tracking store,
         # whatever tracking_uri download_artifacts is given: point it at the run's store.
