@@ -19,9 +19,8 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
-from transformers import AutoTokenizer
 
-if TYPE_CHECKING:  # transformers' modelling code (~2 s) is imported when an encoder is loaded
+if TYPE_CHECKING:  # transformers' model classes (a scan of its model packages, ~2 s of modelling code) load with one
     from transformers import PreTrainedModel
 
 CONFIG_FILE = "reranker_config.json"
@@ -127,6 +126,8 @@ class LateInteractionScorer:
     rerank option and the MLflow pyfunc all call, so a deployed student reads the passages it was evaluated with."""
 
     def __init__(self, directory: str | Path, device: str = "cpu", batch_size: int = 64) -> None:
+        from transformers import AutoTokenizer
+
         self.tokenizer = AutoTokenizer.from_pretrained(directory)
         self.model = LateInteractionReranker.from_pretrained(directory).to(device)
         self.device = device
