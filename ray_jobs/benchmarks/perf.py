@@ -20,7 +20,8 @@ results.json it saves. Parts (each figure measured side by side in one run, so m
   (trainer.tracking.timeline) splitting its wall time into head start, submit → driver, driver → worker group,
   per-stage set-up, training, evaluation, export + MLflow logging, and head stop; run twice, its stages on one
   shared worker group (the default) and on a worker group each (`pipeline.reuse_workers: false`); with
-  `--ray-rounds N` each N times, keeping the run with the median submit → first step.
+  `--ray-rounds N` each N times, keeping the run with the median submit → first step (`--ray-modes` picks the
+  modes).
 
 Every part records the load average (1/5/15 min) at its start: the figures are only as quiet as the machine was.
 """
@@ -359,13 +360,14 @@ def ray_pipeline(plan: Plan, reuse_workers: bool) -> dict[str, Any]:
     }
 
 
-def measure_ray(plan: Plan, work: Path, rounds: int = 1) -> dict[str, Any]:
+def measure_ray(plan: Plan, work: Path, rounds: int = 1, modes: tuple[str, ...] = tuple(RAY_MODES)) -> dict[str, Any]:
     """The pipeline submitted on a fresh local head (no --address) with its stages on one shared worker group,
     then with a worker group per stage; timeline marks on, so the phases come from one clock. With several
     rounds (modes alternating) each mode keeps the run with the median submit → first step."""
-    runs: dict[str, list[dict[str, Any]]] = {mode: [] for mode in RAY_MODES}
+    runs: dict[str, list[dict[str, Any]]] = {mode: [] for mode in modes}
     for index in range(rounds):
-        for mode, reuse in RAY_MODES.items():
+        for mode in modes:
+            reuse = RAY_MODES[mode]
             directory = work / "ray" / (mode if rounds == 1 else f"{mode}-{index + 1}")
             load_average = list(os.getloadavg())
             runs[mode].append({**submit_pipeline(plan, directory, reuse), "load_average": load_average})
@@ -493,10 +495,18 @@ def main(argv: list[str] | None = None) -> None:
         help=f"comma-separated subset of {','.join(PARTS)}",
     )
     parser.add_argument("--ray-rounds", type=int, default=1, help="submissions per Ray mode; the median run is kept")
+    parser.add_argument(
+        "--ray-modes", default=",".join(RAY_MODES), help=f"comma-separated subset of {','.join(RAY_MODES)}"
+    )
     args = parser.parse_args(argv)
     unknown = set(args.parts.split(",")) - set(PARTS)
     if unknown:
         parser.error(f"--parts: unknown part(s) {sorted(unknown)}; known: {','.join(PARTS)}")
+    ray_modes = tuple(args.ray_modes.split(","))
+    if set(ray_modes) - set(RAY_MODES):
+        parser.error(
+            f"--ray-modes: unknown mode(s) {sorted(set(ray_modes) - set(RAY_MODES))}; known: {','.join(RAY_MODES)}"
+        )
     if args.ray_rounds < 1:
         parser.error("--ray-rounds must be at least 1")
     from ray_jobs.benchmarks.perf_steps import BATCH, INPUT_LENGTH, TARGET_LENGTH
@@ -513,7 +523,7 @@ def main(argv: list[str] | None = None) -> None:
         "memory": measure_memory,
         "hf": measure_hf,
         "eval": measure_eval,
-        "ray": lambda plan, work: measure_ray(plan, work, args.ray_rounds),
+        "ray": lambda plan, work: measure_ray(plan, work, args.ray_rounds, ray_modes),
     }
     result: dict[str, Any] = {
         "command": "python -m ray_jobs.benchmarks.perf " + shlex.join(argv if argv is not None else sys.argv[1:]),
