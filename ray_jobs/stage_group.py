@@ -17,17 +17,18 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import ray.train
-from mlflow.tracking import MlflowClient
 
 from ray_jobs.pipeline import PIPELINE_TAG, PlannedStage, wire_stage
-from ray_jobs.pipeline_resume import finished_stage_result, record_stage_result
 from ray_jobs.ray_checkpoint_io import RayCheckpointIO
 from ray_jobs.train_job import LAUNCH_ID, torch_trainer
 from trainer.tracking import timeline
 from trainer.tracking.mlflow_tracker import resolve_tracking_uri
+
+if TYPE_CHECKING:
+    from mlflow.tracking import MlflowClient
 
 STAGE_FILE = "pipeline_stage"  # in every checkpoint a shared worker group reports: the stage that wrote it
 STAGE_METRIC = "pipeline/stage"  # and in its Ray Train metrics
@@ -66,7 +67,8 @@ def _stage_group_worker(loop_config: dict[str, Any]) -> None:
     if rank_zero:
         timeline.mark("worker.process", at=timeline.process_start_time())
         timeline.mark("worker.train_fn")
-    # trainer.loop and the strategy are imported here, in the workers only (see ray_jobs.train_job).
+    # trainer.loop is imported here, in the workers only (see ray_jobs.train_job), and MLflow on rank 0 only, the
+    # one that writes to it: Ray Train's controller unpickles this function, importing this module.
     from trainer.loop import Trainer
     from trainer.strategy.deepspeed_strategy import broadcast_from_rank_zero
 
@@ -76,7 +78,13 @@ def _stage_group_worker(loop_config: dict[str, Any]) -> None:
     results: dict[str, dict[str, Any]] = dict(loop_config["results"])
     stages = [PlannedStage.model_validate(s) for s in loop_config["stages"]]
     # The parent run's store (the driver's, from the first stage's tracking settings); rank 0 writes to it.
-    client = MlflowClient(resolve_tracking_uri(stages[0].config.tracking)) if rank_zero else None
+    client: MlflowClient | None = None
+    if rank_zero:
+        from mlflow.tracking import MlflowClient
+
+        from ray_jobs.pipeline_resume import finished_stage_result, record_stage_result
+
+        client = MlflowClient(resolve_tracking_uri(stages[0].config.tracking))
     # Only a restarted worker group (Ray Train runs it from the top; every finished stage reported a checkpoint)
     # can meet a stage an earlier attempt finished: the driver passes only unfinished ones.
     restarted = ray.train.get_checkpoint() is not None

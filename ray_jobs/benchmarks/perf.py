@@ -3,8 +3,13 @@ evaluation throughput. Writes <out>/results.md and <out>/results.json.
 
     python -m ray_jobs.benchmarks.perf                                   # ~13 min on 2 idle CPU cores
     python -m ray_jobs.benchmarks.perf --quick --out /tmp/perf           # ~4 min: t5-tiny, fewer cases
+    python -m ray_jobs.benchmarks.perf --parts imports,ray --ray-rounds 3  # the start-up targets alone
+    python -m ray_jobs.benchmarks.perf_report <out>/results.json         # the report again, from its results
 
-Parts (each figure measured side by side in one run, so machine noise cancels in the ratios):
+This module measures; ray_jobs.benchmarks.perf_report renders results.md (with the start-up targets) from the
+results.json it saves. Parts (each figure measured side by side in one run, so machine noise cancels in the ratios):
+- imports: `import trainer.loop` against `import torch, transformers`, each in fresh interpreters, rounds
+  alternating, medians and their ratio, and which heavy modules the loop's import loaded;
 - steps: `ray_jobs.benchmarks.perf_steps time` under torchrun (2 ranks, gloo), the strategy's ZeRO-1/2/3 and
   ZeRO-3 with parameter offload against a DDP loop kept alive in the same processes, blocks alternating; also the
   buckets the resolver used before (hidden_size²) and ZeRO-3 with DeepSpeed's own prefetch defaults; per preset;
@@ -14,7 +19,11 @@ Parts (each figure measured side by side in one run, so machine noise cancels in
 - ray: a 3-stage pipeline submitted with `ray_jobs.submit` on a fresh local head, with timeline markers
   (trainer.tracking.timeline) splitting its wall time into head start, submit → driver, driver → worker group,
   per-stage set-up, training, evaluation, export + MLflow logging, and head stop; run twice, its stages on one
-  shared worker group (the default) and on a worker group each (`pipeline.reuse_workers: false`).
+  shared worker group (the default) and on a worker group each (`pipeline.reuse_workers: false`); with
+  `--ray-rounds N` each N times, keeping the run with the median submit → first step (`--ray-modes` picks the
+  modes).
+
+Every part records the load average (1/5/15 min) at its start: the figures are only as quiet as the machine was.
 """
 
 from __future__ import annotations
@@ -36,10 +45,12 @@ from typing import Any
 
 import yaml
 
+from ray_jobs.benchmarks.perf_report import render
 from trainer.tracking.timeline import TIMELINE_ENV, parse_marks
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 WORLD_SIZE = 2
+PARTS = ("imports", "steps", "memory", "hf", "eval", "ray")
 
 
 @dataclass(frozen=True)
@@ -55,6 +66,7 @@ class Plan:
     eval_examples: int
     ray_steps: int
     ray_stages: int
+    import_rounds: int
 
     @classmethod
     def build(cls, quick: bool) -> Plan:
@@ -69,6 +81,7 @@ class Plan:
                 eval_examples=32,
                 ray_steps=4,
                 ray_stages=2,
+                import_rounds=3,
             )
         main_loops = [
             "zero1",
@@ -89,7 +102,62 @@ class Plan:
             eval_examples=128,
             ray_steps=30,
             ray_stages=3,
+            import_rounds=7,
         )
+
+
+# ---- import cost ----------------------------------------------------------------------------------------------
+IMPORT_BASELINE = "import torch, transformers"
+IMPORT_LOOP = "import trainer.loop"
+# What the loop's import should leave to the code that needs it (tracking, the feature cache, the strategy, models).
+HEAVY_MODULES = ("mlflow", "datasets", "deepspeed", "transformers.modeling_utils", "torch._inductor.compile_fx")
+
+
+def time_import(statement: str, report_modules: tuple[str, ...] = ()) -> tuple[float, dict[str, bool]]:
+    """Seconds `statement` takes in a fresh interpreter (its start-up left out), and which of `report_modules`
+    it left loaded."""
+    probe = (
+        "import json, sys, time\n"
+        "began = time.perf_counter()\n"
+        f"{statement}\n"
+        "seconds = time.perf_counter() - began\n"
+        f"print(json.dumps({{'s': seconds, 'loaded': {{m: m in sys.modules for m in {list(report_modules)!r}}}}}))\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, cwd=REPO_ROOT, env=_env(), timeout=600
+    )
+    if proc.returncode != 0:
+        raise RuntimeError(f"{statement!r} failed (exit {proc.returncode}): {proc.stderr[-1500:]}")
+    measured = json.loads(proc.stdout.strip().splitlines()[-1])
+    return measured["s"], measured["loaded"]
+
+
+def measure_imports(plan: Plan, work: Path) -> dict[str, Any]:
+    """The loop's import against torch + transformers', alternating so a burst of load hits both alike."""
+    print(f"[perf] imports: {IMPORT_LOOP!r} vs {IMPORT_BASELINE!r}, {plan.import_rounds} rounds", flush=True)
+    load_average = list(os.getloadavg())
+    baseline, loop = [], []
+    loaded: dict[str, bool] = {}
+    try:
+        for _ in range(plan.import_rounds):
+            baseline.append(time_import(IMPORT_BASELINE)[0])
+            seconds, loaded = time_import(IMPORT_LOOP, HEAVY_MODULES)
+            loop.append(seconds)
+    except (RuntimeError, subprocess.TimeoutExpired) as exc:
+        return {"error": str(exc), "load_average": load_average}
+    baseline_s, loop_s = statistics.median(baseline), statistics.median(loop)
+    return {
+        "baseline": IMPORT_BASELINE,
+        "loop": IMPORT_LOOP,
+        "rounds": plan.import_rounds,
+        "baseline_rounds": baseline,
+        "loop_rounds": loop,
+        "baseline_s": baseline_s,
+        "loop_s": loop_s,
+        "ratio": loop_s / baseline_s,
+        "loop_loads": loaded,
+        "load_average": load_average,
+    }
 
 
 # ---- two-rank step timing -------------------------------------------------------------------------------------
@@ -294,10 +362,35 @@ def ray_pipeline(plan: Plan, reuse_workers: bool) -> dict[str, Any]:
     }
 
 
-def measure_ray(plan: Plan, work: Path) -> dict[str, Any]:
+def measure_ray(plan: Plan, work: Path, rounds: int = 1, modes: tuple[str, ...] = tuple(RAY_MODES)) -> dict[str, Any]:
     """The pipeline submitted on a fresh local head (no --address) with its stages on one shared worker group,
-    then with a worker group per stage; timeline marks on, so the phases come from one clock."""
-    return {mode: submit_pipeline(plan, work / "ray" / mode, reuse) for mode, reuse in RAY_MODES.items()}
+    then with a worker group per stage; timeline marks on, so the phases come from one clock. With several
+    rounds (modes alternating) each mode keeps the run with the median submit → first step."""
+    runs: dict[str, list[dict[str, Any]]] = {mode: [] for mode in modes}
+    for index in range(rounds):
+        for mode in modes:
+            reuse = RAY_MODES[mode]
+            directory = work / "ray" / (mode if rounds == 1 else f"{mode}-{index + 1}")
+            load_average = list(os.getloadavg())
+            runs[mode].append({**submit_pipeline(plan, directory, reuse), "load_average": load_average})
+    return {mode: median_run(mode_runs) for mode, mode_runs in runs.items()}
+
+
+def median_run(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """The run with the median submit → first step (the lower middle of an even count), with every run's figure;
+    a failed run counts as the slowest, and the first failure is kept when no run succeeded."""
+    ok = sorted(
+        (r for r in runs if r.get("submit_to_first_step_s") is not None), key=lambda r: r["submit_to_first_step_s"]
+    )
+    if not ok:
+        return runs[0]
+    failed = len(runs) - len(ok)
+    chosen = ok[min((len(runs) - 1) // 2, len(ok) - 1)]
+    return {
+        **chosen,
+        "submit_to_first_step_rounds": [r.get("submit_to_first_step_s") for r in runs],
+        "failed_rounds": failed,
+    }
 
 
 def submit_pipeline(plan: Plan, directory: Path, reuse_workers: bool) -> dict[str, Any]:
@@ -393,150 +486,31 @@ def ray_phases(marks: list[dict[str, Any]], started: float, ended: float) -> dic
     }
 
 
-# ---- report ---------------------------------------------------------------------------------------------------
-def _num(value: Any, fmt: str = ".0f") -> str:
-    return "—" if value is None else format(value, fmt)
-
-
-def render(result: dict[str, Any]) -> str:
-    lines = [
-        "# Performance benchmark",
-        "",
-        f"Command: `{result['command']}` ({result['wall_s'] / 60:.1f} min, {result['machine']}). Every ratio "
-        "compares steps taken seconds apart in the same two processes (torchrun, gloo, OMP_NUM_THREADS=1), "
-        f"batch {result['batch']} per rank, input {result['input_length']}, target {result['target_length']}, "
-        "torch AdamW everywhere.",
-        "",
-        "## Strategy vs plain DDP",
-        "",
-        "| model | params | loop | ms/step | samples/s | DDP ms/step | vs DDP | buckets |",
-        "|---|---|---|---|---|---|---|---|",
-    ]
-    for shape in result["steps"]:
-        if "error" in shape:
-            lines.append(f"| {shape['shape']} | | error: {shape['error'][:120]!r} | | | | | |")
-            continue
-        for loop in shape["loops"]:
-            zero = loop.get("zero_optimization", {})
-            buckets = ", ".join(f"{k.replace('_bucket_size', '')} {v:,}" for k, v in zero.items() if "bucket" in k)
-            lines.append(
-                f"| {shape['shape']} | {shape['parameters'] / 1e6:.1f}M | {loop['loop']} | {loop['ms_per_step']:.0f} | "
-                f"{loop['samples_per_s']:.0f} | {loop['ddp_ms_per_step']:.0f} | {loop['vs_ddp']:.2f} | {buckets} |"
-            )
-    hf = result.get("hf")
-    if hf:
-        if "error" in hf:
-            lines += ["", f"HF Seq2SeqTrainer (ZeRO-2): did not run here: `{hf['error'][-300:]}`"]
-        else:
-            lines += [
-                "",
-                f"HF `Seq2SeqTrainer` with the same resolved ZeRO-2 config ({hf['shape']}, use_cpu=True): "
-                f"{hf['ms_per_step']:.0f} ms/step, {hf['samples_per_s']:.0f} samples/s, {hf['vs_ddp']:.2f}x DDP "
-                f"({hf['ddp_ms_per_step']:.0f} ms/step).",
-            ]
-    lines += ["", "## Peak RSS per rank", "", "| model | loop | rank 0 MB | rank 1 MB | before the model MB |"]
-    lines += ["|---|---|---|---|---|"]
-    for row in result["memory"]:
-        if "error" in row:
-            lines.append(f"| {result['plan']['memory_preset']} | {row['loop']} | error | | |")
-            continue
-        ranks = row["ranks"]
-        lines.append(
-            f"| {row['shape']} | {row['loop']} | {ranks[0]['peak_rss_mb']:.0f} | {ranks[1]['peak_rss_mb']:.0f} | "
-            f"{ranks[0]['rss_before_mb']:.0f} |"
-        )
-    if result["eval"]:
-        lines += [
-            "",
-            "## Evaluation throughput",
-            "",
-            "One process, randomly initialised t5-mini (generation runs to its full budget), batches of 32; the "
-            "evaluator's greedy generation and its choice scoring (every choice in one decoder pass after the "
-            "generated answer prefix) timed apart on the same batches.",
-            "",
-            "| method | examples | new tokens | generation ex/s | tokens/s | choice scoring ex/s | encoder ex/s |",
-            "|---|---|---|---|---|---|---|",
-        ]
-        for ev in result["eval"]:
-            lines.append(
-                f"| {ev['method']} | {ev['examples']} | ≤{ev['max_new_tokens']} | "
-                f"{ev['generation_examples_per_s']:.0f} | {ev['generated_tokens_per_s']:.0f} | "
-                f"{ev['choice_scoring_examples_per_s']:.0f} | {ev['encoder_examples_per_s']:.0f} |"
-            )
-    if result["ray"]:
-        lines += ["", "## Ray overhead", ""]
-        for mode, ray in result["ray"].items():
-            lines += render_ray(mode, ray, result["plan"]["ray_steps"])
-    lines.append("")
-    return "\n".join(lines)
-
-
-def render_ray(mode: str, ray: dict[str, Any], steps: int) -> list[str]:
-    title = {"shared_workers": "One worker group shared by the stages (the default)"}.get(
-        mode, "A worker group per stage (`pipeline.reuse_workers: false`)"
-    )
-    lines = [f"### {title}", ""]
-    if "error" in ray:
-        return [*lines, f"The Ray run failed: `{ray['error'][-500:]}`", ""]
-    lines += [
-        f"`python -m ray_jobs.submit` of a {len(ray['stages'])}-stage pipeline (t5-tiny, ZeRO-2, 2 workers, "
-        f"{steps} steps a stage) with no address: {ray['wall_s']:.0f} s in all.",
-        "",
-        "| phase | s |",
-        "|---|---|",
-        f"| submitter start-up (interpreter, imports, preflight) | {_num(ray['submitter_start_s'], '.1f')} |",
-        f"| local head start | {_num(ray['head_start_s'], '.1f')} |",
-        f"| submit → job driver process | {_num(ray['submit_to_driver_s'], '.1f')} |",
-        f"| driver start-up (imports) | {_num(ray['driver_start_s'], '.1f')} |",
-        f"| driver → first worker group | {_num(ray['driver_to_first_stage_s'], '.1f')} |",
-        f"| **submit → first training step** | **{_num(ray['submit_to_first_step_s'], '.1f')}** |",
-        f"| command → first training step | {_num(ray['command_to_first_step_s'], '.1f')} |",
-        f"| last worker group end → submitter sees the job end | {_num(ray['job_end_to_submitter_s'], '.1f')} |",
-        f"| **local head stop** | **{_num(ray['head_stop_s'], '.1f')}** |",
-        "",
-        "Per stage (worker group: its start, new processes and their imports, counted in the stage that opens it):",
-        "",
-        "| stage | worker group | process group | data + features | model + engine | → first step | "
-        "**set-up** | training | evaluation | export + MLflow | teardown | stage |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
-    ]
-    for s in ray["stages"]:
-        cells = [
-            s["worker_group_s"], s["process_group_s"], s["data_tokenizer_features_s"], s["model_engine_s"],
-            s["to_first_step_s"],
-        ]  # fmt: skip
-        after = [s[k] for k in ("training_s", "evaluation_s", "export_mlflow_s", "teardown_s", "stage_s")]
-        lines.append(
-            f"| {s['stage']} | {' | '.join(_num(c, '.1f') for c in cells)} | **{_num(s['setup_s'], '.1f')}** | "
-            f"{' | '.join(_num(c, '.1f') for c in after)} |"
-        )
-    opened = [s for s in ray["stages"] if s.get("worker_actors_s") is not None]
-    lines += [
-        "",
-        "Each worker group's start: Ray Train's controller and worker actors (new processes), a worker's boot until "
-        "Ray Train calls the train function (Ray worker, actor, torch process group), then the train function's "
-        "imports (torch, transformers, DeepSpeed, datasets, MLflow):",
-        "",
-        "| opened by stage | actors | worker boot | imports | worker group |",
-        "|---|---|---|---|---|",
-        *(
-            f"| {s['stage']} | {_num(s['worker_actors_s'], '.1f')} | {_num(s['worker_boot_s'], '.1f')} | "
-            f"{_num(s['worker_imports_s'], '.1f')} | {_num(s['worker_group_s'], '.1f')} |"
-            for s in opened
-        ),
-    ]
-    return [*lines, ""]
-
-
 def main(argv: list[str] | None = None) -> None:
     signal.signal(signal.SIGTERM, lambda signum, _frame: sys.exit(128 + signum))  # unwinds: children get SIGTERM
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=Path("bench_results/perf"))
     parser.add_argument("--quick", action="store_true", help="t5-tiny and the main cases only (~4 min)")
     parser.add_argument(
-        "--parts", default="steps,memory,hf,eval,ray", help="comma-separated subset of steps,memory,hf,eval,ray"
+        "--parts",
+        default=",".join(PARTS),
+        help=f"comma-separated subset of {','.join(PARTS)}",
+    )
+    parser.add_argument("--ray-rounds", type=int, default=1, help="submissions per Ray mode; the median run is kept")
+    parser.add_argument(
+        "--ray-modes", default=",".join(RAY_MODES), help=f"comma-separated subset of {','.join(RAY_MODES)}"
     )
     args = parser.parse_args(argv)
+    unknown = set(args.parts.split(",")) - set(PARTS)
+    if unknown:
+        parser.error(f"--parts: unknown part(s) {sorted(unknown)}; known: {','.join(PARTS)}")
+    ray_modes = tuple(args.ray_modes.split(","))
+    if set(ray_modes) - set(RAY_MODES):
+        parser.error(
+            f"--ray-modes: unknown mode(s) {sorted(set(ray_modes) - set(RAY_MODES))}; known: {','.join(RAY_MODES)}"
+        )
+    if args.ray_rounds < 1:
+        parser.error("--ray-rounds must be at least 1")
     from ray_jobs.benchmarks.perf_steps import BATCH, INPUT_LENGTH, TARGET_LENGTH
 
     plan = Plan.build(args.quick)
@@ -546,11 +520,12 @@ def main(argv: list[str] | None = None) -> None:
     work.mkdir(parents=True, exist_ok=True)
     began = time.monotonic()
     runners: dict[str, Callable[[Plan, Path], Any]] = {
+        "imports": measure_imports,
         "steps": measure_steps,
         "memory": measure_memory,
         "hf": measure_hf,
         "eval": measure_eval,
-        "ray": measure_ray,
+        "ray": lambda plan, work: measure_ray(plan, work, args.ray_rounds, ray_modes),
     }
     result: dict[str, Any] = {
         "command": "python -m ray_jobs.benchmarks.perf " + shlex.join(argv if argv is not None else sys.argv[1:]),
@@ -559,6 +534,7 @@ def main(argv: list[str] | None = None) -> None:
         "input_length": INPUT_LENGTH,
         "target_length": TARGET_LENGTH,
         "plan": plan.__dict__,
+        "imports": None,
         "steps": [],
         "memory": [],
         "hf": None,

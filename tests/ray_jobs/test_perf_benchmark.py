@@ -1,4 +1,5 @@
-"""The performance benchmark: its Ray phase split from timeline markers, and (slow) a real `--quick` run."""
+"""The performance benchmark: its Ray phase split from timeline markers, the median run, the import probe, the
+report with its start-up targets, and (slow) a real `--quick` run."""
 
 import json
 import subprocess
@@ -7,7 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from ray_jobs.benchmarks.perf import Plan, ray_phases, render, run_child
+from ray_jobs.benchmarks.perf import HEAVY_MODULES, Plan, median_run, ray_phases, run_child, time_import
+from ray_jobs.benchmarks.perf_report import main as report_main
+from ray_jobs.benchmarks.perf_report import render
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -82,6 +85,58 @@ def test_report_renders_what_ran_and_names_failures() -> None:
     assert "error: 'exit 1: boom'" in text and "The Ray run failed" in text
 
 
+def test_median_run_keeps_the_middle_submission_and_counts_failures_as_slowest() -> None:
+    runs = [
+        {"submit_to_first_step_s": 30.0, "id": "a"},
+        {"error": "exit 1"},
+        {"submit_to_first_step_s": 18.0, "id": "c"},
+    ]
+    chosen = median_run(runs)
+    assert chosen["id"] == "a"  # sorted: c (18), a (30), the failure
+    assert chosen["submit_to_first_step_rounds"] == [30.0, None, 18.0] and chosen["failed_rounds"] == 1
+    assert median_run([{"error": "exit 2"}]) == {"error": "exit 2"}
+
+
+def test_import_probe_times_a_statement_in_a_fresh_interpreter() -> None:
+    seconds, loaded = time_import("import json", ("json", "mlflow"))
+    assert 0 <= seconds < 5 and loaded == {"json": True, "mlflow": False}
+
+
+def test_report_states_both_start_up_targets_with_the_load_average(tmp_path: Path) -> None:
+    result = {
+        "command": "python -m ray_jobs.benchmarks.perf --parts imports,ray",
+        "wall_s": 60.0,
+        "machine": "2 CPU cores",
+        "batch": 16,
+        "input_length": 96,
+        "target_length": 8,
+        "plan": Plan.build(True).__dict__,
+        "imports": {
+            "baseline": "import torch, transformers",
+            "loop": "import trainer.loop",
+            "rounds": 3,
+            "baseline_rounds": [2.0, 2.1, 1.9],
+            "loop_rounds": [2.4, 2.5, 2.3],
+            "baseline_s": 2.0,
+            "loop_s": 2.4,
+            "ratio": 1.2,
+            "loop_loads": dict.fromkeys(HEAVY_MODULES, False),
+            "load_average": [1.5, 1.0, 0.5],
+        },
+        "steps": [],
+        "memory": [],
+        "hf": None,
+        "eval": None,
+        "ray": {"shared_workers": {"error": "exit 2: no head"}},
+    }
+    text = render(result)
+    assert "| 1.20× (2.40 s vs 2.00 s, medians of 3) | **met** | load 1.5 / 1.0 / 0.5 |" in text
+    assert "submit → first training step ≤ 20 s (local head, shared worker group) | — | not measured" in text
+    (tmp_path / "results.json").write_text(json.dumps(result))
+    report_main([str(tmp_path / "results.json")])  # the report is redone from the saved results alone
+    assert (tmp_path / "results.md").read_text() == text
+
+
 def test_a_child_past_its_time_gets_sigterm_to_clean_up(tmp_path: Path) -> None:
     """What lets a timed-out submitter stop its local Ray head (SIGKILL would orphan it). The child starts in
     ~0.1 s and never ends by itself; 5 s is its time."""
@@ -115,6 +170,8 @@ def test_quick_benchmark_measures_every_part(tmp_path: Path) -> None:
     assert all(loop["vs_ddp"] > 0 and loop["samples_per_s"] > 0 for loop in tiny["loops"])
     assert all(row["ranks"][0]["peak_rss_mb"] > 0 for row in result["memory"]), result["memory"]
     assert [ev["method"] for ev in result["eval"]] == ["ft_io", "ft_iro"]
+    imports = result["imports"]
+    assert imports["rounds"] == 3 and imports["baseline_s"] > 0 and imports["ratio"] > 0, imports
     assert set(result["ray"]) == {"shared_workers", "worker_group_per_stage"}
     for ray in result["ray"].values():
         assert "error" not in ray, ray
@@ -123,4 +180,4 @@ def test_quick_benchmark_measures_every_part(tmp_path: Path) -> None:
     shared = result["ray"]["shared_workers"]["stages"]
     assert shared[0]["worker_group_s"] > 0 and shared[1]["worker_group_s"] == 0  # the second stage reused it
     text = (tmp_path / "perf" / "results.md").read_text()
-    assert "## Strategy vs plain DDP" in text and "## Ray overhead" in text
+    assert "## Start-up targets" in text and "## Strategy vs plain DDP" in text and "## Ray overhead" in text

@@ -28,12 +28,13 @@ import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
-
-import datasets
-from transformers import PreTrainedTokenizerBase
+from typing import TYPE_CHECKING, Any
 
 from trainer.data.example import QAExample
+
+if TYPE_CHECKING:  # `datasets` (~0.5 s with pandas) is imported by the functions that build or load features
+    import datasets
+    from transformers import PreTrainedTokenizerBase
 
 Features = dict[str, Any]
 Encoder = Callable[[QAExample, random.Random], list[Features]]
@@ -103,6 +104,8 @@ def load_or_build(
 ) -> CachedFeatures:
     """The features of `examples` under `fingerprint`, built by `encode(example, rng)` in example order with one
     `random.Random(seed)` (exactly the features an in-memory loop would produce), or loaded if built before."""
+    import datasets
+
     key = digest_of(fingerprint)
     entry = cache_dir / key
     entry.mkdir(parents=True, exist_ok=True)
@@ -133,6 +136,8 @@ def load_or_build(
 def _probe_schema(examples: Sequence[QAExample], encode: Encoder, rng: random.Random) -> datasets.Features | None:
     """The Arrow schema of the first example's features (a copy of the generator, so the build's stream is
     untouched). Declared up front: inferring it per batch fails when a batch yields nothing or only empty lists."""
+    import datasets
+
     probe = random.Random()
     probe.setstate(rng.getstate())
     for example in examples:
@@ -144,6 +149,8 @@ def _probe_schema(examples: Sequence[QAExample], encode: Encoder, rng: random.Ra
 
 def _value_type(values: list[Any]) -> Any:
     """A column's type from sample values (lists, dicts, scalars); token-id lists default to int64 when all empty."""
+    import datasets
+
     sample = next((v for v in values if not (isinstance(v, list) and not v)), None)
     if isinstance(sample, dict):  # nested features (multitask's answer/explain pair) become Arrow structs
         return {key: _value_type([v[key] for v in values]) for key in sample}
@@ -162,6 +169,7 @@ def _build(
 ) -> datasets.Dataset:
     """One batched map over example indices, in order, in this process: the generator's stream is consumed exactly
     as a plain loop over the examples would."""
+    import datasets
 
     def encode_batch(batch: dict[str, list[int]]) -> dict[str, list[Any]]:
         rows = [feature for index in batch["example"] for feature in encode(examples[index], rng)]
@@ -190,6 +198,8 @@ def _build(
 
 
 def _loaded(path: Path, key: str, seeded: bool, seed: int, built: bool) -> CachedFeatures:
+    import datasets
+
     digest = f"{key[:16]}-seed{seed}" if seeded else key[:16]
     return CachedFeatures(datasets.Dataset.from_file(str(path)), digest, path, built)
 

@@ -3,22 +3,21 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import torch
-from transformers import (
-    AutoConfig,
-    AutoModelForSeq2SeqLM,
-    AutoTokenizer,
-    PretrainedConfig,
-    PreTrainedModel,
-    PreTrainedTokenizerBase,
-    T5Config,
-)
+from transformers import PretrainedConfig, PreTrainedTokenizerBase
 
 from trainer.config.schema import ModelConfig
 from trainer.models.presets import check_shape, get_preset, is_preset, pretrained_source
 from trainer.models.sources import resolve_model_source
 from trainer.models.tokenizer import tokenizer_from_json, train_tokenizer_json
+
+# transformers' per-model classes are imported where they are used: the first one scans every model package
+# transformers ships (0.4-1.5 s), and its modelling code (~2 s: model loading, generation, integrations) loads with a
+# model; importing this module costs neither.
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel
 
 
 def build_tokenizer(
@@ -30,6 +29,8 @@ def build_tokenizer(
 ) -> PreTrainedTokenizerBase:
     """The tokenizer at `source` (name, path or MLflow model URI; default: the model's own), or for presets
     without weights one trained offline on rank 0's corpus and broadcast, which guarantees identical vocabularies."""
+    from transformers import AutoTokenizer
+
     default = pretrained_source(cfg, broadcast) if is_preset(cfg.name) else cfg.name
     source = source or cfg.tokenizer or default
     if source is not None:
@@ -41,6 +42,8 @@ def build_model_config(
     cfg: ModelConfig, tokenizer: PreTrainedTokenizerBase, tracking_uri: str | None = None
 ) -> PretrainedConfig:
     """The architecture, known before any weight exists, so ZeRO-3 can be configured to partition at build."""
+    from transformers import AutoConfig, T5Config
+
     if not is_preset(cfg.name):
         return AutoConfig.from_pretrained(resolve_model_source(cfg.name, tracking_uri))
     preset = get_preset(cfg.name)
@@ -62,6 +65,8 @@ def build_model(cfg: ModelConfig, config: PretrainedConfig) -> PreTrainedModel:
 
     Both paths honour an active transformers HfDeepSpeedConfig, i.e. build directly partitioned under ZeRO-3.
     """
+    from transformers import AutoModelForSeq2SeqLM
+
     if is_preset(cfg.name) and pretrained_source(cfg) is None:
         model = AutoModelForSeq2SeqLM.from_config(config)
         if not get_preset(cfg.name).architecture.tie_word_embeddings:

@@ -4,21 +4,19 @@ from __future__ import annotations
 
 import contextlib
 import gc
+import importlib
 import json
 import os
 import random
 import socket
+import sys
 from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
-import deepspeed
 import numpy as np
 import torch
 import torch.distributed as dist
-from deepspeed.accelerator import get_accelerator
-from transformers import PreTrainedTokenizerBase
-from transformers.integrations.deepspeed import HfDeepSpeedConfig, unset_hf_deepspeed_config
 
 from trainer.config.schema import ExperimentConfig
 from trainer.strategy.ds_config import (
@@ -32,8 +30,14 @@ from trainer.strategy.op_cache import pin_op_cache
 from trainer.strategy.param_groups import weight_decay_groups
 from trainer.strategy.protocols import PretrainedExport, TrainingEngine
 
+if TYPE_CHECKING:  # DeepSpeed (~1-3 s, with the parts of transformers it loads) is imported when the strategy first
+    # needs it, so importing the training loop costs little more than torch and transformers
+    from transformers import PreTrainedTokenizerBase
+
 CLIENT_STATE_KEY = "reasondistill"
 PARAM_GROUPS_PREFIX = "param_groups.rank"  # one JSON per rank beside its DeepSpeed shard: the optimizer's groups
+MUON_MODULE = "deepspeed.runtime.zero.muon.muon_optimizer"
+DYNAMO_DISABLE_ENV = "TORCHDYNAMO_DISABLE"
 
 
 def _free_port() -> int:
@@ -64,6 +68,25 @@ def check_accelerator(on_gpu: bool, accelerator: str) -> None:
         f"run.use_gpu=false but DeepSpeed picked the {accelerator!r} accelerator (it auto-detects a GPU); "
         "set DS_ACCELERATOR=cpu for a CPU run on a GPU machine"
     )
+
+
+def import_muon_uncompiled(optimizer_type: str | None) -> None:
+    """DeepSpeed imports its Muon optimizer in every ZeRO-1/2 set-up and step, whatever the optimizer, for isinstance
+    checks; that import wraps Muon's kernels in torch.compile, which loads inductor: 1.4-1.8 s of every training
+    process's start-up. torch.compile reads TORCHDYNAMO_DISABLE when it wraps a function, so importing the module
+    first with it set leaves those kernels plain (unused) functions. A config that trains with Muon keeps them
+    compiled."""
+    if MUON_MODULE in sys.modules or (optimizer_type or "").lower() == "muon":
+        return
+    previous = os.environ.get(DYNAMO_DISABLE_ENV)
+    os.environ[DYNAMO_DISABLE_ENV] = "1"
+    try:
+        importlib.import_module(MUON_MODULE)
+    finally:
+        if previous is None:
+            del os.environ[DYNAMO_DISABLE_ENV]
+        else:
+            os.environ[DYNAMO_DISABLE_ENV] = previous
 
 
 def cuda_device_index(local_rank: int, device_count: int) -> int:
@@ -119,6 +142,9 @@ class DeepSpeedStrategy:
         the group itself and has already made its worker's GPU current (ray.train.torch.get_device()); that
         choice is kept, since Ray may share several GPUs among a node's workers in an order of its own.
         """
+        import deepspeed
+        from deepspeed.accelerator import get_accelerator
+
         check_accelerator(self.on_gpu, get_accelerator().device_name())
         if self.on_gpu and not dist.is_initialized():
             torch.cuda.set_device(cuda_device_index(int(os.environ.get("LOCAL_RANK", 0)), torch.cuda.device_count()))
@@ -209,6 +235,8 @@ class DeepSpeedStrategy:
         if ds_config is None or ds_config.get("zero_optimization", {}).get("stage") != 3:
             yield
             return
+        from transformers.integrations.deepspeed import HfDeepSpeedConfig, unset_hf_deepspeed_config
+
         hf_deepspeed_config = HfDeepSpeedConfig(ds_config)  # transformers holds only a weak reference
         try:
             yield
@@ -235,6 +263,9 @@ class DeepSpeedStrategy:
         # Counted after the auxiliary modules joined: their gradients travel in the same buckets.
         trainable = sum(getattr(p, "ds_numel", p.numel()) for p in model.parameters() if p.requires_grad)
         self.resolved_config = size_buckets(self.resolved_config, trainable)
+        import deepspeed
+
+        import_muon_uncompiled(self.resolved_config.get("optimizer", {}).get("type"))
         groups = weight_decay_groups(model, self.cfg.optim.decay_norm_and_bias)
         self.param_group_sizes = [len(group["params"]) for group in groups]
         engine, *_ = deepspeed.initialize(model=model, model_parameters=groups, config=self.resolved_config)
@@ -247,6 +278,9 @@ class DeepSpeedStrategy:
         if ds_config is None:
             dtype = torch.bfloat16 if self.cfg.ds.precision == "bf16" else torch.float32
             return model.to(device=self.device, dtype=dtype)
+        import deepspeed
+
+        import_muon_uncompiled(None)
         engine, *_ = deepspeed.initialize(model=model, config=ds_config)
         engine.eval()
         return engine.module

@@ -13,6 +13,7 @@ first use, and that compile landed inside the measured gap between submitting a 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import os
 import sys
 import time
@@ -30,8 +31,17 @@ def pin_op_cache() -> str | None:
         return os.environ[EXTENSIONS_ENV]
     if not os.access(sys.prefix, os.W_OK):
         return None
-    os.environ[EXTENSIONS_ENV] = str(Path(sys.prefix) / "torch_extensions")  # the venv's, or the image Python's
+    os.environ[EXTENSIONS_ENV] = str(environment_op_dir(Path(sys.prefix)))  # the venv's, or the image Python's
     return os.environ[EXTENSIONS_ENV]
+
+
+def environment_op_dir(prefix: Path) -> Path:
+    """The environment's op directory, one per path it is reached by. An op's compile command holds the paths
+    this interpreter sees (torch's and DeepSpeed's sources under `prefix`): one venv symlinked into several
+    checkouts would otherwise rebuild shm_comm (45-70 s) in one directory each time another checkout used it."""
+    if prefix.resolve() == prefix:
+        return prefix / "torch_extensions"
+    return prefix / f"torch_extensions-{hashlib.sha256(str(prefix).encode()).hexdigest()[:12]}"
 
 
 def build_ops(names: list[str]) -> dict[str, float]:

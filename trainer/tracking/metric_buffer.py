@@ -12,11 +12,11 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from mlflow.entities import Metric
-from mlflow.tracking import MlflowClient
-from mlflow.utils.time import get_current_time_millis
+if TYPE_CHECKING:  # MLflow is imported by whoever builds the client (trainer.tracking.mlflow_tracker), when it does
+    from mlflow.entities import Metric
+    from mlflow.tracking import MlflowClient
 
 _BATCH = 1000  # MLflow's log_batch limit for metrics
 _RETRY_PAUSE_S = (0.5, 1.0, 2.0, 5.0)
@@ -52,8 +52,10 @@ class MetricBuffer:
                 self._last_step[key] = max(steps)
 
     def add(self, metrics: Mapping[str, float], step: int, timestamp_ms: int | None = None) -> None:
+        from mlflow.entities import Metric
+
         self.check()
-        now_ms = timestamp_ms or get_current_time_millis()
+        now_ms = timestamp_ms or int(time.time() * 1000)
         with self._cond:
             for key, value in metrics.items():
                 if step <= self._last_step.get(key, -1):

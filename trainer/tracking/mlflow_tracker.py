@@ -1,34 +1,28 @@
-"""The single MLflow facade: rank 0 logs, every other rank holds a no-op with the same interface."""
+"""The single MLflow facade: rank 0 logs, every other rank holds a no-op with the same interface.
+
+MLflow (~1-2 s to import) is imported when a tracker starts or a model is logged, not with this module: the
+training loop, the Ray job driver's helpers and the submitter import it, and ranks other than 0 never track.
+"""
 
 from __future__ import annotations
 
 import json
 import os
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import mlflow
-import mlflow.data
-import pandas as pd
-from mlflow.data.dataset import Dataset
-from mlflow.entities import DatasetInput, InputTag, Param, RunStatus
-from mlflow.models import ModelSignature
-from mlflow.tracking import MlflowClient
-from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema
-from mlflow.types.schema import Array
-from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
-
 import retrieval_core
 from retrieval_core.model_sources import HF_MODEL_ARTIFACT
 from trainer.config.schema import TrackingConfig
-from trainer.tracking.metric_buffer import MetricBuffer
 from trainer.tracking.redaction import redact_text, redact_value
 
 if TYPE_CHECKING:
     import datasets
+    from mlflow.data.dataset import Dataset
+    from mlflow.models import ModelSignature
 
 DEFAULT_EXPERIMENT = "reasondistill"
 MODEL_ARTIFACT_PATH = "model"  # the selected model: what later stages and users load
@@ -40,29 +34,40 @@ RESTARTS_TAG = "reasondistill.restarts"
 
 @dataclass(frozen=True)
 class PyfuncSpec:
-    """How an exported model directory is logged: a "model from code" file, extra artifacts, and its signature."""
+    """How an exported model directory is logged: a "model from code" file, extra artifacts, and its signature
+    (built when a model is logged: the signature types are MLflow's)."""
 
     python_model: Path
-    signature: ModelSignature
+    signature: Callable[[], ModelSignature]
     artifacts: dict[str, Path] = field(default_factory=dict)
 
 
-SEQ2SEQ_PYFUNC = PyfuncSpec(
-    python_model=Path(__file__).with_name("seq2seq_pyfunc.py"),
-    signature=ModelSignature(
+def _seq2seq_signature() -> ModelSignature:
+    from mlflow.models import ModelSignature
+    from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema
+
+    return ModelSignature(
         inputs=Schema([ColSpec("string", "input")]),
         outputs=Schema([ColSpec("string")]),
         params=ParamSchema([ParamSpec("max_new_tokens", "long", 0), ParamSpec("batch_size", "long", 32)]),
-    ),
-)
+    )
 
 
-RERANKER_PYFUNC = PyfuncSpec(
-    python_model=Path(__file__).with_name("reranker_pyfunc.py"),
-    signature=ModelSignature(
+def _reranker_signature() -> ModelSignature:
+    from mlflow.models import ModelSignature
+    from mlflow.types import ColSpec, Schema
+    from mlflow.types.schema import Array
+
+    return ModelSignature(
         inputs=Schema([ColSpec("string", "query"), ColSpec(Array("string"), "passages")]),
         outputs=Schema([ColSpec(Array("double"))]),
-    ),
+    )
+
+
+SEQ2SEQ_PYFUNC = PyfuncSpec(python_model=Path(__file__).with_name("seq2seq_pyfunc.py"), signature=_seq2seq_signature)
+RERANKER_PYFUNC = PyfuncSpec(
+    python_model=Path(__file__).with_name("reranker_pyfunc.py"),
+    signature=_reranker_signature,
     # by path: importing it here would load torch and transformers with every tracker
     artifacts={"late_interaction": Path(retrieval_core.__file__).with_name("late_interaction.py")},
 )
@@ -108,6 +113,11 @@ class MLflowTracker:
         tags: Mapping[str, str] | None = None,
         launch_id: str | None = None,
     ) -> None:
+        from mlflow.entities import RunStatus
+        from mlflow.tracking import MlflowClient
+
+        from trainer.tracking.metric_buffer import MetricBuffer
+
         self.tracking_uri = resolve_tracking_uri(cfg)
         self.client = MlflowClient(self.tracking_uri)
         self.experiment_id = self._experiment_id(resolve_experiment(cfg))
@@ -136,13 +146,15 @@ class MLflowTracker:
         return runs[0].info.run_id if runs else None
 
     def _experiment_id(self, name: str) -> str:
+        from mlflow.exceptions import MlflowException
+
         experiment = self.client.get_experiment_by_name(name)
         if experiment is not None:
             return experiment.experiment_id
         try:
             root = _local_artifact_root(self.tracking_uri)
             return self.client.create_experiment(name, artifact_location=f"{root}/{name}" if root else None)
-        except mlflow.exceptions.MlflowException:
+        except MlflowException:
             # Another process created it between our lookup and create.
             existing = self.client.get_experiment_by_name(name)
             if existing is None:
@@ -150,6 +162,8 @@ class MLflowTracker:
             return existing.experiment_id
 
     def log_params(self, params: Mapping[str, Any]) -> None:
+        from mlflow.entities import Param
+
         existing = self.client.get_run(self.run_id).data.params
         items = [Param(k, str(redact_value(k, v))[:6000]) for k, v in params.items() if k not in existing]
         for start in range(0, len(items), _PARAM_BATCH):
@@ -203,15 +217,23 @@ class MLflowTracker:
 
     def log_table(self, rows: list[dict[str, Any]], artifact_file: str) -> None:
         """Rows as an MLflow table artifact, browsable in the run's Artifacts tab and the Evaluation view."""
+        import pandas as pd
+
         self.client.log_table(self.run_id, data=pd.DataFrame(rows), artifact_file=artifact_file)
 
     def log_input(self, dataset: Dataset, context: str) -> None:
         """Record a dataset as this run's input (the UI's Dataset column): the training features, KARD's knowledge."""
+        from mlflow.entities import DatasetInput, InputTag
+        from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
+
         tags = [InputTag(MLFLOW_DATASET_CONTEXT, context)]
         self.client.log_inputs(self.run_id, datasets=[DatasetInput(dataset._to_mlflow_entity(), tags)])
 
     def log_model(self, export_dir: Path, spec: PyfuncSpec = SEQ2SEQ_PYFUNC, name: str = MODEL_ARTIFACT_PATH) -> str:
         """Log an exported HF dir as a pyfunc model; returns its `runs:/` URI."""
+        import mlflow
+        from mlflow.entities import RunStatus
+
         mlflow.set_tracking_uri(self.tracking_uri)
         artifacts = {HF_MODEL_ARTIFACT: str(export_dir), **{k: str(v) for k, v in spec.artifacts.items()}}
         with mlflow.start_run(run_id=self.run_id, experiment_id=self.experiment_id):
@@ -219,7 +241,7 @@ class MLflowTracker:
                 name=name,
                 python_model=str(spec.python_model),
                 artifacts=artifacts,
-                signature=spec.signature,
+                signature=spec.signature(),
                 pip_requirements=[f"mlflow=={mlflow.__version__}", "torch", "transformers", "pandas"],
             )
         # Leaving the fluent context marks the run finished; training still owns its status.
