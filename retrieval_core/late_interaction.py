@@ -15,12 +15,15 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file
 from torch import Tensor, nn
-from transformers import AutoModel, AutoTokenizer, PreTrainedModel
+
+if TYPE_CHECKING:  # transformers' model classes load ~2 s of modelling code: only when a scorer is built
+    from transformers import PreTrainedModel
 
 CONFIG_FILE = "reranker_config.json"
 PROJECTION_FILE = "projection.safetensors"
@@ -61,6 +64,8 @@ class LateInteractionEncoder(nn.Module):
         """An exported reranker directory (HF encoder, projection weights, reranker config), in eval mode."""
         directory = Path(directory)
         settings = json.loads((directory / CONFIG_FILE).read_text())
+        from transformers import AutoModel
+
         model = cls(AutoModel.from_pretrained(directory), **settings)
         model.projection.weight.data.copy_(load_file(str(directory / PROJECTION_FILE))["weight"])
         return model.eval()
@@ -70,6 +75,8 @@ class LateInteractionScorer:
     """Ranks passages for queries with an exported reranker."""
 
     def __init__(self, directory: str | Path, device: str = "cpu", batch_size: int = 64) -> None:
+        from transformers import AutoTokenizer
+
         self.tokenizer = AutoTokenizer.from_pretrained(directory)
         self.model = LateInteractionEncoder.from_pretrained(directory).to(device)
         self.device = device

@@ -40,10 +40,5 @@ def test_importing_leaves_heavy_libraries_unloaded(module: str) -> None:
     assert loaded_after_import(module) == []
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="trainer.methods.base imports mlflow.data.dataset and trainer.methods.kard imports trainer.kard.knowledge "
-    "(datasets) at module level; the methods rewrite makes them lazy, then this mark goes",
-)
 def test_importing_the_training_loop_leaves_heavy_libraries_unloaded() -> None:
     assert loaded_after_import("trainer.loop") == []

@@ -10,12 +10,15 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from safetensors.torch import save_file
 from torch import Tensor
-from transformers import PreTrainedModel
 
 from retrieval_core.late_interaction import CONFIG_FILE, PROJECTION_FILE, LateInteractionEncoder, maxsim
+
+if TYPE_CHECKING:  # transformers' model classes load ~2 s of modelling code: only when a reranker is built
+    from transformers import PreTrainedModel
 
 LORA_SUFFIXES = (".base.weight", ".base.bias", ".lora_a", ".lora_b")
 
