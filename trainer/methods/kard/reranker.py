@@ -7,10 +7,9 @@ from __future__ import annotations
 
 import random
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
-from mlflow.data.dataset import Dataset
 from transformers import AutoModel, PretrainedConfig
 
 from retrieval_core.late_interaction import passage_text
@@ -30,6 +29,9 @@ from trainer.models.lora import add_lora
 from trainer.objectives.reranker import RelevanceDistillation
 from trainer.strategy.protocols import DistributedContext, MethodSetupContext
 from trainer.tracking.mlflow_tracker import RERANKER_PYFUNC
+
+if TYPE_CHECKING:
+    from mlflow.data.dataset import Dataset
 
 LORA_TARGETS = ("query", "value")
 

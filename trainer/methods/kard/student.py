@@ -13,11 +13,9 @@ import functools
 import random
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
-from mlflow.data.dataset import Dataset
-from mlflow.data.huggingface_dataset import from_huggingface
 from transformers import PretrainedConfig
 
 from retrieval_core.late_interaction import LateInteractionScorer, passage_text
@@ -36,6 +34,9 @@ from trainer.methods.registry import section_of
 from trainer.models.sources import resolve_model_source
 from trainer.strategy.protocols import DistributedContext, MethodSetupContext
 from trainer.tracking.mlflow_tracker import resolve_tracking_uri
+
+if TYPE_CHECKING:
+    from mlflow.data.dataset import Dataset
 
 
 class KardStudent(FinetuneIRO):
@@ -179,6 +180,8 @@ class ReasoningDistillation(KardStudent):
 
 def knowledge_dataset(knowledge: KnowledgeBase) -> Dataset:
     """The knowledge dataset as an MLflow dataset: named by its cache key, so runs on the same one line up."""
+    from mlflow.data.huggingface_dataset import from_huggingface  # MLflow loads when tracking does
+
     return from_huggingface(
         knowledge.dataset["train"], path=str(knowledge.path), name=f"kard-knowledge-{knowledge.key}"
     )
