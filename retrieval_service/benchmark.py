@@ -31,8 +31,8 @@ from typing import Any
 import httpx
 
 from retrieval_service.documents import Document, iter_passages
+from retrieval_service.local_server import ServerProcess
 from retrieval_service.settings import REPO_ROOT, wikipedia_passages
-from retrieval_service.testing import ServerProcess
 from retrieval_service.tokenization import tokenize
 
 K = 10

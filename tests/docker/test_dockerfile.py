@@ -92,7 +92,7 @@ def test_image_requirement_files_agree_with_requirements_txt() -> None:
 
 # Import name -> the distribution providing it (its own requirement, or a dependency of one).
 PROVIDERS = {"elastic_transport": "elasticsearch", "starlette": "fastapi"}
-RETRIEVAL_TOOLS_ONLY = {"benchmark.py", "testing.py"}  # benchmarks and test helpers, not in the image's job
+RETRIEVAL_TOOLS_ONLY = {"benchmark.py", "local_server.py"}  # the benchmark and the server it starts; not the image
 # Optional features imported lazily: `serve --reranker` loads KARD's reranker from this repository's trainer
 # (torch, transformers), so a reranking service runs from the job image; BM25 serving never imports it.
 JOB_IMAGE_ONLY = {"trainer"}

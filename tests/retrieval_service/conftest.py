@@ -9,8 +9,9 @@ import pytest
 
 from retrieval_service.backends.tantivy_backend import TantivyBackend
 from retrieval_service.documents import iter_passages
+from retrieval_service.local_server import ServerProcess
 from retrieval_service.settings import wikipedia_passages
-from retrieval_service.testing import ServerProcess, make_corpus, write_jsonl
+from support.retrieval_corpus import make_corpus, write_jsonl
 
 
 def pytest_configure(config: pytest.Config) -> None:

@@ -24,7 +24,7 @@ from retrieval_service.backends.elasticsearch_backend import (  # noqa: E402
     ElasticsearchSettings,
 )
 from retrieval_service.documents import Document  # noqa: E402
-from retrieval_service.testing import ServerProcess, free_port  # noqa: E402
+from retrieval_service.local_server import ServerProcess, free_port  # noqa: E402
 from retrieval_service.tokenization import tokenize  # noqa: E402
 
 _counter = itertools.count()

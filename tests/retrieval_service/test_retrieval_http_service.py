@@ -13,7 +13,7 @@ import pytest
 from retrieval_service.backends.tantivy_backend import TantivyBackend
 from retrieval_service.client import RetrievalClient, RetrievalError, ScoredDocument
 from retrieval_service.documents import Document
-from retrieval_service.testing import ServerProcess, free_port
+from retrieval_service.local_server import ServerProcess, free_port
 
 
 def fields(response: httpx.Response) -> list[str]:
