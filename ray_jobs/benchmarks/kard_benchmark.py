@@ -21,23 +21,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ray_jobs.benchmarks.harness import (
-    PARALLEL,
-    REPORT_FILES,
-    Final,
-    Task,
-    accuracy_bars,
-    add_out_arguments,
-    finished_results,
-    mean_std,
-    plot_grid,
-    prepare_out,
-    print_report,
-    run_tasks,
-    timing_line,
-    tracking_uri,
-    write_results,
-)
+from ray_jobs.benchmarks import harness
 from ray_jobs.benchmarks.trainer_runs import run_trainer_process
 from trainer.config import load_config
 from trainer.data.registry import load_splits
@@ -70,7 +54,7 @@ DATASETS: dict[str, dict[str, Any]] = {
 COMMON = ["data.rationale_filter=parse", "optim.lr=1e-3", "optim.warmup_steps=20", "run.num_workers=1",
           "tracking.log_every=100", "run.eval_batch_size=32"]  # fmt: skip
 QUICK = ["data.max_train_examples=96", "data.max_dev_examples=24"]
-_ARTIFACTS = ("mlflow.db", "mlartifacts", "runs", "knowledge", "logs", *REPORT_FILES)
+_ARTIFACTS = ("mlflow.db", "mlartifacts", "runs", "knowledge", "logs", *harness.REPORT_FILES)
 
 
 @dataclass
@@ -80,13 +64,13 @@ class Outcome:
     metrics: dict[str, dict[str, float]] = field(default_factory=dict)  # label -> metrics
 
 
-def plan(dataset: str, seed: int, out: Path, quick: bool) -> tuple[list[str], list[Task]]:
+def plan(dataset: str, seed: int, out: Path, quick: bool) -> tuple[list[str], list[harness.Task]]:
     spec = DATASETS[dataset]
     steps = 24 if quick else spec["student_steps"]
     shared = [
         f"data.dataset={dataset}", *COMMON, *spec["data"], *(QUICK if quick else []),
         f"run.output_dir={out / 'runs'}", f"retrieval.cache_dir={out / 'knowledge'}",
-        f"tracking.tracking_uri={tracking_uri(out)}", f"tracking.experiment={EXPERIMENT}",
+        f"tracking.tracking_uri={harness.tracking_uri(out)}", f"tracking.experiment={EXPERIMENT}",
     ]  # fmt: skip
     base = [*shared, f"data.synthetic_seed={seed}", f"run.seed={seed}", f"tracking.tags.bench_seed='{seed}'"]
     tag = f"{dataset}-seed{seed}"
@@ -97,17 +81,17 @@ def plan(dataset: str, seed: int, out: Path, quick: bool) -> tuple[list[str], li
     def log(label: str) -> Path:
         return out / "logs" / f"{tag}-{label}.log"
 
-    def train(label: str, *extra: str) -> Task:
-        def run(_: dict[str, Final]) -> Final:
+    def train(label: str, *extra: str) -> harness.Task:
+        def run(_: dict[str, harness.Final]) -> harness.Final:
             args = [*with_knowledge, f"run.name={tag}-{label}", *extra]
             result = run_trainer_process(args, log(label))
             print(f"[{result.wall_s:5.0f} s] {tag} {label}: {summary_line(result.metrics)}", flush=True)
             return result.final
 
-        return Task(f"{tag}/{label}", run, log(label))
+        return harness.Task(f"{tag}/{label}", run, log(label))
 
-    def evaluate(label: str, mode: str) -> Task:
-        def run(done: dict[str, Final]) -> Final:
+    def evaluate(label: str, mode: str) -> harness.Task:
+        def run(done: dict[str, harness.Final]) -> harness.Final:
             args = [*with_knowledge, f"run.name={tag}-{label}", "method.name=kard", f"method.kard.inference={mode}",
                     f"model.name={done[f'{tag}/kard_bm25']['model_uri']}", "run.eval_vote_samples=5"]  # fmt: skip
             if mode == "reranker":
@@ -117,7 +101,7 @@ def plan(dataset: str, seed: int, out: Path, quick: bool) -> tuple[list[str], li
             return result.final
 
         needs = ("kard_bm25", "reranker") if mode == "reranker" else ("kard_bm25",)
-        return Task(f"{tag}/{label}", run, log(label), tuple(f"{tag}/{n}" for n in needs))
+        return harness.Task(f"{tag}/{label}", run, log(label), tuple(f"{tag}/{n}" for n in needs))
 
     reranker_steps = 6 if quick else spec["reranker_steps"]
     tasks = [
@@ -152,7 +136,7 @@ def majority_accuracy(dataset: str, seed: int, quick: bool) -> float:
 def cell(values: list[float]) -> str:
     if not values:
         return "–"
-    mean, std = mean_std(values)
+    mean, std = harness.mean_std(values)
     return f"{mean:.3f} ± {std:.3f}" if std is not None else f"{mean:.3f}"
 
 
@@ -221,10 +205,10 @@ CAVEAT = (
 
 def write_plot(summary: dict[str, Any], majority: dict[str, float], path: Path) -> None:
     datasets = sorted(summary)
-    with plot_grid(path, 2, len(datasets), (6, 4)) as axes:
+    with harness.plot_grid(path, 2, len(datasets), (6, 4)) as axes:
         for column, dataset in enumerate(datasets):
             ax = axes[0][column]
-            accuracy_bars(ax, {m: summary[dataset]["accuracy"][m] for m in STUDENTS}, majority[dataset], 30)
+            harness.accuracy_bars(ax, {m: summary[dataset]["accuracy"][m] for m in STUDENTS}, majority[dataset], 30)
             ax.set_title(f"{dataset}: dev accuracy (mean ± std, dots: seeds)")
             ax = axes[1][column]
             for offset, source in ((-0.2, "bm25"), (0.2, "reranker")):
@@ -247,7 +231,7 @@ def write_report(
     md = [
         "# KARD benchmark",
         "",
-        timing_line(wall_s, reused),
+        harness.timing_line(wall_s, reused),
         "",
         "## Budget",
         "",
@@ -283,23 +267,23 @@ def write_report(
         ]
     md += ["## Reading", "", " ".join(reading(summary, d, majority[d]) for d in summary) + " " + CAVEAT, ""]
     fields = {"majority_class_accuracy": majority, "summary": summary, "runs": [asdict(o) for o in outcomes]}
-    result = write_results(out, md, EXPERIMENT, wall_s, budget, fields)
+    result = harness.write_results(out, md, EXPERIMENT, wall_s, budget, fields)
     write_plot(summary, majority, out / "accuracy.png")
     return result
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_out_arguments(parser, Path("bench_results/kard"))
+    harness.add_out_arguments(parser, Path("bench_results/kard"))
     parser.add_argument("--datasets", nargs="+", choices=sorted(DATASETS), default=list(DATASETS))
     parser.add_argument("--seeds", type=int, nargs="+", help="only these of each dataset's seeds")
     parser.add_argument("--quick", action="store_true", help="smoke size: synthetic_kb, seed 0, a few steps")
     args = parser.parse_args(argv)
     out = args.out.resolve()
-    prepare_out(out, _ARTIFACTS, args.resume)
+    harness.prepare_out(out, _ARTIFACTS, args.resume)
     datasets = ["synthetic_kb"] if args.quick else args.datasets
     start = time.perf_counter()
-    budget: dict[str, Any] = {"quick": args.quick, "parallel": PARALLEL, "datasets": {}}
+    budget: dict[str, Any] = {"quick": args.quick, "parallel": harness.PARALLEL, "datasets": {}}
     runs = [
         (d, seed)
         for d in datasets
@@ -310,8 +294,8 @@ def main(argv: list[str] | None = None) -> None:
     for dataset, seed in runs:  # every (dataset, seed) in one task graph, so the two slots never idle
         budget["datasets"][dataset], planned = plan(dataset, seed, out, args.quick)
         tasks += planned
-    finished = finished_results(tasks) if args.resume else {}
-    done = run_tasks(tasks, finished)
+    finished = harness.finished_results(tasks) if args.resume else {}
+    done = harness.run_tasks(tasks, finished)
     outcomes = [
         Outcome(
             d,
@@ -325,7 +309,7 @@ def main(argv: list[str] | None = None) -> None:
         for d, seed in runs
     ]
     result = write_report(out, outcomes, budget, time.perf_counter() - start, len(finished))
-    print_report(out, result["wall_time_s"])
+    harness.print_report(out, result["wall_time_s"])
 
 
 if __name__ == "__main__":

@@ -32,22 +32,7 @@ from typing import Any
 from mlflow.tracking import MlflowClient
 from scipy.stats import t as student_t
 
-from ray_jobs.benchmarks.harness import (
-    PARALLEL,
-    REPORT_FILES,
-    Final,
-    Task,
-    accuracy_bars,
-    add_out_arguments,
-    plot_grid,
-    prepare_out,
-    print_report,
-    run_tasks,
-    timing_line,
-    tracking_uri,
-    write_results,
-)
-from ray_jobs.benchmarks.harness import finished_results as harness_finished_results
+from ray_jobs.benchmarks import harness
 from ray_jobs.benchmarks.trainer_runs import run_trainer_process
 from trainer.config.schema import DataConfig
 from trainer.data.registry import load_splits
@@ -94,7 +79,7 @@ DATASETS: dict[str, dict[str, Any]] = {
     },
 }
 QUICK = {"max_steps": 24, "overrides": ["data.max_train_examples=256", "data.max_dev_examples=24"]}
-_ARTIFACTS = ("mlflow.db", "mlartifacts", "runs", "logs", *REPORT_FILES)
+_ARTIFACTS = ("mlflow.db", "mlartifacts", "runs", "logs", *harness.REPORT_FILES)
 
 
 @dataclass(frozen=True)
@@ -138,7 +123,7 @@ def _base_overrides(out: Path, dataset: str, max_steps: int, quick: bool) -> lis
         f"data.dataset={dataset}",
         f"optim.max_steps={max_steps}",
         f"run.output_dir={out / 'runs'}",
-        f"tracking.tracking_uri={tracking_uri(out)}",
+        f"tracking.tracking_uri={harness.tracking_uri(out)}",
         f"tracking.experiment={EXPERIMENT}",
     ]
 
@@ -147,7 +132,7 @@ def _log(job: Job, out: Path) -> Path:
     return out / "logs" / f"{job.run_name}.log"
 
 
-def _run(job: Job, out: Path) -> Final:
+def _run(job: Job, out: Path) -> harness.Final:
     """One `trainer.train` subprocess; its log goes to <out>/logs/<run_name>.log. Returns its final JSON line with
     the process's wall time added."""
     args = [
@@ -171,7 +156,7 @@ def _run(job: Job, out: Path) -> Final:
 PROCESS_WALL_TIME = "process_wall_time_s"  # the key _run adds to trainer.train's final JSON
 
 
-def _result(job: Job, final: Final) -> RunResult:
+def _result(job: Job, final: harness.Final) -> RunResult:
     metrics = final["metrics"]
     return RunResult(
         job.dataset,
@@ -201,31 +186,31 @@ def plan_jobs(teachers: list[Job], out: Path, student_overrides: list[str]) -> l
     return [*teachers, *(job for teacher in teachers for job in _student_jobs(teacher, out, student_overrides))]
 
 
-def _tasks(jobs: list[Job], out: Path) -> list[Task]:
+def _tasks(jobs: list[Job], out: Path) -> list[harness.Task]:
     teacher_of = {(j.dataset, j.seed): j.run_name for j in jobs if j.method == TEACHER}
 
-    def task(job: Job) -> Task:
+    def task(job: Job) -> harness.Task:
         needs = () if job.method == TEACHER else (teacher_of[job.dataset, job.seed],)
-        return Task(job.run_name, lambda _done: _run(job, out), _log(job, out), needs)
+        return harness.Task(job.run_name, lambda _done: _run(job, out), _log(job, out), needs)
 
     return [task(job) for job in jobs]
 
 
-def finished_results(out: Path, jobs: list[Job]) -> dict[str, Final]:
+def finished_results(out: Path, jobs: list[Job]) -> dict[str, harness.Final]:
     """`--resume`: the jobs an earlier invocation finished (their logs end in trainer.train's final line), by run
     name. Their process wall time is the MLflow run's start-to-end time."""
-    finished = harness_finished_results(_tasks(jobs, out))
-    client = MlflowClient(tracking_uri(out))
+    finished = harness.finished_results(_tasks(jobs, out))
+    client = MlflowClient(harness.tracking_uri(out))
     for final in finished.values():
         info = client.get_run(final["mlflow_run_id"]).info
         final[PROCESS_WALL_TIME] = (info.end_time - info.start_time) / 1000
     return finished
 
 
-def run_all(jobs: list[Job], out: Path, finished: dict[str, Final] | None = None) -> list[RunResult]:
+def run_all(jobs: list[Job], out: Path, finished: dict[str, harness.Final] | None = None) -> list[RunResult]:
     """Each job once its teacher is done, two at a time; any failure stops the benchmark. Jobs already in
     `finished` (a resumed invocation) are not run again."""
-    done = run_tasks(_tasks(jobs, out), finished)
+    done = harness.run_tasks(_tasks(jobs, out), finished)
     return [_result(job, done[job.run_name]) for job in jobs]
 
 
@@ -335,10 +320,12 @@ CAVEAT = (
 
 def write_plot(rows: list[Row], majority: dict[str, float], path: Path) -> None:
     datasets = sorted({r.dataset for r in rows})
-    with plot_grid(path, 1, len(datasets), (7, 4.5)) as axes:
+    with harness.plot_grid(path, 1, len(datasets), (7, 4.5)) as axes:
         for ax, dataset in zip(axes[0], datasets, strict=True):
             by_method = {r.method: r for r in rows if r.dataset == dataset}
-            accuracy_bars(ax, {m: by_method[m].accuracies for m in LABELS if m in by_method}, majority[dataset], 35)
+            harness.accuracy_bars(
+                ax, {m: by_method[m].accuracies for m in LABELS if m in by_method}, majority[dataset], 35
+            )
             ax.set_title(f"{dataset} (bars: mean ± std, dots: seeds)")
             ax.set_ylabel("dev accuracy (choice scoring)")
 
@@ -352,7 +339,7 @@ def write_report(
     reused: int = 0,
 ) -> dict[str, Any]:
     datasets = sorted({r.dataset for r in results})
-    rows = [r for r in compare_runs(tracking_uri(out), EXPERIMENT) if r.dataset in datasets]
+    rows = [r for r in compare_runs(harness.tracking_uri(out), EXPERIMENT) if r.dataset in datasets]
     seeds = sorted({r.seed for r in results})
     majority = {d: majority_accuracy(d, budget["quick"]) for d in datasets}
     paired = {
@@ -387,7 +374,7 @@ def write_report(
     md = [
         "# KNIFE benchmark",
         "",
-        timing_line(wall_s, reused, f", seeds {seeds}"),
+        harness.timing_line(wall_s, reused, f", seeds {seeds}"),
         "",
         "## Budget",
         "",
@@ -466,14 +453,14 @@ def write_report(
             for d in datasets
         },
     }
-    summary = write_results(out, md, EXPERIMENT, wall_s, budget, fields)
+    summary = harness.write_results(out, md, EXPERIMENT, wall_s, budget, fields)
     write_plot(rows, majority, out / "accuracy.png")
     return summary
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_out_arguments(parser, Path("bench_results/knife"))
+    harness.add_out_arguments(parser, Path("bench_results/knife"))
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
     parser.add_argument("--datasets", nargs="+", choices=sorted(DATASETS), default=list(DATASETS))
     parser.add_argument("--quick", action="store_true", help="smoke size: 24 steps, seed 0, small dev, synthetic")
@@ -494,9 +481,9 @@ def main(argv: list[str] | None = None) -> None:
         write_report(out, runs, saved["budget"], saved["student_overrides"], saved["wall_time_s"])
         print((out / "results.md").read_text())
         return
-    prepare_out(out, _ARTIFACTS, args.resume)
+    harness.prepare_out(out, _ARTIFACTS, args.resume)
 
-    budget: dict[str, Any] = {"quick": args.quick, "parallel": PARALLEL, "datasets": {}}
+    budget: dict[str, Any] = {"quick": args.quick, "parallel": harness.PARALLEL, "datasets": {}}
     teachers = []
     for dataset in datasets:
         steps = args.max_steps or (QUICK["max_steps"] if args.quick else DATASETS[dataset]["max_steps"])
@@ -508,7 +495,7 @@ def main(argv: list[str] | None = None) -> None:
     finished = finished_results(out, jobs) if args.resume else {}
     results = run_all(jobs, out, finished)
     summary = write_report(out, results, budget, args.student_override, time.perf_counter() - start, len(finished))
-    print_report(out, summary["wall_time_s"])
+    harness.print_report(out, summary["wall_time_s"])
 
 
 if __name__ == "__main__":
