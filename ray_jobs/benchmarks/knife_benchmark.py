@@ -128,6 +128,9 @@ def _base_overrides(out: Path, dataset: str, max_steps: int, quick: bool) -> lis
     ]
 
 
+PROCESS_WALL_TIME = "process_wall_time_s"  # the key _run adds to trainer.train's final JSON
+
+
 def _log(job: Job, out: Path) -> Path:
     return out / "logs" / f"{job.run_name}.log"
 
@@ -151,9 +154,6 @@ def _run(job: Job, out: Path) -> harness.Final:
         flush=True,
     )
     return {**process.final, PROCESS_WALL_TIME: process.wall_s}
-
-
-PROCESS_WALL_TIME = "process_wall_time_s"  # the key _run adds to trainer.train's final JSON
 
 
 def _result(job: Job, final: harness.Final) -> RunResult:
