@@ -32,8 +32,8 @@ import httpx
 
 from retrieval_core.documents import Document, iter_passages
 from retrieval_core.tokenization import tokenize
+from retrieval_service.local_server import ServerProcess
 from retrieval_service.settings import REPO_ROOT, wikipedia_passages
-from retrieval_service.testing import ServerProcess
 from trainer.perf.process_memory import proc_status_kib
 
 K = 10

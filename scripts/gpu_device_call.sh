@@ -6,7 +6,8 @@
 #   bash scripts/gpu_device_call.sh PART TIER [benchmark arguments...]
 #   e.g. bash scripts/gpu_device_call.sh p1 bench --budget-s 480 --suites zero knife
 #
-# PART is a folder under .whl/ carried with the call; TIER (bench or e2e) must be complete once it is installed.
+# PART is a folder under .whl/ (written by scripts/pack_device_wheels.py) carried with the call; TIER (bench or
+# e2e) must be complete once it is installed.
 set -euo pipefail
 part=$1
 tier=$2

@@ -16,7 +16,7 @@ FusedAdam once to prove the toolchain works), or pre-built with DS_BUILD_FUSED_A
 A lent GPU machine with no registry (the device tool's nvidia-h100-x1 / nvidia-h200): its python3 already holds a
 CUDA torch, so only what it lacks travels, as wheels carried in `.whl/` (at most 64 MiB per call):
 
-    python3 scripts/install_gpu.py device-wheels        # here: .whl/p1, .whl/p2, ... (each under the limit)
+    python3 scripts/pack_device_wheels.py               # here: .whl/p1, .whl/p2, ... (each under the limit)
     python3 scripts/install_gpu.py device-install .whl/p1   # there: install one carried part, then verify
 
 Standard library only: it runs before anything is installed, under any python3 >= 3.11.
@@ -33,10 +33,8 @@ import shlex
 import shutil
 import subprocess
 import sys
-import tempfile
 import time
-import zipfile
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -51,9 +49,7 @@ STAMP = ".installed-gpu"
 
 # The lent machines (device README): CPython 3.12 on x86_64 Linux. pip matches manylinux tags exactly.
 DEVICE_PYTHON = "3.12"
-DEVICE_PLATFORMS = [f"manylinux_2_{n}_x86_64" for n in range(5, 40)] + ["manylinux2014_x86_64", "manylinux1_x86_64"]
 DEVICE_SITE = "/tmp/reasondistill-site"
-PART_MIB = 60  # the device tool carries 64 MiB per call, the repository (~0.5 MiB) included
 # Never carried: the image's CUDA stack; numpy stays the image's too (its compiled packages are built against it).
 NEVER_CARRY = re.compile(r"^(torch|triton|numpy|nvidia-.*|cuda-.*)$")
 # What each device call can run once the parts up to its tier are installed.
@@ -354,66 +350,9 @@ def cmd_verify(args: argparse.Namespace) -> int:
     return 1 if report["problems"] else 0
 
 
-# ---- the lent offline machines: wheels built here, carried, installed there ---------------------------------
-def _pip(*args: str, python: str = sys.executable) -> list[str]:
+# ---- the lent offline machines: parts packed here (pack_device_wheels.py), carried, installed there -----------------
+def pip_command(*args: str, python: str = sys.executable) -> list[str]:
     return [python, "-m", "pip", *args]
-
-
-def _platform_args() -> list[str]:
-    args = ["--only-binary=:all:", "--python-version", DEVICE_PYTHON, "--implementation", "cp"]
-    for tag in DEVICE_PLATFORMS:
-        args += ["--platform", tag]
-    return args
-
-
-def _wheel_requirements(wheel: Path) -> list[str]:
-    """Unconditional Requires-Dist of a wheel (no extras, no environment markers)."""
-    with zipfile.ZipFile(wheel) as archive:
-        meta = next(n for n in archive.namelist() if n.endswith(".dist-info/METADATA"))
-        lines = archive.read(meta).decode().splitlines()
-    return [line.split(":", 1)[1].strip() for line in lines if line.startswith("Requires-Dist:") and ";" not in line]
-
-
-def build_deepspeed_wheel(pin: Pin, cache: Path) -> Path:
-    """DeepSpeed ships only a source release; a DS_BUILD_OPS=0 wheel is pure Python (ops JIT-compile there)."""
-    found = list(cache.glob(f"deepspeed-{pin.version}-*.whl"))
-    if not found:
-        subprocess.run(
-            _pip("wheel", "--quiet", "--no-deps", "--no-build-isolation", "-w", str(cache), pin.requirement),
-            env={**os.environ, "DS_BUILD_OPS": "0"},
-            check=True,
-        )
-        found = list(cache.glob(f"deepspeed-{pin.version}-*.whl"))
-    return found[0]
-
-
-def resolve_closure(requirements: list[str], constraints: list[str]) -> dict[str, str]:
-    """name → version of everything pip would install for the device's Python and platform."""
-    with tempfile.TemporaryDirectory() as tmp:
-        constraint_file = Path(tmp) / "constraints.txt"
-        constraint_file.write_text("\n".join(constraints) + "\n")
-        report = Path(tmp) / "report.json"
-        command = _pip(
-            "install", "--quiet", "--dry-run", "--ignore-installed", *_platform_args(),
-            "--target", str(Path(tmp) / "target"), "--report", str(report), "-c", str(constraint_file), *requirements,
-        )  # fmt: skip
-        subprocess.run(command, check=True)
-        installs = json.loads(report.read_text())["install"]
-    return {normalize(item["metadata"]["name"]): item["metadata"]["version"] for item in installs}
-
-
-def select_carried(closure: dict[str, str], pins: dict[str, Pin], image: dict[str, str | None]) -> dict[str, str]:
-    """What must travel: packages the image lacks, and our pins where the image's version is unknown or differs."""
-    carried = {}
-    for name, version in closure.items():
-        if NEVER_CARRY.match(name):
-            continue
-        if name in pins:
-            if image.get(name) != pins[name].version:
-                carried[name] = version
-        elif name not in image:
-            carried[name] = version
-    return carried
 
 
 @dataclass
@@ -428,7 +367,7 @@ class Piece:
     chunk: int | None = None
 
 
-def _sha256(path: Path) -> str:
+def file_sha256(path: Path) -> str:
     digest = hashlib.sha256()
     with path.open("rb") as handle:
         for block in iter(lambda: handle.read(1 << 20), b""):
@@ -436,105 +375,8 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def pack_parts(wheels: list[tuple[str, Path]], part_bytes: int, staging: Path) -> list[list[Piece]]:
-    """Fill parts in tier order, largest first; a wheel larger than a part is cut into chunks across parts."""
-    parts: list[list[Piece]] = []
-    room: list[int] = []
-    for tier in TIERS:
-        first = len(parts)  # a tier may share its first part with the end of the previous tier
-        first = max(0, first - 1) if parts else 0
-        for tier_name, wheel in sorted(wheels, key=lambda w: -w[1].stat().st_size):
-            if tier_name != tier:
-                continue
-            size = wheel.stat().st_size
-            if size <= part_bytes:
-                index = next((i for i in range(first, len(parts)) if room[i] >= size), None)
-                if index is None:
-                    parts.append([])
-                    room.append(part_bytes)
-                    index = len(parts) - 1
-                parts[index].append(Piece(wheel.name, tier, wheel.name, size, _sha256(wheel)))
-                room[index] -= size
-                continue
-            data, offset, chunk = wheel.read_bytes(), 0, 0
-            while offset < size:
-                if not parts or room[-1] < 1 << 20:
-                    parts.append([])
-                    room.append(part_bytes)
-                piece = data[offset : offset + room[-1]]
-                name = f"{wheel.name}.{chunk:03d}"
-                (staging / name).write_bytes(piece)
-                parts[-1].append(Piece(wheel.name, tier, name, len(piece), hashlib.sha256(piece).hexdigest(), chunk))
-                room[-1] -= len(piece)
-                offset += len(piece)
-                chunk += 1
-    return parts
-
-
-def _without_extras(requirement: str) -> str:
-    """Constraint files take no extras: ray[default,train]==2.60.0 constrains as ray==2.60.0."""
-    return re.sub(r"\[[^\]]*\]", "", requirement)
-
-
 def tier_of(name: str) -> str:
     return next((tier for tier, names in TIERS.items() if name in names), "rest")
-
-
-def _find_wheel(cache: Path, name: str, version: str) -> Path:
-    for wheel in cache.glob("*.whl"):
-        parts = wheel.name.split("-")
-        if normalize(parts[0]) == name and parts[1] == version:
-            return wheel
-    raise SystemExit(f"no wheel of {name}=={version} in {cache} for Python {DEVICE_PYTHON} on x86_64 Linux")
-
-
-def cmd_device_wheels(args: argparse.Namespace) -> int:
-    out = Path(args.out).resolve()
-    cache = out / "cache"
-    cache.mkdir(parents=True, exist_ok=True)
-    pins = read_pins(REQUIREMENTS)
-    image = read_image_packages()
-    deepspeed = build_deepspeed_wheel(pins["deepspeed"], cache)
-    ds_deps = [r for r in _wheel_requirements(deepspeed) if normalize(re.split(r"[<>=!~ \[]", r)[0]) != "torch"]
-    constraints = [_without_extras(p.requirement) for p in pins.values()]
-    # Tier by tier, the cumulative requirements' closure; a package belongs to the first tier that needs it.
-    carried: dict[str, tuple[str, str]] = {"deepspeed": (pins["deepspeed"].version, "bench")}
-    wanted: list[str] = []
-    for tier in TIERS:
-        wanted += [p.requirement for n, p in pins.items() if tier_of(n) == tier and n not in ("torch", "deepspeed")]
-        if tier == "bench":
-            wanted += ds_deps
-        for name, version in select_carried(resolve_closure(wanted, constraints), pins, image).items():
-            carried.setdefault(name, (version, tier))
-    specs = [f"{name}=={version}" for name, (version, _) in sorted(carried.items()) if name != "deepspeed"]
-    subprocess.run(_pip("download", "--quiet", "--no-deps", *_platform_args(), "-d", str(cache), *specs), check=True)
-    wheels = [(tier, _find_wheel(cache, name, version)) for name, (version, tier) in carried.items()]
-    for old in out.glob("p*"):
-        shutil.rmtree(old)
-    staging = cache / "chunks"
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir()
-    parts = pack_parts(wheels, args.part_mib * 2**20, staging)
-    manifest = {
-        "python": DEVICE_PYTHON,
-        "site": DEVICE_SITE,
-        "tiers": {tier: sorted({p.wheel for part in parts for p in part if p.tier == tier}) for tier in TIERS},
-        "parts": [[asdict(p) for p in part] for part in parts],
-    }
-    for number, part in enumerate(parts, 1):
-        directory = out / f"p{number}"
-        directory.mkdir()
-        for piece in part:
-            source = staging / piece.file if piece.chunk is not None else cache / piece.file
-            shutil.copy2(source, directory / piece.file)
-        (directory / "manifest.json").write_text(json.dumps({**manifest, "part": number}, indent=2))
-    for number, part in enumerate(parts, 1):
-        tiers = sorted({p.tier for p in part})
-        print(f".whl/p{number}: {sum(p.size for p in part) / 2**20:5.1f} MiB, {len(part)} files, tiers {tiers}")
-    for tier in TIERS:
-        last = max((n for n, part in enumerate(parts, 1) if any(p.tier == tier for p in part)), default=None)
-        print(f"  {tier}: ready once parts 1..{last} are installed")
-    return 0
 
 
 def _assemble(staging: Path, manifest: dict[str, Any]) -> list[Path]:
@@ -571,14 +413,14 @@ def cmd_device_install(args: argparse.Namespace) -> int:
         manifest = json.loads((part_dir / "manifest.json").read_text())
         for piece in map(lambda p: Piece(**p), manifest["parts"][manifest["part"] - 1]):
             source = part_dir / piece.file
-            if not source.is_file() or _sha256(source) != piece.sha256:
+            if not source.is_file() or file_sha256(source) != piece.sha256:
                 print(f"{source}: missing or damaged in transfer (sha256 differs)", file=sys.stderr)
                 return 2
             if piece.wheel not in installed:
                 shutil.copy2(source, staging / piece.file)
     ready = [w for w in _assemble(staging, manifest) if w.name not in installed]
     if ready:
-        command = _pip("install", "--quiet", "--no-index", "--no-deps", "--no-compile", "--no-cache-dir",
+        command = pip_command("install", "--quiet", "--no-index", "--no-deps", "--no-compile", "--no-cache-dir",
                        "--upgrade", "--target", str(site), *map(str, ready), python=args.python)  # fmt: skip
         subprocess.run(command, check=True)
         installed += [w.name for w in ready]
@@ -621,9 +463,6 @@ def main(argv: list[str] | None = None) -> int:
     verify.add_argument("--image", action="store_true", help="the lent machines: their torch and numpy are theirs")
     verify.add_argument("--json", help="write the report here")
     verify.add_argument("--tiers", nargs="+", choices=[*TIERS, "none"], help="only these tiers' pins must be present")
-    wheels = commands.add_parser("device-wheels", help="here: wheel parts for the lent offline GPU machines")
-    wheels.add_argument("--out", default=str(REPO / ".whl"))
-    wheels.add_argument("--part-mib", type=int, default=PART_MIB)
     install = commands.add_parser("device-install", help="there: install carried parts, then verify")
     install.add_argument("parts", nargs="+", help="carried part folders, e.g. .whl/p1")
     install.add_argument("--site", default=DEVICE_SITE)
@@ -636,7 +475,6 @@ def main(argv: list[str] | None = None) -> int:
         "plan": cmd_plan,
         "install": cmd_install,
         "verify": cmd_verify,
-        "device-wheels": cmd_device_wheels,
         "device-install": cmd_device_install,
     }
     return handlers[args.command](args)

@@ -98,14 +98,14 @@ def kard_knowledge(tmp_path_factory: pytest.TempPathFactory) -> tuple[Experiment
 @pytest.fixture(scope="session")
 def corpus() -> list[dict[str, str]]:
     """400 deterministic passages, for the retrieval core's and the retrieval service's tests alike."""
-    from retrieval_service.testing import make_corpus
+    from support.retrieval_corpus import make_corpus
 
     return make_corpus(400)
 
 
 @pytest.fixture(scope="session")
 def corpus_file(tmp_path_factory: pytest.TempPathFactory, corpus: list[dict[str, str]]) -> Path:
-    from retrieval_service.testing import write_jsonl
+    from support.retrieval_corpus import write_jsonl
 
     return write_jsonl(tmp_path_factory.mktemp("corpus") / "passages.jsonl", corpus)
 

@@ -29,7 +29,13 @@ from pathlib import Path
 from typing import Any
 
 from ray_jobs.benchmarks.gpu_cases import STEP_SUITES, SUITES, BenchSettings, StepCase, plan_cases, unique_cases
-from ray_jobs.benchmarks.gpu_report import add_utilisation, comparisons, render_markdown, resolve_peak
+from ray_jobs.benchmarks.gpu_report import (
+    add_memory_plan,
+    add_utilisation,
+    comparisons,
+    render_markdown,
+    resolve_peak,
+)
 from ray_jobs.benchmarks.trainer_runs import DISTRIBUTED_ENV
 
 CASE_TIMEOUT_S = 1200.0  # a 3B case with a first-use JIT build of DeepSpeed's CPU Adam stays well under this
@@ -113,6 +119,7 @@ class GpuBenchmark:
         summary["suites"] = {suite: summary["suites"][suite] for suite in STEP_SUITES if suite in summary["suites"]}
         for result in summary["cases"].values():
             add_utilisation(result, summary["peak"])
+            add_memory_plan(result)
         summary["comparisons"] = comparisons(summary)
         (self.out / "results.json").write_text(json.dumps(summary, indent=2, default=str))
         (self.out / "results.md").write_text(render_markdown(summary))

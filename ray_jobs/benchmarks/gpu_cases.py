@@ -66,6 +66,27 @@ class StepCase:
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
 
+    def config_overrides(self, template: str | None = None) -> list[str]:
+        """The overrides of the ExperimentConfig a training run of this case would use: what the step worker builds
+        and what the memory planner sizes. `template` stands in for the case's (same ZeRO stage, e.g. torch AdamW)."""
+        lengths = [f"data.max_input_length={self.src_len}", f"data.max_target_length={self.tgt_len}"]
+        if self.rationale_len:
+            lengths.append(f"data.max_rationale_length={self.rationale_len}")
+        return [
+            f"model.name={self.model}",
+            f"model.gradient_checkpointing={str(self.gradient_checkpointing).lower()}",
+            f"method.name={self.method}",
+            f"ds.template={template or self.template}",
+            f"ds.offload_optimizer={str(self.offload_optimizer).lower()}",
+            f"ds.precision={self.precision}",
+            f"optim.micro_batch_size={self.micro_batch_size}",
+            f"optim.max_steps={self.warmup_steps + self.measure_steps}",
+            f"run.use_gpu={str(self.use_gpu).lower()}",
+            "run.num_workers=1",
+            "data.dataset=synthetic",
+            *lengths,
+        ]
+
 
 @dataclass(frozen=True)
 class BenchSettings:

@@ -69,19 +69,7 @@ def case_config(case: StepCase, work_dir: Path, teacher_dir: Path | None = None)
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(config, indent=2))
         template = str(path)
-    overrides = [
-        f"model.name={case.model}",
-        f"model.gradient_checkpointing={str(case.gradient_checkpointing).lower()}",
-        f"method.name={case.method}",
-        f"ds.template={template}",
-        f"ds.offload_optimizer={str(case.offload_optimizer).lower()}",
-        f"ds.precision={case.precision}",
-        f"optim.micro_batch_size={case.micro_batch_size}",
-        f"optim.max_steps={case.warmup_steps + case.measure_steps}",
-        f"run.use_gpu={str(case.use_gpu).lower()}",
-        "run.num_workers=1",
-        "data.dataset=synthetic",
-    ]
+    overrides = case.config_overrides(template)
     if teacher_dir is not None:
         overrides.append(f"method.knife.teacher={teacher_dir}")
     return load_config(overrides=overrides)

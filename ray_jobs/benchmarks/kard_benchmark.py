@@ -14,27 +14,20 @@ and with the gold rationale's passages. All runs log to `<out>/mlflow.db` (exper
 from __future__ import annotations
 
 import argparse
-import json
-import shutil
 import statistics
 import time
 from collections import Counter
-from collections.abc import Callable
-from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import asdict, dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from mlflow.tracking import MlflowClient
-
+from ray_jobs.benchmarks import harness
 from ray_jobs.benchmarks.trainer_runs import run_trainer_process
 from trainer.config.loader import load_config
 from trainer.data.registry import load_splits
 from trainer.kard.prepare import prepare_knowledge
 
 EXPERIMENT = "kard-benchmark"
-PARALLEL = 2
 STUDENTS = ("ft_io", "rd", "kard_bm25", "kard_reranker", "kard_oracle")
 RERANKER_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
 CUTOFFS = (1, 2, 5)
@@ -61,28 +54,7 @@ DATASETS: dict[str, dict[str, Any]] = {
 COMMON = ["data.rationale_filter=parse", "optim.lr=1e-3", "optim.warmup_steps=20", "run.num_workers=1",
           "tracking.log_every=100", "run.eval_batch_size=32"]  # fmt: skip
 QUICK = ["data.max_train_examples=96", "data.max_dev_examples=24"]
-_ARTIFACTS = ("mlflow.db", "mlartifacts", "runs", "knowledge", "logs", "results.md", "results.json", "accuracy.png")
-
-
-@dataclass
-class Task:
-    """One process to run once its dependencies produced their results."""
-
-    name: str
-    run: Callable[[dict[str, dict[str, Any]]], dict[str, Any]]
-    log: Path  # trainer.train's output; its last line is the run's final JSON once the process succeeded
-    needs: tuple[str, ...] = ()
-
-    def finished_result(self) -> dict[str, Any] | None:
-        """What an earlier, interrupted invocation's process of this task printed last, if it finished."""
-        if not self.log.is_file():
-            return None
-        lines = [line for line in self.log.read_text().splitlines() if line.strip()]
-        try:
-            final = json.loads(lines[-1]) if lines else None
-        except json.JSONDecodeError:
-            return None
-        return final if isinstance(final, dict) and "mlflow_run_id" in final else None
+_ARTIFACTS = ("mlflow.db", "mlartifacts", "runs", "knowledge", "logs", *harness.REPORT_FILES)
 
 
 @dataclass
@@ -92,34 +64,13 @@ class Outcome:
     metrics: dict[str, dict[str, float]] = field(default_factory=dict)  # label -> metrics
 
 
-def run_tasks(tasks: list[Task], done: dict[str, dict[str, Any]] | None = None) -> dict[str, dict[str, Any]]:
-    """Run tasks PARALLEL at a time, each as soon as the tasks it needs are done, earlier tasks first (a seed's
-    evaluations before the next seed's trainings); tasks already in `done` are not run. Any failure stops everything."""
-    done = dict(done or {})
-    waiting = [t for t in tasks if t.name not in done]
-    with ThreadPoolExecutor(PARALLEL) as pool:
-        running: dict[Future[dict[str, Any]], str] = {}
-        try:
-            while waiting or running:
-                for task in [t for t in waiting if all(n in done for n in t.needs)][: PARALLEL - len(running)]:
-                    waiting.remove(task)
-                    running[pool.submit(task.run, done)] = task.name
-                finished, _ = wait(running, return_when=FIRST_COMPLETED)
-                for future in finished:
-                    done[running.pop(future)] = future.result()
-        except BaseException:
-            pool.shutdown(cancel_futures=True)
-            raise
-    return done
-
-
-def plan(dataset: str, seed: int, out: Path, quick: bool) -> tuple[list[str], list[Task]]:
+def plan(dataset: str, seed: int, out: Path, quick: bool) -> tuple[list[str], list[harness.Task]]:
     spec = DATASETS[dataset]
     steps = 24 if quick else spec["student_steps"]
     shared = [
         f"data.dataset={dataset}", *COMMON, *spec["data"], *(QUICK if quick else []),
         f"run.output_dir={out / 'runs'}", f"retrieval.cache_dir={out / 'knowledge'}",
-        f"tracking.tracking_uri=sqlite:///{out / 'mlflow.db'}", f"tracking.experiment={EXPERIMENT}",
+        f"tracking.tracking_uri={harness.tracking_uri(out)}", f"tracking.experiment={EXPERIMENT}",
     ]  # fmt: skip
     base = [*shared, f"data.synthetic_seed={seed}", f"run.seed={seed}", f"tracking.tags.bench_seed='{seed}'"]
     # KARD's own knobs go to the KARD methods only: the I→O baseline's method section has none.
@@ -133,18 +84,18 @@ def plan(dataset: str, seed: int, out: Path, quick: bool) -> tuple[list[str], li
     def log(label: str) -> Path:
         return out / "logs" / f"{tag}-{label}.log"
 
-    def train(label: str, *extra: str, reads_knowledge: bool = True) -> Task:
-        def run(_: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    def train(label: str, *extra: str, reads_knowledge: bool = True) -> harness.Task:
+        def run(_: dict[str, harness.Final]) -> harness.Final:
             common = with_knowledge if reads_knowledge else [*plain, f"optim.max_steps={steps}"]
             args = [*common, f"run.name={tag}-{label}", *extra]
             result = run_trainer_process(args, log(label))
             print(f"[{result.wall_s:5.0f} s] {tag} {label}: {summary_line(result.metrics)}", flush=True)
             return result.final
 
-        return Task(f"{tag}/{label}", run, log(label))
+        return harness.Task(f"{tag}/{label}", run, log(label))
 
-    def evaluate(label: str, mode: str) -> Task:
-        def run(done: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    def evaluate(label: str, mode: str) -> harness.Task:
+        def run(done: dict[str, harness.Final]) -> harness.Final:
             args = [*with_knowledge, f"run.name={tag}-{label}", "method.name=kard", f"method.kard.inference={mode}",
                     f"model.name={done[f'{tag}/kard_bm25']['model_uri']}", "run.eval_vote_samples=5"]  # fmt: skip
             if mode == "reranker":
@@ -154,7 +105,7 @@ def plan(dataset: str, seed: int, out: Path, quick: bool) -> tuple[list[str], li
             return result.final
 
         needs = ("kard_bm25", "reranker") if mode == "reranker" else ("kard_bm25",)
-        return Task(f"{tag}/{label}", run, log(label), tuple(f"{tag}/{n}" for n in needs))
+        return harness.Task(f"{tag}/{label}", run, log(label), tuple(f"{tag}/{n}" for n in needs))
 
     reranker_steps = 6 if quick else spec["reranker_steps"]
     tasks = [
@@ -186,14 +137,10 @@ def majority_accuracy(dataset: str, seed: int, quick: bool) -> float:
     return Counter(ex.answer_index for ex in dev).most_common(1)[0][1] / len(dev)
 
 
-def mean_std(values: list[float]) -> tuple[float, float | None]:
-    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else None
-
-
 def cell(values: list[float]) -> str:
     if not values:
         return "–"
-    mean, std = mean_std(values)
+    mean, std = harness.mean_std(values)
     return f"{mean:.3f} ± {std:.3f}" if std is not None else f"{mean:.3f}"
 
 
@@ -261,39 +208,21 @@ CAVEAT = (
 
 
 def write_plot(summary: dict[str, Any], majority: dict[str, float], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     datasets = sorted(summary)
-    fig, axes = plt.subplots(2, len(datasets), figsize=(6 * len(datasets), 8), squeeze=False)
-    for column, dataset in enumerate(datasets):
-        ax = axes[0][column]
-        for x, method in enumerate(STUDENTS):
-            values = summary[dataset]["accuracy"][method]
-            if values:
-                mean, std = mean_std(values)
-                ax.bar(x, mean, yerr=std or 0.0, capsize=4, color=f"C{x}", alpha=0.7)
-                ax.scatter([x] * len(values), values, color="black", s=12, zorder=3)
-        ax.axhline(majority[dataset], color="grey", linestyle="--", label="majority class")
-        ax.set_xticks(range(len(STUDENTS)), STUDENTS, rotation=30, ha="right")
-        ax.set_ylim(0, 1)
-        ax.set_title(f"{dataset}: dev accuracy (mean ± std, dots: seeds)")
-        ax.legend(loc="lower right")
-        ax = axes[1][column]
-        for offset, source in ((-0.2, "bm25"), (0.2, "reranker")):
-            means = [
-                statistics.fmean(v) if (v := summary[dataset]["recall"][f"{source}@{k}"]) else 0.0 for k in CUTOFFS
-            ]
-            ax.bar([i + offset for i in range(len(CUTOFFS))], means, width=0.4, label=source)
-        ax.set_xticks(range(len(CUTOFFS)), [f"recall@{k}" for k in CUTOFFS])
-        ax.set_ylim(0, 1.05)
-        ax.set_title(f"{dataset}: the gold rationale's passage among the top k")
-        ax.legend(loc="lower right")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    with harness.plot_grid(path, 2, len(datasets), (6, 4)) as axes:
+        for column, dataset in enumerate(datasets):
+            ax = axes[0][column]
+            harness.accuracy_bars(ax, {m: summary[dataset]["accuracy"][m] for m in STUDENTS}, majority[dataset], 30)
+            ax.set_title(f"{dataset}: dev accuracy (mean ± std, dots: seeds)")
+            ax = axes[1][column]
+            for offset, source in ((-0.2, "bm25"), (0.2, "reranker")):
+                recall = summary[dataset]["recall"]
+                means = [statistics.fmean(v) if (v := recall[f"{source}@{k}"]) else 0.0 for k in CUTOFFS]
+                ax.bar([i + offset for i in range(len(CUTOFFS))], means, width=0.4, label=source)
+            ax.set_xticks(range(len(CUTOFFS)), [f"recall@{k}" for k in CUTOFFS])
+            ax.set_ylim(0, 1.05)
+            ax.set_title(f"{dataset}: the gold rationale's passage among the top k")
+            ax.legend(loc="lower right")
 
 
 def write_report(
@@ -306,8 +235,7 @@ def write_report(
     md = [
         "# KARD benchmark",
         "",
-        f"{datetime.now(UTC):%Y-%m-%d %H:%M} UTC, total wall time {wall_s / 60:.1f} min, {PARALLEL} runs at a time"
-        + (f"; {reused} runs finished by an earlier, interrupted invocation (`--resume`)." if reused else "."),
+        harness.timing_line(wall_s, reused),
         "",
         "## Budget",
         "",
@@ -342,41 +270,24 @@ def write_report(
             "",
         ]
     md += ["## Reading", "", " ".join(reading(summary, d, majority[d]) for d in summary) + " " + CAVEAT, ""]
-    (out / "results.md").write_text("\n".join(md))
-    result = {
-        "experiment": EXPERIMENT,
-        "tracking_uri": f"sqlite:///{out / 'mlflow.db'}",
-        "wall_time_s": wall_s,
-        "budget": budget,
-        "majority_class_accuracy": majority,
-        "summary": summary,
-        "runs": [asdict(o) for o in outcomes],
-    }
-    (out / "results.json").write_text(json.dumps(result, indent=2))
+    fields = {"majority_class_accuracy": majority, "summary": summary, "runs": [asdict(o) for o in outcomes]}
+    result = harness.write_results(out, md, EXPERIMENT, wall_s, budget, fields)
     write_plot(summary, majority, out / "accuracy.png")
     return result
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", type=Path, default=Path("bench_results/kard"))
+    harness.add_out_arguments(parser, Path("bench_results/kard"))
     parser.add_argument("--datasets", nargs="+", choices=sorted(DATASETS), default=list(DATASETS))
     parser.add_argument("--seeds", type=int, nargs="+", help="only these of each dataset's seeds")
     parser.add_argument("--quick", action="store_true", help="smoke size: synthetic_kb, seed 0, a few steps")
-    parser.add_argument(
-        "--resume", action="store_true",
-        help="keep <out> and the runs an earlier, interrupted invocation finished; run only the rest",
-    )  # fmt: skip
     args = parser.parse_args(argv)
     out = args.out.resolve()
-    out.mkdir(parents=True, exist_ok=True)
-    for name in _ARTIFACTS if not args.resume else ():
-        target = out / name
-        shutil.rmtree(target) if target.is_dir() else target.unlink(missing_ok=True)
-    MlflowClient(f"sqlite:///{out / 'mlflow.db'}").search_experiments()  # schema once, before parallel runs
+    harness.prepare_out(out, _ARTIFACTS, args.resume)
     datasets = ["synthetic_kb"] if args.quick else args.datasets
     start = time.perf_counter()
-    budget: dict[str, Any] = {"quick": args.quick, "parallel": PARALLEL, "datasets": {}}
+    budget: dict[str, Any] = {"quick": args.quick, "parallel": harness.PARALLEL, "datasets": {}}
     runs = [
         (d, seed)
         for d in datasets
@@ -387,8 +298,8 @@ def main(argv: list[str] | None = None) -> None:
     for dataset, seed in runs:  # every (dataset, seed) in one task graph, so the two slots never idle
         budget["datasets"][dataset], planned = plan(dataset, seed, out, args.quick)
         tasks += planned
-    finished = {t.name: result for t in tasks if args.resume and (result := t.finished_result()) is not None}
-    done = run_tasks(tasks, finished)
+    finished = harness.finished_results(tasks) if args.resume else {}
+    done = harness.run_tasks(tasks, finished)
     outcomes = [
         Outcome(
             d,
@@ -402,8 +313,7 @@ def main(argv: list[str] | None = None) -> None:
         for d, seed in runs
     ]
     result = write_report(out, outcomes, budget, time.perf_counter() - start, len(finished))
-    print((out / "results.md").read_text())
-    print(f"wrote {out / 'results.md'}, results.json, accuracy.png in {result['wall_time_s'] / 60:.1f} min")
+    harness.print_report(out, result["wall_time_s"])
 
 
 if __name__ == "__main__":

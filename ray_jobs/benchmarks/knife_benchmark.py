@@ -22,19 +22,17 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 import statistics
 import time
 from collections import Counter
-from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import asdict, dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from mlflow.tracking import MlflowClient
 from scipy.stats import t as student_t
 
+from ray_jobs.benchmarks import harness
 from ray_jobs.benchmarks.trainer_runs import run_trainer_process
 from trainer.config.schema import DataConfig
 from trainer.data.registry import load_splits
@@ -50,7 +48,6 @@ ABLATIONS: dict[str, tuple[str, ...]] = {
     "kd_out_only": ("method.knife.lambda_in=0",),
     "kd_out_kl": ("method.knife.output_loss=kl",),
 }
-PARALLEL = 2  # one training process per CPU core
 _COMMON = [
     "model.name=t5-tiny",
     "optim.lr=1e-3",
@@ -83,7 +80,7 @@ DATASETS: dict[str, dict[str, Any]] = {
     },
 }
 QUICK: dict[str, Any] = {"max_steps": 24, "overrides": ["data.max_train_examples=256", "data.max_dev_examples=24"]}
-_ARTIFACTS = ("mlflow.db", "mlartifacts", "runs", "logs", "results.md", "results.json", "accuracy.png")
+_ARTIFACTS = ("mlflow.db", "mlartifacts", "runs", "logs", *harness.REPORT_FILES)
 
 
 @dataclass(frozen=True)
@@ -127,13 +124,21 @@ def _base_overrides(out: Path, dataset: str, max_steps: int, quick: bool) -> lis
         f"data.dataset={dataset}",
         f"optim.max_steps={max_steps}",
         f"run.output_dir={out / 'runs'}",
-        f"tracking.tracking_uri=sqlite:///{out / 'mlflow.db'}",
+        f"tracking.tracking_uri={harness.tracking_uri(out)}",
         f"tracking.experiment={EXPERIMENT}",
     ]
 
 
-def _run(job: Job, out: Path) -> RunResult:
-    """One `trainer.train` subprocess; its log goes to <out>/logs/<run_name>.log."""
+PROCESS_WALL_TIME = "process_wall_time_s"  # the key _run adds to trainer.train's final JSON
+
+
+def _log(job: Job, out: Path) -> Path:
+    return out / "logs" / f"{job.run_name}.log"
+
+
+def _run(job: Job, out: Path) -> harness.Final:
+    """One `trainer.train` subprocess; its log goes to <out>/logs/<run_name>.log. Returns its final JSON line with
+    the process's wall time added."""
     args = [
         *job.overrides,
         f"method.name={job.method}",
@@ -142,13 +147,18 @@ def _run(job: Job, out: Path) -> RunResult:
         f"tracking.tags.bench_seed='{job.seed}'",  # quoted: override values are YAML
         *([f"tracking.tags.variant={job.variant}"] if job.variant else []),
     ]
-    process = run_trainer_process(args, out / "logs" / f"{job.run_name}.log")
-    final, metrics, elapsed = process.final, process.metrics, process.wall_s
+    process = run_trainer_process(args, _log(job, out))
+    metrics = process.metrics
     print(
-        f"[{elapsed:6.0f} s] {job.run_name}: dev/accuracy {metrics['dev/accuracy']:.3f} "
+        f"[{process.wall_s:6.0f} s] {job.run_name}: dev/accuracy {metrics['dev/accuracy']:.3f} "
         f"generation {metrics['dev/generation_accuracy']:.3f}",
         flush=True,
     )
+    return {**process.final, PROCESS_WALL_TIME: process.wall_s}
+
+
+def _result(job: Job, final: harness.Final) -> RunResult:
+    metrics = final["metrics"]
     return RunResult(
         job.dataset,
         job.label,
@@ -159,39 +169,9 @@ def _run(job: Job, out: Path) -> RunResult:
         metrics["dev/unparsed_rate"],
         final["global_step"],
         metrics["train/wall_time_s"],
-        elapsed,
+        final[PROCESS_WALL_TIME],
         final["mlflow_run_id"],
     )
-
-
-def finished_results(out: Path) -> dict[str, RunResult]:
-    """Runs an earlier invocation finished in <out>'s store, by run name (`--resume`). Their process wall time is the
-    MLflow run's start-to-end time."""
-    client = MlflowClient(f"sqlite:///{out / 'mlflow.db'}")
-    experiment = client.get_experiment_by_name(EXPERIMENT)
-    if experiment is None:
-        return {}
-    finished: dict[str, RunResult] = {}
-    for run in client.search_runs([experiment.experiment_id], "attributes.status = 'FINISHED'", max_results=10_000):
-        tags, metrics = run.data.tags, run.data.metrics
-        if "dev/accuracy" not in metrics or "bench_seed" not in tags:
-            continue
-        name = tags["mlflow.runName"]
-        variant = tags.get("variant", "")
-        finished[name] = RunResult(
-            name.split("-", 1)[0],
-            f"{tags['method']}/{variant}" if variant else tags["method"],
-            int(tags["bench_seed"]),
-            name,
-            metrics["dev/accuracy"],
-            metrics["dev/generation_accuracy"],
-            metrics["dev/unparsed_rate"],
-            int(metrics["train/steps"]),
-            metrics["train/wall_time_s"],
-            (run.info.end_time - run.info.start_time) / 1000,
-            run.info.run_id,
-        )
-    return finished
 
 
 def _student_jobs(teacher: Job, out: Path, student_overrides: list[str]) -> list[Job]:
@@ -202,40 +182,37 @@ def _student_jobs(teacher: Job, out: Path, student_overrides: list[str]) -> list
     return [*jobs, Job(teacher.dataset, STUDENT, teacher.seed, knife), *ablations]
 
 
-def run_all(
-    teachers: list[Job], out: Path, student_overrides: list[str], finished: dict[str, RunResult] | None = None
-) -> list[RunResult]:
-    """Teachers first; each finished teacher queues its students and baselines. Any failure stops the benchmark.
-    Jobs already in `finished` (a resumed invocation) are not run again."""
-    finished = finished or {}
-    results: list[RunResult] = []
-    with ThreadPoolExecutor(PARALLEL) as pool:
-        pending: dict[Future[RunResult], Job] = {}
+def plan_jobs(teachers: list[Job], out: Path, student_overrides: list[str]) -> list[Job]:
+    """Teachers first, then every teacher's baselines, student and ablations (they read the teacher's export)."""
+    return [*teachers, *(job for teacher in teachers for job in _student_jobs(teacher, out, student_overrides))]
 
-        def start(job: Job) -> None:
-            if job.run_name not in finished:
-                pending[pool.submit(_run, job, out)] = job
-                return
-            results.append(finished[job.run_name])
-            if job.method == TEACHER:
-                for student in _student_jobs(job, out, student_overrides):
-                    start(student)
 
-        for teacher in teachers:
-            start(teacher)
-        try:
-            while pending:
-                done, _ = wait(pending, return_when=FIRST_COMPLETED)
-                for future in done:
-                    job = pending.pop(future)
-                    results.append(future.result())
-                    if job.method == TEACHER:
-                        for student in _student_jobs(job, out, student_overrides):
-                            start(student)
-        except BaseException:
-            pool.shutdown(cancel_futures=True)
-            raise
-    return results
+def _tasks(jobs: list[Job], out: Path) -> list[harness.Task]:
+    teacher_of = {(j.dataset, j.seed): j.run_name for j in jobs if j.method == TEACHER}
+
+    def task(job: Job) -> harness.Task:
+        needs = () if job.method == TEACHER else (teacher_of[job.dataset, job.seed],)
+        return harness.Task(job.run_name, lambda _done: _run(job, out), _log(job, out), needs)
+
+    return [task(job) for job in jobs]
+
+
+def finished_results(out: Path, jobs: list[Job]) -> dict[str, harness.Final]:
+    """`--resume`: the jobs an earlier invocation finished (their logs end in trainer.train's final line), by run
+    name. Their process wall time is the MLflow run's start-to-end time."""
+    finished = harness.finished_results(_tasks(jobs, out))
+    client = MlflowClient(harness.tracking_uri(out))
+    for final in finished.values():
+        info = client.get_run(final["mlflow_run_id"]).info
+        final[PROCESS_WALL_TIME] = (info.end_time - info.start_time) / 1000
+    return finished
+
+
+def run_all(jobs: list[Job], out: Path, finished: dict[str, harness.Final] | None = None) -> list[RunResult]:
+    """Each job once its teacher is done, two at a time; any failure stops the benchmark. Jobs already in
+    `finished` (a resumed invocation) are not run again."""
+    done = harness.run_tasks(_tasks(jobs, out), finished)
+    return [_result(job, done[job.run_name]) for job in jobs]
 
 
 def majority_accuracy(dataset: str, quick: bool) -> float:
@@ -343,29 +320,15 @@ CAVEAT = (
 
 
 def write_plot(rows: list[Row], majority: dict[str, float], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     datasets = sorted({r.dataset for r in rows})
-    fig, axes = plt.subplots(1, len(datasets), figsize=(7 * len(datasets), 4.5), squeeze=False)
-    for ax, dataset in zip(axes[0], datasets, strict=True):
-        by_method = {r.method: r for r in rows if r.dataset == dataset}
-        methods = [m for m in LABELS if m in by_method]
-        for x, method in enumerate(methods):
-            row = by_method[method]
-            ax.bar(x, row.accuracy_mean, yerr=row.accuracy_std or 0.0, capsize=4, color=f"C{x}", alpha=0.7)
-            ax.scatter([x] * row.n, row.accuracies, color="black", s=12, zorder=3)
-        ax.axhline(majority[dataset], color="grey", linestyle="--", label="majority class")
-        ax.set_xticks(range(len(methods)), methods, rotation=35, ha="right")
-        ax.set_ylim(0, 1)
-        ax.set_title(f"{dataset} (bars: mean ± std, dots: seeds)")
-        ax.set_ylabel("dev accuracy (choice scoring)")
-        ax.legend(loc="lower right")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    with harness.plot_grid(path, 1, len(datasets), (7, 4.5)) as axes:
+        for ax, dataset in zip(axes[0], datasets, strict=True):
+            by_method = {r.method: r for r in rows if r.dataset == dataset}
+            harness.accuracy_bars(
+                ax, {m: by_method[m].accuracies for m in LABELS if m in by_method}, majority[dataset], 35
+            )
+            ax.set_title(f"{dataset} (bars: mean ± std, dots: seeds)")
+            ax.set_ylabel("dev accuracy (choice scoring)")
 
 
 def write_report(
@@ -377,7 +340,7 @@ def write_report(
     reused: int = 0,
 ) -> dict[str, Any]:
     datasets = sorted({r.dataset for r in results})
-    rows = [r for r in compare_runs(f"sqlite:///{out / 'mlflow.db'}", EXPERIMENT) if r.dataset in datasets]
+    rows = [r for r in compare_runs(harness.tracking_uri(out), EXPERIMENT) if r.dataset in datasets]
     seeds = sorted({r.seed for r in results})
     majority = {d: majority_accuracy(d, budget["quick"]) for d in datasets}
     paired = {
@@ -412,9 +375,7 @@ def write_report(
     md = [
         "# KNIFE benchmark",
         "",
-        f"{datetime.now(UTC):%Y-%m-%d %H:%M} UTC, total wall time {wall_s / 60:.1f} min, {PARALLEL} runs at a time, "
-        f"seeds {seeds}"
-        + (f"; {reused} runs finished by an earlier, interrupted invocation (`--resume`)." if reused else "."),
+        harness.timing_line(wall_s, reused, f", seeds {seeds}"),
         "",
         "## Budget",
         "",
@@ -466,18 +427,13 @@ def write_report(
         + CAVEAT,
         "",
     ]
-    (out / "results.md").write_text("\n".join(md))
 
     def by_seed(values: dict[tuple[str, str, int], float]) -> dict[str, dict[str, dict[str, float]]]:
         return {
             d: {m: {str(s): values[d, m, s] for s in seeds if (d, m, s) in values} for m in LABELS} for d in datasets
         }
 
-    summary = {
-        "experiment": EXPERIMENT,
-        "tracking_uri": f"sqlite:///{out / 'mlflow.db'}",
-        "wall_time_s": wall_s,
-        "budget": budget,
+    fields = {
         "student_overrides": student_overrides,
         "ablations": {v: list(extra) for v, extra in ABLATIONS.items()},
         "majority_class_accuracy": majority,
@@ -498,22 +454,18 @@ def write_report(
             for d in datasets
         },
     }
-    (out / "results.json").write_text(json.dumps(summary, indent=2))
+    summary = harness.write_results(out, md, EXPERIMENT, wall_s, budget, fields)
     write_plot(rows, majority, out / "accuracy.png")
     return summary
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", type=Path, default=Path("bench_results/knife"))
+    harness.add_out_arguments(parser, Path("bench_results/knife"))
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
     parser.add_argument("--datasets", nargs="+", choices=sorted(DATASETS), default=list(DATASETS))
     parser.add_argument("--quick", action="store_true", help="smoke size: 24 steps, seed 0, small dev, synthetic")
     parser.add_argument("--max-steps", type=int, help="override every dataset's step budget")
-    parser.add_argument(
-        "--resume", action="store_true",
-        help="keep <out>'s store and the runs an earlier, interrupted invocation finished; run only the rest",
-    )  # fmt: skip
     parser.add_argument(
         "--report-only", action="store_true", help="rewrite the reports from <out>/results.json without training"
     )
@@ -530,29 +482,21 @@ def main(argv: list[str] | None = None) -> None:
         write_report(out, runs, saved["budget"], saved["student_overrides"], saved["wall_time_s"])
         print((out / "results.md").read_text())
         return
-    out.mkdir(parents=True, exist_ok=True)
-    for name in _ARTIFACTS if not args.resume else ():
-        target = out / name
-        shutil.rmtree(target) if target.is_dir() else target.unlink(missing_ok=True)
-    (out / "logs").mkdir(exist_ok=True)
+    harness.prepare_out(out, _ARTIFACTS, args.resume)
 
-    budget: dict[str, Any] = {"quick": args.quick, "parallel": PARALLEL, "datasets": {}}
+    budget: dict[str, Any] = {"quick": args.quick, "parallel": harness.PARALLEL, "datasets": {}}
     teachers = []
     for dataset in datasets:
         steps = args.max_steps or (QUICK["max_steps"] if args.quick else DATASETS[dataset]["max_steps"])
         overrides = _base_overrides(out, dataset, steps, args.quick)
         budget["datasets"][dataset] = {"max_steps": steps, "overrides": overrides[len(_COMMON) :]}
         teachers += [Job(dataset, TEACHER, seed, tuple(overrides)) for seed in seeds]
-    # Create the SQLite schema once here: concurrent first runs would race on its migrations.
-    MlflowClient(f"sqlite:///{out / 'mlflow.db'}").search_experiments()
+    jobs = plan_jobs(teachers, out, args.student_override)
     start = time.perf_counter()
-    finished = finished_results(out) if args.resume else {}
-    results = run_all(teachers, out, args.student_override, finished)
-    reused = sum(r.run_name in finished for r in results)
-    summary = write_report(out, results, budget, args.student_override, time.perf_counter() - start, reused)
-    print((out / "results.md").read_text())
-    print(f"wrote {out / 'results.md'}, {out / 'results.json'}, {out / 'accuracy.png'} "
-          f"in {summary['wall_time_s'] / 60:.1f} min")  # fmt: skip
+    finished = finished_results(out, jobs) if args.resume else {}
+    results = run_all(jobs, out, finished)
+    summary = write_report(out, results, budget, args.student_override, time.perf_counter() - start, len(finished))
+    harness.print_report(out, summary["wall_time_s"])
 
 
 if __name__ == "__main__":

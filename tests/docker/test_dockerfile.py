@@ -99,7 +99,7 @@ PROVIDERS = {
     "mlflow": "mlflow-skinny",
     "yaml": "pyyaml",
 }
-RETRIEVAL_TOOLS_ONLY = {"benchmark.py", "testing.py"}  # benchmarks and test helpers, not in the image's job
+RETRIEVAL_TOOLS_ONLY = {"benchmark.py", "local_server.py"}  # the benchmark and the server it starts; not the image
 RETRIEVAL_IMAGE_PACKAGES = ("retrieval_service", "retrieval_core")  # what the image copies into /app
 
 

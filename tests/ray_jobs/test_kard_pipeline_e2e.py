@@ -14,7 +14,7 @@ import yaml
 
 from retrieval_core.backends.tantivy_backend import TantivyBackend
 from retrieval_core.documents import iter_passages
-from retrieval_service.testing import ServerProcess
+from retrieval_service.local_server import ServerProcess
 from trainer.data.synthetic_kb import SyntheticKBSpec, write_corpus
 from trainer.tracking.compare import compare_runs
 

@@ -17,6 +17,7 @@ from ray_jobs.benchmarks.knife_benchmark import (
     Job,
     PairedDifference,
     finished_results,
+    plan_jobs,
     run_all,
 )
 
@@ -37,19 +38,23 @@ def test_paired_difference_has_a_t_interval_over_seeds() -> None:
 
 
 def test_resume_reuses_finished_runs_and_runs_only_the_rest(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """An interrupted benchmark's finished runs (a real MLflow store) are read back and not run again."""
+    """An interrupted benchmark's finished runs are read back from their logs (trainer.train's last line, with the
+    MLflow run's duration) and not run again; a run killed mid-way is run again."""
     client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
     experiment = client.create_experiment(EXPERIMENT)
-    teacher = Job("synthetic", TEACHER, 0, ())
-    for job, status in ((teacher, "FINISHED"), (Job("synthetic", "ft_io", 0, ()), "KILLED")):
-        run = client.create_run(experiment, run_name=job.run_name, tags={"method": job.method, "bench_seed": "0"})
-        for key, value in {"dev/accuracy": 1.0, "dev/generation_accuracy": 0.5, "dev/unparsed_rate": 0.0,
-                           "train/steps": 500, "train/wall_time_s": 9.0}.items():  # fmt: skip
-            client.log_metric(run.info.run_id, key, value)
-        client.set_terminated(run.info.run_id, status)
-    finished = finished_results(tmp_path)
-    assert list(finished) == [teacher.run_name]  # the killed run is not a result
-    assert (finished[teacher.run_name].dataset, finished[teacher.run_name].accuracy) == ("synthetic", 1.0)
+    run = client.create_run(experiment, start_time=1_000_000)
+    client.set_terminated(run.info.run_id, "FINISHED", end_time=1_042_000)
+    jobs = plan_jobs([Job("synthetic", TEACHER, 0, ())], tmp_path, [])
+    teacher, ft_io = jobs[0], next(j for j in jobs if j.method == "ft_io")
+    (tmp_path / "logs").mkdir()
+    metrics = {"dev/accuracy": 1.0, "dev/generation_accuracy": 0.5, "dev/unparsed_rate": 0.0,
+               "train/wall_time_s": 9.0}  # fmt: skip
+    final = {"global_step": 500, "metrics": metrics, "mlflow_run_id": run.info.run_id}
+    (tmp_path / "logs" / f"{teacher.run_name}.log").write_text("step 500/500\n" + json.dumps(final) + "\n")
+    (tmp_path / "logs" / f"{ft_io.run_name}.log").write_text("step 300/500\n")  # killed: no final line
+    finished = finished_results(tmp_path, jobs)
+    assert list(finished) == [teacher.run_name]
+    assert finished[teacher.run_name]["process_wall_time_s"] == 42.0
 
     started: list[str] = []
 
@@ -59,8 +64,9 @@ def test_resume_reuses_finished_runs_and_runs_only_the_rest(tmp_path: Path, monk
 
     monkeypatch.setattr("ray_jobs.benchmarks.knife_benchmark._run", refuse)  # record what would start, start nothing
     with pytest.raises(RuntimeError, match="stop here"):
-        run_all([teacher], tmp_path, [], finished)
+        run_all(jobs, tmp_path, finished)
     assert teacher.run_name not in started and started  # the teacher's students were queued, the teacher was not
+    assert set(started) <= {j.run_name for j in jobs[1:]}
 
 
 @pytest.mark.slow

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from retrieval_service.testing import ServerProcess
+from retrieval_service.local_server import ServerProcess
 
 
 def pytest_configure(config: pytest.Config) -> None:

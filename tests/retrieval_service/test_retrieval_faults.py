@@ -15,8 +15,8 @@ import retrieval_service.app as app_module
 from retrieval_core.backends.tantivy_backend import TantivyBackend
 from retrieval_service.cli import main as cli_main
 from retrieval_service.client import RetrievalClient, RetrievalError
+from retrieval_service.local_server import ServerProcess, free_port
 from retrieval_service.settings import ServiceSettings
-from retrieval_service.testing import ServerProcess, free_port
 
 
 def test_dead_service_fails_after_bounded_retries_naming_it() -> None:

@@ -13,7 +13,7 @@ import pytest
 from retrieval_core.backends.tantivy_backend import TantivyBackend
 from retrieval_core.documents import Document, ScoredDocument
 from retrieval_service.client import RetrievalClient, RetrievalError
-from retrieval_service.testing import ServerProcess, free_port
+from retrieval_service.local_server import ServerProcess, free_port
 
 
 def fields(response: httpx.Response) -> list[str]:

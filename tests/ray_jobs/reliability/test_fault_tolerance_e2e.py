@@ -21,8 +21,8 @@ import torch
 from mlflow.tracking import MlflowClient
 from ray.job_submission import JobSubmissionClient
 
-from ray_jobs.testing.cluster import HEAD, FaultCluster
-from ray_jobs.testing.failpoints import Failpoints
+from support.cluster import HEAD, FaultCluster
+from support.failpoints import Failpoints
 from tests.ray_jobs.reliability.conftest import CANARIES, Submission, submit_async
 
 pytestmark = [pytest.mark.slow, pytest.mark.reliability]

@@ -25,7 +25,7 @@ from retrieval_core.backends.elasticsearch_backend import (  # noqa: E402
 )
 from retrieval_core.documents import Document  # noqa: E402
 from retrieval_core.tokenization import tokenize  # noqa: E402
-from retrieval_service.testing import ServerProcess, free_port  # noqa: E402
+from retrieval_service.local_server import ServerProcess, free_port  # noqa: E402
 
 _counter = itertools.count()
 # osmem is RE2-based: Java's \p{IsAlphabetic} does not parse there; \p{L}\p{N} is the closest RE2 class.

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
-from ray_jobs.testing.services import MLflowServer
+from support.services import MLflowServer
 from trainer.config.loader import load_config
 from trainer.config.schema import TrackingConfig
 from trainer.tracking.metric_buffer import TrackingUnavailableError

@@ -13,7 +13,7 @@ import tempfile
 import urllib.parse
 from pathlib import Path
 
-from ray_jobs.testing.processes import ManagedProcess, free_port, http_ok, port_open
+from support.processes import ManagedProcess, free_port, http_ok, port_open
 
 TEST_AWS_ENV = {
     # moto accepts any credentials; these only keep pyarrow/boto from looking for real ones.

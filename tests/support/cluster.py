@@ -21,9 +21,9 @@ from typing import Any
 import psutil
 
 from ray_jobs.local_cluster import LOCAL_RAY_ENV
-from ray_jobs.testing.netns import NamespaceNetwork, namespaces_unavailable_reason
-from ray_jobs.testing.processes import ManagedProcess, free_port, http_ok
-from ray_jobs.testing.services import (
+from support.netns import NamespaceNetwork, namespaces_unavailable_reason
+from support.processes import ManagedProcess, free_port, http_ok
+from support.services import (
     TEST_AWS_ENV,
     MLflowServer,
     PostgresServer,

@@ -1,1 +1,0 @@
-"""Real-process test infrastructure: a multi-node Ray cluster in network namespaces and the services it uses."""
