@@ -40,9 +40,10 @@ def decode(tokenizer, ids: list[int]) -> str:
 
 
 def test_every_configured_method_is_registered() -> None:
-    assert set(registered_methods()) == {
+    """The built-ins, in the order comparisons list them (a test's own method may follow them)."""
+    assert list(registered_methods())[:9] == [
         "ft_io", "ft_ior", "ft_iro", "multitask", "knife_teacher", "knife_student", "rd", "kard", "kard_reranker"
-    }  # fmt: skip
+    ]  # fmt: skip
 
 
 def test_io_targets_the_answer_text() -> None:
