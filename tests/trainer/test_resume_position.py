@@ -34,7 +34,8 @@ def history(cfg, run_id: str, key: str) -> list[tuple[int, float]]:
 
 def test_resume_starts_at_its_batch_and_matches_the_uninterrupted_run(tiny_config, monkeypatch) -> None:
     tiny = presets.PRESETS["t5-tiny"]
-    monkeypatch.setitem(presets.PRESETS, "t5-tiny", dataclasses.replace(tiny, architecture=dataclasses.replace(tiny.architecture, dropout_rate=0.1)))
+    with_dropout = dataclasses.replace(tiny.architecture, dropout_rate=0.1)
+    monkeypatch.setitem(presets.PRESETS, "t5-tiny", dataclasses.replace(tiny, architecture=with_dropout))
     collated: list[int] = []
     collate = Method.collate
 
