@@ -23,6 +23,7 @@ from trainer.data.example import DataError, QAExample
 from trainer.data.jsonl import iter_json_rows
 from trainer.data.registry import load_splits, registered_datasets
 from trainer.models.presets import PRESETS, hub_endpoint, hub_offline, hub_reachable, is_preset
+from trainer.models.sources import packaged_model
 from trainer.tracking.redaction import redact_text
 
 PROBE_TIMEOUT_S = 5.0
@@ -137,7 +138,7 @@ def check_model_source(
         if not (path / "config.json").is_file() and not (path / "tokenizer_config.json").is_file():
             raise PreflightError(f"{field}: {source} is not a model directory (no config.json)")
         return []
-    if _in_hf_cache(source):
+    if _in_hf_cache(source) or packaged_model(source):  # the weights are on this machine already
         return []
     reason = unreachable_reason()
     if reason is not None:

