@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import random
 from abc import abstractmethod
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -86,7 +87,7 @@ class Seq2SeqMethod(Method):
         answer = self.answer_text(text)
         return None if answer is None else parse_choice(answer, example.choices)
 
-    def check_eval_examples(self, examples: Any) -> None:  # noqa: B027 - most methods need nothing
+    def check_eval_examples(self, examples: Sequence[QAExample]) -> None:  # noqa: B027 - most methods need nothing
         """Refuse dev examples that lack what this method reads at evaluation (rather than evaluate something else)."""
 
     def eval_details(self, example: QAExample) -> dict[str, Any]:

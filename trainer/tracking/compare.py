@@ -84,9 +84,9 @@ def headline(run: Run) -> str:
     return run.data.tags.get("headline_metric", ACCURACY)
 
 
-def method_rank(run: Run) -> int:
-    """Registration order of the run's method (the `method.name` tag; older runs: a label equal to a name)."""
-    names = list(registered_methods())
+def method_rank(run: Run, names: list[str]) -> int:
+    """Registration order of the run's method among `names` (its `method.name` tag; older runs: a label equal to
+    a name); methods not registered here go last."""
     name = run.data.tags.get("method.name", run.data.tags["method"])
     return names.index(name) if name in names else len(names)
 
@@ -113,10 +113,11 @@ def compare_runs(tracking_uri: str, experiment: str) -> list[Row]:
     experiment_id = _experiment_id(client, tracking_uri, experiment)
     groups: dict[tuple[str, str, str], list[Run]] = defaultdict(list)
     rank: dict[str, int] = {}
+    names = list(registered_methods())
     for run in _finished_method_runs(client, experiment_id):
         if headline(run) in run.data.metrics:
             groups[run.data.tags.get("dataset", "?"), run_label(run), headline(run)].append(run)
-            rank[run_label(run)] = min(rank.get(run_label(run), 1 << 30), method_rank(run))
+            rank[run_label(run)] = min(rank.get(run_label(run), len(names)), method_rank(run, names))
     rows = []
     for (dataset, method, metric), runs in groups.items():
         acc = tuple(run.data.metrics[metric] for run in runs)

@@ -4,6 +4,7 @@ and an input-only student whose encoder and decoder states are aligned with the 
 from __future__ import annotations
 
 import random
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -74,7 +75,7 @@ class KnifeTeacher(_KnifeLayout):
         encoder_outputs = encode(model, batch["teacher_input_ids"], batch["teacher_attention_mask"])
         return encoder_outputs, batch["teacher_cross_attention_mask"]
 
-    def check_eval_examples(self, examples: list[QAExample]) -> None:
+    def check_eval_examples(self, examples: Sequence[QAExample]) -> None:
         """The teacher answers from input + FTR: a dev set without FTRs would silently test something else."""
         missing = [ex.id for ex in examples if not self.rationales(ex, random.Random(0))]
         if missing:
