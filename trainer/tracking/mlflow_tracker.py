@@ -303,18 +303,14 @@ class MLflowTracker:
 
     def register_model(self, name: str, model_uri: str, metrics: Mapping[str, float]) -> str:
         """A new version of registered model `name` from `model_uri`, with `candidate` moved to it and the run's
-        metrics as version tags (the registry's list shows them); returns the version."""
-        from mlflow.exceptions import MlflowException
+        metrics as version tags (the registry's list shows them); returns the version. MLflow's `register_model`
+        resolves a `runs:/` URI to the logged model MLflow 3 stores outside the run's artifacts."""
+        import mlflow
 
-        try:
-            self.client.create_registered_model(name)
-        except MlflowException as exc:
-            if exc.error_code != "RESOURCE_ALREADY_EXISTS":
-                raise
-        version = str(self.client.create_model_version(name=name, source=model_uri, run_id=self.run_id).version)
+        mlflow.set_tracking_uri(self.tracking_uri)
+        tags = {key: f"{value:.6g}" for key, value in metrics.items()}
+        version = str(mlflow.register_model(model_uri, name, tags=tags).version)
         self.client.set_registered_model_alias(name, CANDIDATE_ALIAS, version)
-        for key, value in metrics.items():
-            self.client.set_model_version_tag(name, version, key, f"{value:.6g}")
         self.set_tags({"registered_model": f"{name}/{version}"})
         return version
 
