@@ -139,7 +139,8 @@ def run_knowledge_stage(
 ) -> dict[str, Any]:
     """Build or reuse the knowledge dataset, in an MLflow run of its own (params, counts, the dataset as input)."""
     build = prepare_knowledge(cfg, RayDataQueries)
-    run_name, identity = run_identity(cfg, cfg.method.name, run_tags or {})
+    # "knowledge", not the method it is built for: `tags.method = 'kard'` filters show the runs that train
+    run_name, identity = run_identity(cfg, "knowledge", run_tags or {})
     tracker = MLflowTracker(
         cfg.tracking,
         run_name=run_name,

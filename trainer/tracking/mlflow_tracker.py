@@ -111,7 +111,12 @@ def run_identity(cfg: ExperimentConfig, method: str, run_tags: Mapping[str, str]
         "name": cfg.tracking.run_name or (cfg.run.name if named else method),
         "method": method,
         "dataset": cfg.data.dataset,
-        "model": _short_model_name(cfg.model.name),
+        # an evaluate stage's model is an earlier stage's runs:/ URI: named by that stage
+        "model": (
+            f"model of {run_tags['evaluates_stage']}"
+            if "evaluates_stage" in run_tags
+            else _short_model_name(cfg.model.name)
+        ),
         "seed": str(cfg.run.seed),
         "pipeline": run_tags.get("pipeline", ""),
         "stage": run_tags.get("stage", ""),

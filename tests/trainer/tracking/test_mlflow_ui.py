@@ -31,8 +31,8 @@ def store(tmp_path: Path) -> str:
     return f"sqlite:///{tmp_path / 'mlflow.db'}"
 
 
-def tracking(store: str, experiment: str = "ui", **fields: object) -> TrackingConfig:
-    return TrackingConfig(tracking_uri=store, experiment=experiment, system_metrics=False, **fields)
+def tracking(store: str, experiment: str = "ui") -> TrackingConfig:
+    return TrackingConfig(tracking_uri=store, experiment=experiment, system_metrics=False)
 
 
 def test_experiments_open_on_training_runs_and_keep_a_kind_a_user_set(store: str) -> None:
@@ -43,7 +43,8 @@ def test_experiments_open_on_training_runs_and_keep_a_kind_a_user_set(store: str
     user_set = client.create_experiment("genai", tags={EXPERIMENT_KIND_TAG: "genai_development"})
     MLflowTracker(tracking(store, "genai"), run_name="r").finish()
 
-    assert client.get_experiment_by_name("created").tags[EXPERIMENT_KIND_TAG] == TRAINING_EXPERIMENT_KIND
+    created = client.get_experiment_by_name("created")
+    assert created is not None and created.tags[EXPERIMENT_KIND_TAG] == TRAINING_EXPERIMENT_KIND
     assert client.get_experiment(existing).tags[EXPERIMENT_KIND_TAG] == TRAINING_EXPERIMENT_KIND
     assert client.get_experiment(user_set).tags[EXPERIMENT_KIND_TAG] == "genai_development"
 
@@ -60,6 +61,8 @@ def test_run_names_and_tags_read_without_opening_runs() -> None:
         overrides=["model.name=runs:/0123456789abcdef/model", "tracking.run_name=kard_oracle", "data.dataset=synthetic"]
     )
     assert run_identity(evaluated, "kard", {})[0] == "kard_oracle · synthetic · run 01234567/model · seed 42"
+    of_stage = run_identity(evaluated, "kard_oracle", {"evaluates_stage": "kard", "stage": "kard_oracle"})[0]
+    assert of_stage == "kard_oracle · synthetic · model of kard · seed 42"
 
     custom = load_config(overrides=["tracking.run_name_template='{pipeline}/{stage} s{seed}'"])
     assert run_identity(custom, "kard", {"pipeline": "p", "stage": "kard"})[0] == "p/kard s42"
