@@ -61,8 +61,13 @@ def run_pipeline(plan: PipelinePlan) -> dict[str, dict[str, Any]]:
     client = MlflowClient(resolve_tracking_uri(tracking))
     experiment = client.get_experiment_by_name(resolve_experiment(tracking))
     resume = find_unfinished_parent(client, experiment.experiment_id, plan.name) if experiment else None
+    base = plan.stages[0].config
+    identity = {"pipeline": plan.name, "dataset": base.data.dataset, "seed": str(base.run.seed)}
     parent = MLflowTracker(
-        tracking, run_name=plan.name, tags={PIPELINE_TAG: plan.name, ROLE_TAG: "pipeline"}, resume_run_id=resume
+        tracking,
+        run_name=f"{plan.name} · {base.data.dataset} · seed {base.run.seed}",  # seeds of one pipeline apart in the UI
+        tags={PIPELINE_TAG: plan.name, ROLE_TAG: "pipeline", **identity},
+        resume_run_id=resume,
     )
     parent.log_params({"pipeline.stages": ",".join(s.name for s in plan.stages)})
     results: dict[str, dict[str, Any]] = {}
