@@ -24,7 +24,7 @@ from trainer.kard.prompt import Passage
 from trainer.kard.rationale_filter import RationaleCandidate, VerifierFilter
 from trainer.kard.retriever import Hit, RetrieverSpec
 from trainer.methods.kard.student import knowledge_dataset
-from trainer.tracking.mlflow_tracker import MLflowTracker
+from trainer.tracking.mlflow_tracker import MLflowTracker, run_identity
 
 
 class _SearchActor:
@@ -139,11 +139,13 @@ def run_knowledge_stage(
 ) -> dict[str, Any]:
     """Build or reuse the knowledge dataset, in an MLflow run of its own (params, counts, the dataset as input)."""
     build = prepare_knowledge(cfg, RayDataQueries)
+    # "knowledge", not the method it is built for: `tags.method = 'kard'` filters show the runs that train
+    run_name, identity = run_identity(cfg, "knowledge", run_tags or {})
     tracker = MLflowTracker(
         cfg.tracking,
-        run_name=cfg.tracking.run_name or cfg.run.name,
+        run_name=run_name,
         parent_run_id=parent_run_id,
-        tags={"stage_kind": "knowledge", "dataset": cfg.data.dataset, **(run_tags or {})},
+        tags={"stage_kind": "knowledge", **identity, **(run_tags or {})},
     )
     tracker.log_params({**flatten(cfg), "knowledge.key": build.manifest["key"], "knowledge.path": str(build.path)})
     tracker.set_tags({"knowledge.reused": str(build.reused).lower()})

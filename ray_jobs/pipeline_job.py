@@ -16,6 +16,7 @@ from ray_jobs.pipeline import PIPELINE_TAG, ROLE_TAG, PipelinePlan, PlannedStage
 from ray_jobs.pipeline_resume import finished_stage_result, record_stage_result
 from ray_jobs.stage_group import run_stage_group
 from trainer.tracking import timeline
+from trainer.tracking.compare import log_pipeline_comparison
 from trainer.tracking.mlflow_tracker import MLflowTracker, resolve_experiment, resolve_tracking_uri
 
 
@@ -48,7 +49,7 @@ def run_knowledge(
 
     print(f"[pipeline {pipeline}] stage {stage.name}: knowledge", flush=True)
     timeline.mark("stage.start", stage=stage.name)
-    tags = {PIPELINE_TAG: pipeline, "stage": stage.name}
+    tags = {PIPELINE_TAG: pipeline, "pipeline": pipeline, "stage": stage.name}
     result = run_knowledge_stage(stage.config, parent_run_id=parent_run_id, run_tags=tags)
     timeline.mark("stage.end", stage=stage.name)
     results[stage.name] = result
@@ -60,8 +61,13 @@ def run_pipeline(plan: PipelinePlan) -> dict[str, dict[str, Any]]:
     client = MlflowClient(resolve_tracking_uri(tracking))
     experiment = client.get_experiment_by_name(resolve_experiment(tracking))
     resume = find_unfinished_parent(client, experiment.experiment_id, plan.name) if experiment else None
+    base = plan.stages[0].config
+    identity = {"pipeline": plan.name, "dataset": base.data.dataset, "seed": str(base.run.seed)}
     parent = MLflowTracker(
-        tracking, run_name=plan.name, tags={PIPELINE_TAG: plan.name, ROLE_TAG: "pipeline"}, resume_run_id=resume
+        tracking,
+        run_name=f"{plan.name} · {base.data.dataset} · seed {base.run.seed}",  # seeds of one pipeline apart in the UI
+        tags={PIPELINE_TAG: plan.name, ROLE_TAG: "pipeline", **identity},
+        resume_run_id=resume,
     )
     parent.log_params({"pipeline.stages": ",".join(s.name for s in plan.stages)})
     results: dict[str, dict[str, Any]] = {}
@@ -97,6 +103,11 @@ def run_pipeline(plan: PipelinePlan) -> dict[str, dict[str, Any]]:
         parent.finish("FAILED")
         raise
     parent.log_dict(results, "pipeline/results.json")
+    try:
+        log_pipeline_comparison(client, parent.run_id)
+    except Exception as exc:  # the stages' models are logged; a chart that failed must not fail the pipeline
+        print(f"[pipeline {plan.name}] comparison not logged: {type(exc).__name__}: {exc}", flush=True)
+        parent.set_tags({"comparison.error": f"{type(exc).__name__}: {exc}"[:5000]})
     parent.finish()
     return results
 

@@ -103,7 +103,7 @@ def _stage_group_worker(loop_config: dict[str, Any]) -> None:
             wired.config,
             StageCheckpointIO(stage.name),
             parent_run_id=parent_run_id,
-            run_tags={PIPELINE_TAG: pipeline, "stage": stage.name, **tags},
+            run_tags={PIPELINE_TAG: pipeline, "pipeline": pipeline, "stage": stage.name, **tags},
             launch_id=f"{loop_config['launch_id']}:{wired.config.run.name}",
         )
         result = trainer.evaluate_model() if stage.kind == "evaluate" else trainer.fit()

@@ -41,6 +41,7 @@ from trainer.tracking.mlflow_tracker import (
     create_tracker,
     huggingface_input,
     resolve_tracking_uri,
+    run_identity,
 )
 
 
@@ -154,18 +155,17 @@ class Trainer:
 
     def _tracker(self, resume_run_id: str | None, tags: dict[str, str] | None = None) -> Tracker:
         spec = spec_of(self.cfg)
+        run_name, identity = run_identity(self.cfg, spec.run_label(self.cfg), self.run_tags)
         return create_tracker(
             self.cfg.tracking,
             self.strategy.is_rank_zero,
-            run_name=self.cfg.tracking.run_name or self.cfg.run.name,
+            run_name=run_name,
             resume_run_id=resume_run_id,
             parent_run_id=self.parent_run_id,
             tags={
-                "method": spec.run_label(self.cfg),
+                **identity,
                 "method.name": spec.name,
                 "headline_metric": spec.headline_metric(self.cfg),
-                "dataset": self.cfg.data.dataset,
-                "model": self.cfg.model.name,
                 **weights_tags(self.cfg.model),
                 **self.run_tags,
                 **(tags or {}),
@@ -284,6 +284,9 @@ class Trainer:
         staging = self._save_checkpoint(engine, state, tracker)
         log_model = cfg.tracking.log_model
         model_uri = tracker.log_model(self.export_dir, method.pyfunc) if log_model else None
+        if model_uri is not None and cfg.tracking.register_as:
+            dev = {key: value for key, value in final.items() if key.startswith("dev/")}
+            tracker.register_model(cfg.tracking.register_as, model_uri, dev)
         final_model_uri = (
             tracker.log_model(final_dir, method.pyfunc, FINAL_MODEL_ARTIFACT_PATH)
             if log_model and not final_selected
@@ -368,6 +371,7 @@ class Trainer:
             sample_top_k=run.eval_sample_top_k,
             sample_top_p=run.eval_sample_top_p,
             seed=run.seed,
+            progress=self.cfg.tracking.progress_bar and self.strategy.is_rank_zero,
         )
 
     def _evaluate(self, engine: TrainingEngine, method: Method, dev: list[QAExample]) -> Evaluation:

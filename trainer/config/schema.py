@@ -12,6 +12,7 @@ from trainer.config.sections import MethodSection
 from trainer.config.sections import Section as _Section
 
 DEFAULT_METHOD = "ft_io"
+RUN_NAME_FIELDS = ("name", "method", "dataset", "model", "seed", "pipeline", "stage")  # tracking.run_name_template
 
 
 class ModelConfig(_Section):
@@ -157,6 +158,33 @@ class TrackingConfig(_Section):
         default=900.0, gt=0.0, description="how long metrics may wait for an unreachable MLflow before the run fails"
     )
     max_buffered_metrics: int = Field(default=200_000, ge=1, description="undelivered metrics held in memory at most")
+    run_name_template: str = Field(
+        default="{name} · {dataset} · {model} · seed {seed}",
+        description="a run's name in the MLflow UI; fields: name (run_name, else the method), method, dataset, "
+        "model, seed, pipeline, stage",
+    )
+    system_metrics: bool = Field(default=True, description="MLflow's CPU/memory/disk/network/GPU metrics on rank 0")
+    system_metrics_interval_s: float = Field(default=10.0, gt=0.0, description="seconds between system samples")
+    register_as: str | None = Field(
+        default=None, description="register the run's selected model under this name, alias `candidate`"
+    )
+    progress_bar: bool = Field(default=True, description="tqdm bars for evaluation and generation (rank 0, a TTY)")
+
+    @field_validator("run_name_template")
+    @classmethod
+    def _known_name_fields(cls, template: str) -> str:
+        fields = dict.fromkeys(RUN_NAME_FIELDS, "x")
+        try:
+            template.format(**fields)
+        except (KeyError, IndexError, ValueError) as exc:
+            raise ValueError(f"{template!r}: {exc!r}; known fields: {', '.join(RUN_NAME_FIELDS)}") from None
+        return template
+
+    @model_validator(mode="after")
+    def _registered_model_is_logged(self) -> TrackingConfig:
+        if self.register_as and not self.log_model:
+            raise ValueError("tracking.register_as: registering needs the model logged (tracking.log_model: true)")
+        return self
 
 
 class RunConfig(_Section):

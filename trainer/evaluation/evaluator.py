@@ -5,9 +5,10 @@ A method takes part by implementing trainer.evaluation.protocols.AnswerScoringTa
 from __future__ import annotations
 
 import json
+import sys
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 from torch import Tensor, nn
@@ -20,6 +21,9 @@ from trainer.evaluation.sharding import shard_and_gather
 from trainer.evaluation.voting import majority_vote
 from trainer.strategy.protocols import DistributedContext
 
+if TYPE_CHECKING:
+    from tqdm import tqdm
+
 
 @dataclass(frozen=True)
 class EvalSettings:
@@ -31,6 +35,7 @@ class EvalSettings:
     sample_top_k: int = 50
     sample_top_p: float = 0.95
     seed: int = 0
+    progress: bool = False  # a tqdm bar on this rank's shard (rank 0; shown only on a terminal)
 
 
 @dataclass(frozen=True)
@@ -185,6 +190,22 @@ def predict_batch(
     return predictions
 
 
+def progress_bar(settings: EvalSettings, total: int) -> tqdm:
+    """Questions answered (generation, and with voting its samples), so a minutes-long KARD vote shows it moves; off
+    unless asked and stderr is a terminal: a Ray worker's stderr is its log file, where a bar's redraws are spam."""
+    from tqdm.auto import tqdm
+
+    voting = f", {settings.vote_samples} samples each" if settings.vote_samples else ""
+    return tqdm(
+        total=total,
+        desc=f"dev eval (greedy{voting})",
+        unit="q",
+        disable=not (settings.progress and sys.stderr.isatty()),
+        leave=False,
+        dynamic_ncols=True,
+    )
+
+
 def evaluate(
     method: AnswerScoringTask,
     model: nn.Module,
@@ -201,11 +222,12 @@ def evaluate(
     devices = [strategy.device] if strategy.device.type == "cuda" else []
 
     def answer(shard: list[QAExample]) -> list[Prediction]:
-        return [
-            prediction
-            for chunk in _chunks(shard, settings.batch_size)
-            for prediction in predict_batch(method, model, chunk, strategy.device, settings, generation_kwargs)
-        ]
+        predictions: list[Prediction] = []
+        with progress_bar(settings, len(shard)) as bar:
+            for chunk in _chunks(shard, settings.batch_size):
+                predictions.extend(predict_batch(method, model, chunk, strategy.device, settings, generation_kwargs))
+                bar.update(len(chunk))
+        return predictions
 
     with torch.random.fork_rng(devices=devices):
         torch.manual_seed(settings.seed + strategy.rank)

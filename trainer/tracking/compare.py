@@ -1,6 +1,10 @@
 """Compare methods across an MLflow experiment: one row per (dataset, method), mean ± std over seeds.
 
-    python -m trainer.tracking.compare --experiment knife-benchmark [--tracking-uri sqlite:////abs/mlflow.db]
+    python -m trainer.tracking.compare --experiment knife-benchmark [--tracking-uri sqlite:////abs/mlflow.db] [--log]
+
+`--log` also records the comparison in the experiment, in a run of its own (`comparison`): the rows as an MLflow
+table (`comparison/methods.json`) and a bar chart of the headline metrics, mean ± 95% t-interval over seeds
+(`comparison/headline.png`). Every pipeline's parent run gets the same for its stages (`log_pipeline_comparison`).
 
 Only finished runs that carry a `method` tag count: pipeline parent runs have none, and failed or
 still-running runs would bias the mean. A run's `variant` tag (e.g. an ablation, `kd_in_only`) makes it a row of
@@ -20,14 +24,22 @@ from collections import defaultdict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from mlflow.entities import Run, ViewType
+from mlflow.entities import Metric, Run, ViewType
 from mlflow.tracking import MlflowClient
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 from trainer.config.schema import TrackingConfig
 from trainer.methods.registry import registered_methods
 from trainer.tracking.mlflow_tracker import resolve_experiment, resolve_tracking_uri
 
+CHART_METRIC = (
+    "headline"  # each compared run's headline value under one name: MLflow's chart view puts runs side by side
+)
+COMPARISON_ROLE = "comparison"  # the `reasondistill.role` of the run `--log` records an experiment's comparison in
 ACCURACY = "dev/accuracy"  # the headline of runs logged without a `headline_metric` tag
 GENERATION_ACCURACY = "dev/generation_accuracy"
 _PAGE = 1000
@@ -97,6 +109,15 @@ def run_label(run: Run) -> str:
     return f"{run.data.tags['method']}/{variant}" if variant else run.data.tags["method"]
 
 
+def ci95_half_width(values: tuple[float, ...]) -> float | None:
+    """Half-width of the 95% Student-t interval of the mean; None below two values."""
+    from scipy import stats
+
+    if len(values) < 2:
+        return None
+    return float(stats.t.ppf(0.975, len(values) - 1) * statistics.stdev(values) / len(values) ** 0.5)
+
+
 def mean_std(values: tuple[float, ...]) -> tuple[float | None, float | None]:
     """Mean and sample std; None where there are too few values."""
     if not values:
@@ -110,7 +131,10 @@ def compare_runs(tracking_uri: str, experiment: str) -> list[Row]:
     if tracking_uri.startswith("sqlite:///") and not Path(tracking_uri.removeprefix("sqlite:///")).is_file():
         raise ExperimentNotFoundError(f"experiment {experiment!r} not found: no tracking store at {tracking_uri}")
     client = MlflowClient(tracking_uri)
-    experiment_id = _experiment_id(client, tracking_uri, experiment)
+    return _experiment_rows(client, _experiment_id(client, tracking_uri, experiment))
+
+
+def _experiment_rows(client: MlflowClient, experiment_id: str) -> list[Row]:
     groups: dict[tuple[str, str, str], list[Run]] = defaultdict(list)
     rank: dict[str, int] = {}
     names = list(registered_methods())
@@ -188,18 +212,172 @@ def format_table(rows: list[Row]) -> str:
     return "\n".join([*accuracy, "", *generation, "", *cost])
 
 
+@dataclass(frozen=True)
+class Bar:
+    """One bar of a comparison chart: a stage's (or a method's) headline value, with its interval over seeds."""
+
+    label: str
+    metric: str
+    value: float
+    ci95: float | None
+    n: int
+
+
+def headline_figure(bars: list[Bar], title: str) -> Figure:
+    """Bars side by side, each labelled with its value, n and metric (stages may rank by different metrics)."""
+    from matplotlib.figure import Figure  # a Figure without pyplot: no GUI backend, no global state
+
+    figure = Figure(figsize=(max(6.0, 1.3 * len(bars)), 4.5), layout="constrained")
+    axes = figure.subplots()
+    positions = range(len(bars))
+    errors = [bar.ci95 or 0.0 for bar in bars]
+    axes.bar(positions, [bar.value for bar in bars], yerr=errors, capsize=5, color="#4c78a8")
+    for position, bar, error in zip(positions, bars, errors, strict=True):
+        spread = f" ± {bar.ci95:.3f}" if bar.ci95 is not None else ""
+        axes.annotate(
+            f"{bar.value:.3f}{spread}\nn={bar.n}", (position, bar.value + error), ha="center", va="bottom", fontsize=8
+        )
+    axes.set_xticks(list(positions), [f"{bar.label}\n{bar.metric}" for bar in bars], fontsize=8)
+    axes.set_ylabel("dev headline metric (mean ± 95% CI over seeds)")
+    axes.set_ylim(0.0, max([1.0, *(bar.value + error for bar, error in zip(bars, errors, strict=True))]) * 1.12)
+    axes.set_title(title)
+    return figure
+
+
+def _interval(values: tuple[float, ...]) -> tuple[float | None, float | None]:
+    mean, _ = mean_std(values)
+    half = ci95_half_width(values)
+    if mean is None or half is None:
+        return None, None
+    return mean - half, mean + half
+
+
+def _mark_chart_metric(client: MlflowClient, runs: Iterable[Run]) -> None:
+    """Each run's headline value as `headline`, so the UI's chart view compares runs of different methods."""
+    for run in runs:
+        if CHART_METRIC not in run.data.metrics:
+            value = run.data.metrics[headline(run)]
+            client.log_batch(run.info.run_id, metrics=[Metric(CHART_METRIC, value, run.info.end_time or 0, 0)])
+
+
+def log_pipeline_comparison(client: MlflowClient, parent_run_id: str) -> list[dict[str, object]]:
+    """On a pipeline's parent run: a table of its finished stages (this run's headline value beside the mean and 95%
+    interval of every finished run of that method and dataset in the experiment, i.e. over seeds) and their bar
+    chart; each stage's run gets the `headline` metric. Returns the table's rows."""
+    parent = client.get_run(parent_run_id)
+    experiment_id = parent.info.experiment_id
+    stages = [
+        run
+        for run in client.search_runs(
+            [experiment_id],
+            filter_string=f"tags.mlflow.parentRunId = '{parent_run_id}' and attributes.status = 'FINISHED'",
+            order_by=["attributes.start_time ASC"],
+            max_results=_PAGE,
+        )
+        if run.data.tags.get("method") and headline(run) in run.data.metrics
+    ]
+    groups = {(r.dataset, r.method, r.metric): r for r in _experiment_rows(client, experiment_id)}
+    rows: list[dict[str, object]] = []
+    bars = []
+    for run in stages:
+        tags, metric = run.data.tags, headline(run)
+        group = groups.get((tags.get("dataset", "?"), run_label(run), metric))
+        values = group.accuracies if group is not None else (run.data.metrics[metric],)
+        low, high = _interval(values)
+        stage = tags.get("stage", run.info.run_name)
+        rows.append(
+            {
+                "stage": stage,
+                "method": run_label(run),
+                "dataset": tags.get("dataset", "?"),
+                "model": tags.get("model", "?"),
+                "seed": tags.get("seed", "?"),
+                "metric": metric,
+                "value": run.data.metrics[metric],
+                "runs_in_experiment": len(values),
+                "mean": statistics.fmean(values),
+                "ci95_low": low,
+                "ci95_high": high,
+                "run_id": run.info.run_id,
+            }
+        )
+        value = statistics.fmean(values) if len(values) > 1 else run.data.metrics[metric]
+        bars.append(Bar(stage, metric, value, ci95_half_width(values), len(values)))
+    _mark_chart_metric(client, stages)
+    if rows:
+        import pandas as pd
+
+        client.log_table(parent_run_id, data=pd.DataFrame(rows), artifact_file="comparison/stages.json")
+        title = f"{parent.info.run_name}: headline metric per stage"
+        client.log_figure(parent_run_id, headline_figure(bars, title), "comparison/headline.png")
+    return rows
+
+
+def log_experiment_comparison(tracking_uri: str, experiment: str) -> str:
+    """The experiment's comparison (compare_runs) in a `comparison` run of its own: table, chart, and `headline` on
+    every compared run. Returns that run's id."""
+    import pandas as pd
+
+    rows = compare_runs(tracking_uri, experiment)
+    client = MlflowClient(tracking_uri)
+    experiment_id = _experiment_id(client, tracking_uri, experiment)
+    _mark_chart_metric(
+        client, (run for run in _finished_method_runs(client, experiment_id) if headline(run) in run.data.metrics)
+    )
+    run_id = client.create_run(
+        experiment_id, run_name=f"comparison · {experiment}", tags={"reasondistill.role": COMPARISON_ROLE}
+    ).info.run_id
+    table = [
+        {
+            "dataset": r.dataset,
+            "method": r.method,
+            "metric": r.metric,
+            "n": r.n,
+            "mean": r.accuracy_mean,
+            "std": r.accuracy_std,
+            "ci95_low": _interval(r.accuracies)[0],
+            "ci95_high": _interval(r.accuracies)[1],
+            "steps_mean": r.steps_mean,
+            "wall_time_s_mean": r.wall_time_s_mean,
+        }
+        for r in rows
+    ]
+    several_datasets = len({r.dataset for r in rows}) > 1
+    bars = [
+        Bar(
+            f"{r.method} · {r.dataset}" if several_datasets else r.method,
+            r.metric,
+            r.accuracy_mean,
+            ci95_half_width(r.accuracies),
+            r.n,
+        )
+        for r in rows
+    ]
+    if rows:
+        client.log_table(run_id, data=pd.DataFrame(table), artifact_file="comparison/methods.json")
+        figure = headline_figure(bars, f"{experiment}: headline metric per method")
+        client.log_figure(run_id, figure, "comparison/headline.png")
+    client.log_text(run_id, format_table(rows), "comparison/table.md")
+    client.set_terminated(run_id)
+    return run_id
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--experiment", help="default: $MLFLOW_EXPERIMENT_NAME, then 'reasondistill'")
     parser.add_argument("--tracking-uri", help="default: $MLFLOW_TRACKING_URI, then ./mlflow.db")
+    parser.add_argument("--log", action="store_true", help="also log the table and chart to a `comparison` run")
     args = parser.parse_args(argv)
     cfg = TrackingConfig(tracking_uri=args.tracking_uri, experiment=args.experiment)
     try:
         rows = compare_runs(resolve_tracking_uri(cfg), resolve_experiment(cfg))
+        logged = log_experiment_comparison(resolve_tracking_uri(cfg), resolve_experiment(cfg)) if args.log else None
     except ExperimentNotFoundError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     print(format_table(rows))
+    if logged:
+        print(f"\nlogged to run {logged} (comparison/methods.json, comparison/headline.png)")
     return 0
 
 

@@ -16,13 +16,14 @@ from typing import TYPE_CHECKING, Any
 
 import retrieval_core
 from retrieval_core.model_sources import HF_MODEL_ARTIFACT
-from trainer.config.schema import TrackingConfig
+from trainer.config.schema import ExperimentConfig, RunConfig, TrackingConfig
 from trainer.tracking.redaction import redact_text, redact_value
 
 if TYPE_CHECKING:
     import datasets
     from mlflow.data.dataset import Dataset
     from mlflow.models import ModelSignature
+    from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
 
 DEFAULT_EXPERIMENT = "reasondistill"
 MODEL_ARTIFACT_PATH = "model"  # the selected model: what later stages and users load
@@ -30,6 +31,11 @@ FINAL_MODEL_ARTIFACT_PATH = "model_final"  # the last step's model, when selecti
 _PARAM_BATCH = 100
 LAUNCH_TAG = "reasondistill.launch_id"  # one per job submission and run: a restarted worker group finds its run
 RESTARTS_TAG = "reasondistill.restarts"
+# MLflow 3's UI opens an experiment by this tag (its JS `ExperimentKind`); without it, it guesses "GenAI" and shows
+# traces. "custom_model_development" is the kind its selector calls "Machine learning": the training-runs view.
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+TRAINING_EXPERIMENT_KIND = "custom_model_development"
+CANDIDATE_ALIAS = "candidate"  # the alias `tracking.register_as` moves to each newly registered version
 
 
 @dataclass(frozen=True)
@@ -89,6 +95,36 @@ def huggingface_input(dataset: datasets.Dataset, name: str, digest: str, source:
     return from_huggingface(dataset, name=name, digest=digest, source=source)
 
 
+def _short_model_name(name: str) -> str:
+    """A model as a run name shows it: a hub name or preset as is, a local path or `runs:/` URI by its last parts."""
+    if name.startswith("runs:/"):
+        run_id, _, artifact = name.removeprefix("runs:/").partition("/")
+        return f"run {run_id[:8]}/{artifact}"
+    return Path(name).name if name.startswith(("/", ".")) else name
+
+
+def run_identity(cfg: ExperimentConfig, method: str, run_tags: Mapping[str, str]) -> tuple[str, dict[str, str]]:
+    """A run's name (`tracking.run_name_template`) and the tags the UI's filters and Group by use, so a runs table
+    reads without opening runs: `<stage or method> · <dataset> · <model> · seed <n>`."""
+    named = cfg.run.name != RunConfig.model_fields["name"].default  # a run.name the user chose names the run
+    fields = {
+        "name": cfg.tracking.run_name or (cfg.run.name if named else method),
+        "method": method,
+        "dataset": cfg.data.dataset,
+        # an evaluate stage's model is an earlier stage's runs:/ URI: named by that stage
+        "model": (
+            f"model of {run_tags['evaluates_stage']}"
+            if "evaluates_stage" in run_tags
+            else _short_model_name(cfg.model.name)
+        ),
+        "seed": str(cfg.run.seed),
+        "pipeline": run_tags.get("pipeline", ""),
+        "stage": run_tags.get("stage", ""),
+    }
+    tags = {"method": method, "dataset": cfg.data.dataset, "model": cfg.model.name, "seed": fields["seed"]}
+    return cfg.tracking.run_name_template.format(**fields), tags
+
+
 def _local_artifact_root(tracking_uri: str) -> str | None:
     """Artifacts beside a local SQLite store, not in the process's cwd (a Ray job's cwd is a temp copy)."""
     if tracking_uri.startswith("sqlite:///"):
@@ -112,6 +148,7 @@ class MLflowTracker:
         parent_run_id: str | None = None,
         tags: Mapping[str, str] | None = None,
         launch_id: str | None = None,
+        system_metrics: bool = False,
     ) -> None:
         from mlflow.entities import RunStatus
         from mlflow.tracking import MlflowClient
@@ -137,6 +174,21 @@ class MLflowTracker:
         )
         if self.resumed:
             self.metrics.skip_logged(list(self.client.get_run(self.run_id).data.metrics))
+        self._system_metrics = self._start_system_metrics(cfg) if system_metrics else None
+
+    def _start_system_metrics(self, cfg: TrackingConfig) -> SystemMetricsMonitor:
+        """MLflow's sampler thread (CPU, memory, disk, network; GPUs where pynvml finds them) logging `system/*`
+        into this run; a resumed run continues its steps."""
+        from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+
+        monitor = SystemMetricsMonitor(
+            self.run_id,
+            sampling_interval=cfg.system_metrics_interval_s,
+            resume_logging=self.resumed,
+            tracking_uri=self.tracking_uri,
+        )
+        monitor.start()
+        return monitor
 
     def _run_of_launch(self, launch_id: str) -> str | None:
         """The run this launch already created (a worker group restarted before its first checkpoint)."""
@@ -150,10 +202,16 @@ class MLflowTracker:
 
         experiment = self.client.get_experiment_by_name(name)
         if experiment is not None:
+            if EXPERIMENT_KIND_TAG not in experiment.tags:  # one a user set stays
+                self.client.set_experiment_tag(experiment.experiment_id, EXPERIMENT_KIND_TAG, TRAINING_EXPERIMENT_KIND)
             return experiment.experiment_id
         try:
             root = _local_artifact_root(self.tracking_uri)
-            return self.client.create_experiment(name, artifact_location=f"{root}/{name}" if root else None)
+            return self.client.create_experiment(
+                name,
+                artifact_location=f"{root}/{name}" if root else None,
+                tags={EXPERIMENT_KIND_TAG: TRAINING_EXPERIMENT_KIND},
+            )
         except MlflowException:
             # Another process created it between our lookup and create.
             existing = self.client.get_experiment_by_name(name)
@@ -248,12 +306,27 @@ class MLflowTracker:
         self.client.update_run(self.run_id, status=RunStatus.to_string(RunStatus.RUNNING))
         return f"runs:/{self.run_id}/{name}"
 
+    def register_model(self, name: str, model_uri: str, metrics: Mapping[str, float]) -> str:
+        """A new version of registered model `name` from `model_uri`, with `candidate` moved to it and the run's
+        metrics as version tags (the registry's list shows them); returns the version. MLflow's `register_model`
+        resolves a `runs:/` URI to the logged model MLflow 3 stores outside the run's artifacts."""
+        import mlflow
+
+        mlflow.set_tracking_uri(self.tracking_uri)
+        tags = {key: f"{value:.6g}" for key, value in metrics.items()}
+        version = str(mlflow.register_model(model_uri, name, tags=tags).version)
+        self.client.set_registered_model_alias(name, CANDIDATE_ALIAS, version)
+        self.set_tags({"registered_model": f"{name}/{version}"})
+        return version
+
     def flush(self) -> None:
         """Deliver every queued metric, or raise TrackingUnavailableError after the configured outage limit."""
         self.metrics.flush()
 
     def finish(self, status: str = "FINISHED") -> None:
         try:
+            if self._system_metrics is not None:
+                self._system_metrics.finish()
             self.metrics.close()
         finally:
             self.client.set_terminated(self.run_id, status=status)
@@ -285,6 +358,7 @@ class NullTracker:
     def log_model(
         self, export_dir: Path, spec: PyfuncSpec = SEQ2SEQ_PYFUNC, name: str = MODEL_ARTIFACT_PATH
     ) -> str | None: ...
+    def register_model(self, name: str, model_uri: str, metrics: Mapping[str, float]) -> str | None: ...
     def flush(self) -> None: ...
     def finish(self, status: str = "FINISHED") -> None: ...
 
@@ -301,9 +375,16 @@ def create_tracker(
     tags: Mapping[str, str] | None = None,
     launch_id: str | None = None,
 ) -> Tracker:
-    """MLflow on rank 0 only: one run per training job however many workers it has."""
+    """MLflow on rank 0 only: one run per training job however many workers it has; rank 0 also samples its
+    machine's system metrics when `tracking.system_metrics` is on."""
     if not is_rank_zero:
         return NullTracker()
     return MLflowTracker(
-        cfg, run_name, resume_run_id=resume_run_id, parent_run_id=parent_run_id, tags=tags, launch_id=launch_id
+        cfg,
+        run_name,
+        resume_run_id=resume_run_id,
+        parent_run_id=parent_run_id,
+        tags=tags,
+        launch_id=launch_id,
+        system_metrics=cfg.system_metrics,
     )

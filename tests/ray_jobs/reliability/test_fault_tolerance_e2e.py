@@ -59,10 +59,13 @@ def client_for(cluster: FaultCluster) -> MlflowClient:
 
 
 def the_run(cluster: FaultCluster, name: str) -> mlflow.entities.Run:
-    """The one MLflow run with this name (a restart must not have opened a second one)."""
+    """The one MLflow run with this name, or whose templated name starts with it (`name · dataset · ...`); a restart
+    must not have opened a second one."""
     client = client_for(cluster)
     experiment = client.get_experiment_by_name(EXPERIMENT)
-    [run] = client.search_runs([experiment.experiment_id], filter_string=f"attributes.run_name = '{name}'")
+    ids = [experiment.experiment_id]
+    runs = client.search_runs(ids, filter_string=f"attributes.run_name = '{name}'")
+    [run] = runs or client.search_runs(ids, filter_string=f"attributes.run_name LIKE '{name} · %'")
     return run
 
 
