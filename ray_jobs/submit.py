@@ -40,7 +40,7 @@ from trainer.failpoints import FAILPOINTS_ENV
 from trainer.methods.registry import METHOD_MODULES_ENV
 from trainer.planning.from_config import resolve_auto_zero
 from trainer.tracking import timeline
-from trainer.tracking.mlflow_tracker import resolve_experiment, resolve_tracking_uri
+from trainer.tracking.mlflow_tracker import resolve_experiment, resolve_tracking_uri, training_view_url
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 # What the job's working_dir upload leaves out: no job imports the tests (whose sources hold the reliability
@@ -293,7 +293,7 @@ def print_summary(result: dict[str, Any], cfg: ExperimentConfig) -> None:
     if tracking_uri.startswith("sqlite:"):
         print(
             f"  open the UI: .venv/bin/mlflow ui --backend-store-uri {tracking_uri} --port 5000"
-            "  (then http://127.0.0.1:5000)"
+            f"  (then {training_view_url('http://127.0.0.1:5000', tracking_uri, resolve_experiment(cfg.tracking))})"
         )
     else:
         print(f"  MLflow: {tracking_uri}")

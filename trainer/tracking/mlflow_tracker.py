@@ -88,6 +88,19 @@ def resolve_experiment(cfg: TrackingConfig) -> str:
     return cfg.experiment or os.environ.get("MLFLOW_EXPERIMENT_NAME") or DEFAULT_EXPERIMENT
 
 
+def training_view_url(ui_base: str, tracking_uri: str, experiment: str) -> str:
+    """The UI link that lands on the experiment's training runs.
+
+    MLflow 3.17's UI picks GenAI or Model training from a browser-wide toggle that starts on GenAI and ignores the
+    experiment-kind tag while it is on; `workflowType=machine_learning` in the URL sets that toggle.
+    """
+    from mlflow.tracking import MlflowClient
+
+    found = MlflowClient(tracking_uri).get_experiment_by_name(experiment)
+    page = f"experiments/{found.experiment_id}" if found is not None else "experiments"
+    return f"{ui_base.rstrip('/')}/#/{page}?workflowType=machine_learning"
+
+
 def huggingface_input(dataset: datasets.Dataset, name: str, digest: str, source: str) -> Dataset:
     """A Hugging Face dataset as an MLflow dataset for `log_input` (name, digest, schema and row count in the UI)."""
     from mlflow.data.huggingface_dataset import from_huggingface  # what mlflow.data registers under that name

@@ -23,6 +23,7 @@ from trainer.tracking.mlflow_tracker import (
     TRAINING_EXPERIMENT_KIND,
     MLflowTracker,
     run_identity,
+    training_view_url,
 )
 
 
@@ -47,6 +48,16 @@ def test_experiments_open_on_training_runs_and_keep_a_kind_a_user_set(store: str
     assert created is not None and created.tags[EXPERIMENT_KIND_TAG] == TRAINING_EXPERIMENT_KIND
     assert client.get_experiment(existing).tags[EXPERIMENT_KIND_TAG] == TRAINING_EXPERIMENT_KIND
     assert client.get_experiment(user_set).tags[EXPERIMENT_KIND_TAG] == "genai_development"
+
+
+def test_the_printed_ui_link_opens_the_experiments_training_runs(store: str) -> None:
+    """MLflow 3.17's UI ignores the experiment kind while its GenAI toggle is on; the link's parameter sets it."""
+    MLflowTracker(tracking(store, "linked"), run_name="r").finish()
+    linked = MlflowClient(store).get_experiment_by_name("linked")
+    assert linked is not None
+    url = training_view_url("http://127.0.0.1:5000/", store, "linked")
+    assert url == f"http://127.0.0.1:5000/#/experiments/{linked.experiment_id}?workflowType=machine_learning"
+    assert training_view_url("http://h:5000", store, "absent") == "http://h:5000/#/experiments?workflowType=machine_learning"
 
 
 def test_run_names_and_tags_read_without_opening_runs() -> None:
