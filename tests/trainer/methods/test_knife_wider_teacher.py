@@ -147,6 +147,8 @@ def test_wider_teacher_student_fits_under_zero3_with_projection(tiny_config, tmp
     client = mlflow.MlflowClient(cfg.tracking.tracking_uri)
     kd_in = [m.value for m in client.get_metric_history(result.mlflow_run_id, "train/kd_in_loss")]
     assert len(kd_in) == 3 and all(v > 0 and v == v for v in kd_in)
+    kd_in_weighted = [m.value for m in client.get_metric_history(result.mlflow_run_id, "train/kd_in_loss_weighted")]
+    assert kd_in_weighted == pytest.approx([cfg.method.knife.lambda_in * v for v in kd_in])
     saved = load_file(result.export_dir / "model.safetensors")
     assert not any(key.startswith(KnifeStudent.PROJECTION) for key in saved)
     assert AutoModelForSeq2SeqLM.from_pretrained(result.export_dir).config.d_model == 64

@@ -170,6 +170,16 @@ def test_knife_teacher_reads_the_rationale_and_student_does_not(tmp_path: Path) 
     )
     assert parts["kd_in_loss"] > 0 and parts["kd_out_loss"] > 0
     torch.testing.assert_close(parts["loss"], parts["task_loss"] + parts["kd_in_loss"] + parts["kd_out_loss"])
+    batch = student_method.collate(student_method.train_features(EXAMPLE, random.Random(0)))
+    student_method.knife = student_method.knife.model_copy(update={"lambda_task": 0.5, "lambda_in": 2.0})
+    weighted = student_method.loss(student, batch)
+    torch.testing.assert_close(weighted["task_loss_weighted"], 0.5 * weighted["task_loss"])
+    torch.testing.assert_close(weighted["kd_in_loss_weighted"], 2.0 * weighted["kd_in_loss"])
+    torch.testing.assert_close(weighted["kd_out_loss_weighted"], weighted["kd_out_loss"])
+    torch.testing.assert_close(
+        weighted["loss"],
+        weighted["task_loss_weighted"] + weighted["kd_in_loss_weighted"] + weighted["kd_out_loss_weighted"],
+    )
     parts["loss"].backward()
     assert all(p.grad is None for p in student_method.teacher.parameters())
     assert student.encoder.block[0].layer[0].SelfAttention.q.weight.grad is not None

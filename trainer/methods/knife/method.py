@@ -89,6 +89,8 @@ class KnifeTeacher(_KnifeLayout):
 class KnifeStudent(_KnifeLayout):
     """Student: input only; loss = λ_task·task + λ_in·KD-in (encoder states on input tokens)
     + λ_out·KD-out (decoder states on answer tokens, MSE; or KL on output distributions).
+    Each part is reported unweighted (`task_loss`, `kd_in_loss`, `kd_out_loss`) and λ-weighted (`*_weighted`);
+    the loop logs the window mean of each as `train/<name>`.
 
     A teacher wider than the student (the paper's T5-Large → T5-Base) works when only output distributions are
     aligned (output_loss=kl, lambda_in=0), or with `method.knife.projection`: a learned linear map per aligned stack
@@ -218,10 +220,16 @@ class KnifeStudent(_KnifeLayout):
                     knife.decoder_layers,
                     project=self._projection("decoder"),
                 )
-        loss = knife.lambda_task * task + knife.lambda_in * kd_in + knife.lambda_out * kd_out
+        weighted = {
+            "task_loss": knife.lambda_task * task,
+            "kd_in_loss": knife.lambda_in * kd_in,
+            "kd_out_loss": knife.lambda_out * kd_out,
+        }
+        # Unweighted magnitudes and their λ-weighted shares, so λ choices can be judged from the logged metrics.
         return {
-            "loss": loss,
+            "loss": sum(weighted.values(), zero),
             "task_loss": task.detach(),
             "kd_in_loss": kd_in.detach(),
             "kd_out_loss": kd_out.detach(),
+            **{f"{name}_weighted": part.detach() for name, part in weighted.items()},
         }
